@@ -1,0 +1,155 @@
+"""Load and validate a capatlas config against workflow/schemas/config.schema.yaml.
+
+The Snakefile and every CLI sub-command go through `validate_config`, so a
+config means the same thing whether a stage runs under Snakemake or by hand.
+Defaults are filled in recursively (also inside list items and `$ref`s),
+and an unknown or mistyped key is reported by its dotted path.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import CapatlasError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+@cache
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def _resolve(node: dict, schema: dict) -> dict:
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    target: Any = schema
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    # A $ref sitting beside a "default" keeps that default.
+    merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return merged
+
+
+def _fill_defaults(value: Any, node: dict, schema: dict) -> Any:
+    node = _resolve(node, schema)
+    types = node.get("type")
+    if isinstance(value, dict) and (types == "object" or "properties" in node):
+        for key, sub in node.get("properties", {}).items():
+            sub_resolved = _resolve(sub, schema)
+            if key not in value and "default" in sub_resolved:
+                value[key] = copy.deepcopy(sub_resolved["default"])
+            if key in value:
+                value[key] = _fill_defaults(value[key], sub, schema)
+    elif isinstance(value, list) and "items" in node:
+        value = [_fill_defaults(item, node["items"], schema) for item in value]
+    return value
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(_resolve(error.schema, schema).get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        parts = []
+        for key in extra:
+            full = key if where == "<top level>" else f"{where}.{key}"
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            parts.append(f"unknown config key '{full}'{suggestion}")
+        return "; ".join(parts) + f". Allowed here: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"config key '{where}': {error.message}"
+    return f"config key '{where}': {error.message}"
+
+
+def validate_config(config: dict, *, source: str = "config") -> dict:
+    """Return a validated copy of `config` with every default filled in."""
+    schema = load_schema()
+    filled = _fill_defaults(copy.deepcopy(config or {}), schema, schema)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [_describe(e, schema) for e in errors[:10]]
+        raise CapatlasError(f"invalid {source}:\n  " + "\n  ".join(lines))
+    _check_semantics(filled, source)
+    return filled
+
+
+def _check_semantics(config: dict, source: str) -> None:
+    names = [b["name"] for b in config["benchmarks"]]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise CapatlasError(f"invalid {source}: benchmark names repeat: {', '.join(duplicates)}")
+    if not config["demo"]["enabled"]:
+        if not config["corpus"]["paths"]:
+            raise CapatlasError(f"invalid {source}: config key 'corpus.paths' is empty (and demo.enabled is false)")
+        if not config["models"]["document"]["path"]:
+            raise CapatlasError(f"invalid {source}: config key 'models.document.path' is not set")
+    for facet in ("topic", "format"):
+        label = config["corpus"]["labels"][facet]
+        key = f"corpus.labels.{facet}"
+        if label["source"] == "field" and not label["field"]:
+            raise CapatlasError(f"invalid {source}: config key '{key}.field' is required when source is 'field'")
+        if label["source"] == "sidecar" and not label["sidecar"]:
+            raise CapatlasError(f"invalid {source}: config key '{key}.sidecar' is required when source is 'sidecar'")
+        if label["source"] == "classifier" and not label["model"]:
+            raise CapatlasError(f"invalid {source}: config key '{key}.model' is required when source is 'classifier'")
+        if label["source"] == "path" and facet != "topic":
+            raise CapatlasError(
+                f"invalid {source}: config key '{key}.source' is 'path', but Dolma 3 paths carry only the topic"
+            )
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Read a YAML config file, merge `overrides` (nested dict) and validate."""
+    path = Path(path)
+    if not path.exists():
+        raise CapatlasError(f"config file {path} does not exist")
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as exc:
+        raise CapatlasError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CapatlasError(f"config file {path} must hold a mapping of keys, not {type(raw).__name__}")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return validate_config(raw, source=f"config {path}")
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def run_dir(config: dict) -> Path:
+    return Path(config["results_dir"]) / config["run"]
+
+
+def apply_offline(config: dict) -> None:
+    """Forbid hub downloads for this process (and children) when offline."""
+    if config.get("offline", True):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
