@@ -1,0 +1,131 @@
+"""Paper-scale planning: `snakemake -n` with config/olmo3-7b.yaml on a fake Dolma 3 layout."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import yaml
+import zstandard
+
+DOLMA_DIRS = [
+    "common_crawl-religion-0016",
+    "common_crawl-social_life-0002",
+    "olmocr_science_pdfs-science_math_and_technology-0003",
+]
+
+
+def write_fake_dolma(root):
+    """A Dolma 3 mix layout: data/<source>-<topic_slug>-<NNNN>/<shard>.jsonl.zst."""
+    files = []
+    for directory in DOLMA_DIRS:
+        for shard in range(2):
+            path = root / "data" / directory / f"shard_{shard:08d}.jsonl.zst"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lines = "".join(
+                json.dumps({"id": f"{directory}-{shard}-{i}", "text": f"document {i} of {directory}", "metadata": {}})
+                + "\n"
+                for i in range(3)
+            )
+            path.write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+            files.append(path)
+    return files
+
+
+def site_config(tmp_path, dolma_root):
+    models = tmp_path / "models"
+    for name in ("Olmo-3-1025-7B", "Olmo-3-7B-Instruct", "FormatClassifier-NoURL"):
+        (models / name).mkdir(parents=True)
+        (models / name / "config.json").write_text("{}")
+    site = {
+        "results_dir": str(tmp_path / "results"),
+        "corpus": {
+            "paths": [str(dolma_root / "data" / "*" / "*.jsonl.zst")],
+            "labels": {"format": {"model": str(models / "FormatClassifier-NoURL")}},
+        },
+        "models": {
+            "document": {"path": str(models / "Olmo-3-1025-7B")},
+            "query": {"path": str(models / "Olmo-3-7B-Instruct")},
+        },
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    return path
+
+
+def job_counts(output: str) -> dict[str, int]:
+    counts = {}
+    in_table = False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+            if match:
+                counts[match.group(1)] = int(match.group(2))
+            elif counts and not line.strip():
+                break
+    return counts
+
+
+def test_paper_scale_dag_plans_on_a_dolma_layout(repo_root, venv_bin, tmp_path):
+    dolma_root = tmp_path / "dolma3_mix-6T-1025-7B"
+    files = write_fake_dolma(dolma_root)
+    site = site_config(tmp_path, dolma_root)
+    result = subprocess.run(
+        [
+            str(venv_bin / "snakemake"),
+            "-n",
+            "--configfile",
+            str(repo_root / "config" / "olmo3-7b.yaml"),
+            str(site),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    # One classifier job per corpus file (format labels), then the manifest and shards.
+    assert counts["labels"] == len(files), counts
+    assert counts["manifest"] == 1
+    assert counts["shards"] == 1
+    assert "demo_world" not in counts and "demo_model" not in counts
+    resolved = yaml.safe_load((tmp_path / "results" / "olmo3-7b" / "config.yaml").read_text())
+    assert resolved["shards"]["count"] == 316
+    assert resolved["demo"]["enabled"] is False
+
+
+def test_missing_corpus_glob_stops_planning_with_the_glob_named(repo_root, venv_bin, tmp_path):
+    dolma_root = tmp_path / "nowhere"
+    site = site_config(tmp_path, dolma_root)
+    result = subprocess.run(
+        [str(venv_bin / "snakemake"), "-n", "--configfile", str(repo_root / "config" / "olmo3-7b.yaml"), str(site)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert str(dolma_root / "data") in result.stdout + result.stderr
+
+
+def test_config_typo_stops_planning_with_the_key_named(repo_root, venv_bin, tmp_path):
+    bad = tmp_path / "typo.yaml"
+    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    config["manifest"]["min_tokns"] = 3
+    config["results_dir"] = str(tmp_path / "results")
+    bad.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [str(venv_bin / "snakemake"), "-n", "--configfile", str(bad)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "unknown config key 'manifest.min_tokns' (did you mean 'min_tokens'?)" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,42 @@
+# The embedded demo: a synthetic corpus with planted structure and a tiny
+# OLMo-3-architecture model trained on it, so every later stage can be
+# checked against known ground truth on a CPU.
+
+
+rule demo_world:
+    output:
+        world=directory(DEMO_WORLD),
+    log:
+        f"{RUN}/logs/demo_world.log",
+    benchmark:
+        f"{RUN}/benchmarks/demo_world.tsv"
+    conda:
+        "../../envs/demo.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        section=config_section("seed", "demo"),
+    shell:
+        "{CAPATLAS} demo-world --config {RESOLVED_CONFIG} --out {output.world} > {log} 2>&1"
+
+
+rule demo_model:
+    input:
+        world=DEMO_WORLD,
+    output:
+        model=directory(DEMO_MODEL),
+    log:
+        f"{RUN}/logs/demo_model.log",
+    benchmark:
+        f"{RUN}/benchmarks/demo_model.tsv"
+    conda:
+        "../../envs/demo.yaml"
+    threads: config["demo"]["train"]["threads"]
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        section=config_section("seed", "demo"),
+    shell:
+        "{CAPATLAS} demo-model --config {RESOLVED_CONFIG} --world {input.world}"
+        " --out {output.model} > {log} 2>&1"
