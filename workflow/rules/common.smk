@@ -50,8 +50,13 @@ RESOLVED_CONFIG = resolved_config_path()
 
 
 def config_section(*keys):
-    """A rule param that reruns the rule when these config sections change."""
-    return json.dumps({k: config[k] for k in keys}, sort_keys=True)
+    """A rule param that reruns the rule when these config sections change.
+
+    Returned as a function: Snakemake would read the braces of a plain JSON
+    string as wildcards.
+    """
+    text = json.dumps({k: config[k] for k in keys}, sort_keys=True)
+    return lambda wildcards: text
 
 
 def attempt_resources(family):

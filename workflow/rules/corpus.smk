@@ -67,7 +67,8 @@ rule manifest:
         out=f"{RUN}/manifest",
     shell:
         "{CAPATLAS} manifest --config {RESOLVED_CONFIG} --out {params.out}"
-        " {params.files} {params.labels_dir} --tokenizer {input.tokenizer} > {log} 2>&1"
+        " {params.files} {params.labels_dir} --tokenizer {input.tokenizer}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule shards:
