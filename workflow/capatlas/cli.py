@@ -22,6 +22,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("labels", "capatlas.labels", "label one corpus file with WebOrganizer topic/format classifiers"),
     ("manifest", "capatlas.manifest", "stratified, deduplicated sample of the corpus per topic x format bin"),
     ("shard", "capatlas.shard", "split the manifest into token-balanced shards with text"),
+    ("queries", "capatlas.queries", "tokenize a benchmark's items as attribution queries (completion-only labels)"),
     ("check-config", "capatlas.config_cli", "validate a config file and print it with defaults filled in"),
 )
 
