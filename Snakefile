@@ -17,6 +17,7 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/corpus.smk"
+include: "workflow/rules/attribution.smk"
 
 
 rule all:

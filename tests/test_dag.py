@@ -93,6 +93,7 @@ def test_paper_scale_dag_plans_on_a_dolma_layout(repo_root, venv_bin, tmp_path):
     assert counts["labels"] == len(files), counts
     assert counts["manifest"] == 1
     assert counts["shards"] == 1
+    assert counts["queries"] == 4  # one per benchmark of the 2 x 2 design
     assert "demo_world" not in counts and "demo_model" not in counts
     resolved = yaml.safe_load((tmp_path / "results" / "olmo3-7b" / "config.yaml").read_text())
     assert resolved["shards"]["count"] == 316

@@ -99,3 +99,12 @@ def test_snakefiles_are_snakefmt_formatted(repo_root, venv_bin):
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_post_deploy_installs_are_pinned_like_pip(repo_root, pip_pins):
+    scripts = sorted((repo_root / "envs").glob("*.post-deploy.sh"))
+    for script in scripts:
+        assert (repo_root / "envs" / script.name.replace(".post-deploy.sh", ".yaml")).is_file()
+        for name, version in re.findall(r"pip install --no-deps ([A-Za-z0-9_.\-]+)==(\S+)", script.read_text()):
+            assert pip_pins[normalise(name)] == version, f"{script.name}: {name}=={version}"
+    assert any("bergson==" in s.read_text() for s in scripts), "no env installs bergson"

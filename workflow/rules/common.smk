@@ -108,6 +108,7 @@ def final_targets():
         f"{RUN}/manifest/manifest.parquet",
         f"{RUN}/manifest/bin_summary.csv",
         expand(f"{RUN}/shards/shard-{{shard}}.parquet", shard=SHARD_IDS),
+        expand(f"{RUN}/queries/{{benchmark}}", benchmark=BENCHMARKS),
     ]
     if DEMO:
         targets.append(DEMO_MODEL)
