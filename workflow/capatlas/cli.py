@@ -23,6 +23,9 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("manifest", "capatlas.manifest", "stratified, deduplicated sample of the corpus per topic x format bin"),
     ("shard", "capatlas.shard", "split the manifest into token-balanced shards with text"),
     ("queries", "capatlas.queries", "tokenize a benchmark's items as attribution queries (completion-only labels)"),
+    ("preconditioner", "capatlas.attribution_precondition", "fit TrackStar's mixed preconditioner R on a seeded sample of all shards plus the queries"),
+    ("query-gradients", "capatlas.attribution_queries", "one benchmark's preconditioned, unit-normalised query gradients (Bergson query index)"),
+    ("score-shard", "capatlas.attribution_score", "score one shard against every benchmark's queries; per-bin sums per query"),
     ("check-config", "capatlas.config_cli", "validate a config file and print it with defaults filled in"),
 )
 

@@ -1,0 +1,747 @@
+"""TrackStar attribution stages (preconditioner, query gradients, shard scores) on a tiny OLMo-3 model.
+
+One session-scoped world: a randomly initialised Olmo3ForCausalLM (hidden
+32, 2 layers), a word-level tokenizer, 40 documents in 2 and in 4 shards,
+two benchmarks of 4 queries each. Everything runs on the CPU offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from capatlas import attribution_precondition, attribution_queries, attribution_score
+from capatlas.attribution import PROVENANCE_FILE, AttributionSettings, load_query_set, provenance_sha256
+from capatlas.attribution_precondition import fit_preconditioner, sample_documents
+from capatlas.attribution_queries import build_query_gradients
+from capatlas.attribution_score import PROVENANCE_KEY, read_binsums, score_shard
+from capatlas.config import validate_config
+from capatlas.errors import CapatlasError
+from capatlas.taxonomy import N_BINS
+
+COMMON = (
+    "the a of and to in is was for on that with as by at from it river music court market engine prayer "
+    "recipe garden planet law vote team train hotel poem code chip fashion health history game bank film"
+).split()
+BENCHMARKS = ("bench_a", "bench_b")
+N_QUERIES = 4  # per benchmark
+COMMON_BINS = (3, 17, 200, 575)
+ATTRIBUTION = {
+    "projection_dim": 4,
+    "token_batch_size": 64,
+    "max_length": 64,
+    "preconditioner_docs": 24,
+    "target_downweight_components": 8,
+}
+
+
+def reserved_words(q: int) -> list[str]:
+    return [f"w{q}x{i}" for i in range(7)]
+
+
+def make_config(**attribution) -> dict:
+    return validate_config(
+        {
+            "demo": {"enabled": True},
+            "corpus": {"labels": {"topic": {"field": "t"}, "format": {"field": "f"}}},
+            "attribution": {**ATTRIBUTION, **attribution},
+        }
+    )
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def build_model(directory: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Olmo3Config, Olmo3ForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
+    words = COMMON + [":", "?"] + [w for q in range(len(BENCHMARKS) * N_QUERIES) for w in reserved_words(q)]
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        model_max_length=128,
+    ).save_pretrained(directory)
+    torch.manual_seed(0)
+    config = Olmo3Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        sliding_window=64,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    Olmo3ForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def write_optimizer_state(model_dir: Path, path: Path) -> Path:
+    """An AdamW state_dict after two steps on random tokens, as `optimizer.pt`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        ids = torch.randint(4, model.config.vocab_size, (4, 16), generator=generator)
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(optimizer.state_dict(), path)
+    return path
+
+
+def query_texts() -> dict[str, list[tuple[str, str, str]]]:
+    """benchmark -> [(item_id, prompt, answer)]; every query has its own words."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for b, name in enumerate(BENCHMARKS):
+        rows = []
+        for j in range(N_QUERIES):
+            q = b * N_QUERIES + j
+            words = reserved_words(q)
+            rows.append((f"{name}-{j}", " ".join(words[:4]) + " ?", " ".join(words[4:])))
+        out[name] = rows
+    return out
+
+
+def write_queries(directory: Path, tokenizer, rows) -> Path:
+    from datasets import Dataset
+
+    input_ids, labels, item_ids = [], [], []
+    for item_id, prompt, answer in rows:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt + " " + answer)["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids
+        input_ids.append(ids)
+        labels.append([-100] * len(prompt_ids) + ids[len(prompt_ids) :])
+        item_ids.append(item_id)
+    Dataset.from_dict({"input_ids": input_ids, "labels": labels, "item_id": item_ids}).save_to_disk(str(directory))
+    return directory
+
+
+def make_documents() -> list[dict]:
+    """32 documents of common words in 4 bins + one per query whose text is that query's prompt and answer."""
+    rng = random.Random(7)
+    docs = []
+    for i in range(32):
+        text = " ".join(rng.choice(COMMON) for _ in range(rng.randint(8, 30)))
+        docs.append({"text": text, "bin_id": rng.choice(COMMON_BINS), "planted": None})
+    for rows in query_texts().values():
+        for item_id, prompt, answer in rows:
+            docs.append({"text": prompt + " " + answer, "bin_id": rng.choice(COMMON_BINS), "planted": item_id})
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    for doc_number, i in enumerate(order):
+        docs[i]["doc_id"] = f"doc-{doc_number:03d}"
+    return sorted(docs, key=lambda d: d["doc_id"])
+
+
+def write_shards(directory: Path, docs: list[dict], count: int) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(count):
+        part = [d for i, d in enumerate(docs) if i % count == k]
+        table = pa.table(
+            {
+                "doc_id": pa.array([d["doc_id"] for d in part], pa.string()),
+                "bin_id": pa.array([d["bin_id"] for d in part], pa.int32()),
+                "n_tokens": pa.array([len(d["text"].split()) for d in part], pa.int64()),
+                "text": pa.array([d["text"] for d in part], pa.string()),
+            }
+        )
+        path = directory / f"shard-{k:05d}.parquet"
+        pq.write_table(table, path)
+        paths.append(path)
+    return paths
+
+
+def cli_run(module, argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    module.run(parser.parse_args(argv))
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("attribution")
+    model = build_model(root / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    queries = {name: write_queries(root / "queries" / name, tokenizer, rows) for name, rows in query_texts().items()}
+    docs = make_documents()
+    shards = {count: write_shards(root / f"shards{count}", docs, count) for count in (2, 4)}
+    config = make_config()
+    config_path = write_config(root / "config.yaml", config)
+    results = root / "results"
+
+    cli_run(
+        attribution_precondition,
+        [
+            "--config",
+            str(config_path),
+            "--model",
+            str(model),
+            "--shards",
+            *map(str, shards[2]),
+            "--queries",
+            *map(str, queries.values()),
+            "--out",
+            str(results / "preconditioner"),
+        ],
+    )
+    for name, path in queries.items():
+        cli_run(
+            attribution_queries,
+            [
+                "--config",
+                str(config_path),
+                "--model",
+                str(model),
+                "--queries",
+                str(path),
+                "--preconditioner",
+                str(results / "preconditioner"),
+                "--benchmark",
+                name,
+                "--out",
+                str(results / "queries" / name),
+            ],
+        )
+    index_args = [f"{name}={results / 'queries' / name}" for name in BENCHMARKS]
+    outputs = {}
+    for count, paths in shards.items():
+        for k, shard in enumerate(paths):
+            out = (
+                results / f"scores{count}" / f"shard-{k:05d}.parquet",
+                results / f"binsums{count}" / f"shard-{k:05d}.npz",
+            )
+            cli_run(
+                attribution_score,
+                [
+                    "--config",
+                    str(config_path),
+                    "--model",
+                    str(model),
+                    "--shard",
+                    str(shard),
+                    "--preconditioner",
+                    str(results / "preconditioner"),
+                    "--query-index",
+                    *index_args,
+                    "--out-scores",
+                    str(out[0]),
+                    "--out-binsums",
+                    str(out[1]),
+                ],
+            )
+            outputs[(count, k)] = out
+    return {
+        "root": root,
+        "model": model,
+        "tokenizer": tokenizer,
+        "queries": queries,
+        "docs": docs,
+        "shards": shards,
+        "config": config,
+        "config_path": config_path,
+        "preconditioner": results / "preconditioner",
+        "query_indices": {name: results / "queries" / name for name in BENCHMARKS},
+        "outputs": outputs,
+    }
+
+
+def bergson_reference(world, shard: Path, benchmark: str, run_dir: Path) -> np.ndarray:
+    """[docs, queries] cosines from the `bergson score` CLI, which tokenises the shard's text itself."""
+    from bergson.data import load_scores
+
+    texts = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
+    docs_file = run_dir.parent / f"{run_dir.name}-docs.jsonl"
+    docs_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    a = world["config"]["attribution"]
+    cmd = [
+        str(Path(sys.executable).parent / "bergson"),
+        "score",
+        str(run_dir),
+        "--model",
+        str(world["model"]),
+        "--dataset",
+        str(docs_file),
+        "--prompt_column",
+        "text",
+        "--truncation",
+        "true",
+        "--token_batch_size",
+        str(a["token_batch_size"]),
+        "--projection_dim",
+        str(a["projection_dim"]),
+        "--index_cfg.precision",
+        a["precision"],
+        "--query_path",
+        str(world["query_indices"][benchmark] / "index"),
+        "--hessian_path",
+        str(world["preconditioner"] / "hessian"),
+        "--unit_normalize",
+        "true",
+        "--score",
+        "individual",
+        "--nproc_per_node",
+        "1",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.asarray(load_scores(run_dir)[:], dtype=np.float64)
+
+
+@pytest.fixture(scope="session")
+def reference(world, tmp_path_factory):
+    """Bergson's own scores for shard 0 of the 2-shard split, per benchmark."""
+    root = tmp_path_factory.mktemp("bergson_reference")
+    shard = world["shards"][2][0]
+    return {name: bergson_reference(world, shard, name, root / name) for name in BENCHMARKS}
+
+
+def read_scores(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+def test_scores_equal_bergson_score(world, reference):
+    shard = world["shards"][2][0]
+    ours = read_scores(world["outputs"][(2, 0)][0])
+    assert ours.column("doc_id").to_pylist() == pq.read_table(shard).column("doc_id").to_pylist()
+    assert ours.schema.field("bin_id").type == pa.int32()
+    for name in BENCHMARKS:
+        assert ours.schema.field(name).type == pa.float32()
+        ref = reference[name]
+        assert ref.shape == (len(ours), N_QUERIES)
+        # Cosines: bounded by 1, and not degenerate.
+        assert np.abs(ref).max() <= 1 + 1e-6 and ref.std() > 1e-3
+        np.testing.assert_allclose(ours.column(name).to_numpy(), ref.mean(axis=1), rtol=0, atol=1e-5)
+
+
+def test_binsums_reproduce_per_query_means(world, reference):
+    shard = pq.read_table(world["shards"][2][0])
+    bins = shard.column("bin_id").to_numpy()
+    sums = read_binsums(world["outputs"][(2, 0)][1])
+    for name in BENCHMARKS:
+        entry = sums[name]
+        ref = reference[name]
+        assert entry["sum"].shape == entry["sumsq"].shape == (N_BINS, N_QUERIES)
+        assert entry["sum"].dtype == np.float64 and entry["count"].shape == (N_BINS,)
+        assert entry["item_ids"].tolist() == [f"{name}-{j}" for j in range(N_QUERIES)]
+        np.testing.assert_array_equal(entry["count"], np.bincount(bins, minlength=N_BINS))
+        for b in range(N_BINS):
+            members = bins == b
+            if not members.any():
+                assert not entry["sum"][b].any() and not entry["sumsq"][b].any()
+                continue
+            np.testing.assert_allclose(entry["sum"][b] / entry["count"][b], ref[members].mean(axis=0), atol=1e-5)
+            np.testing.assert_allclose(entry["sumsq"][b], (ref[members] ** 2).sum(axis=0), atol=1e-5)
+    provenance = sums["provenance"]
+    assert provenance["stage"] == "score-shard"
+    assert [b["name"] for b in provenance["benchmarks"]] == list(BENCHMARKS)
+    assert json.loads(read_scores(world["outputs"][(2, 0)][0]).schema.metadata[PROVENANCE_KEY]) == provenance
+
+
+def test_document_equal_to_query_scores_highest(world, tmp_path):
+    # Each document alone in a bin: the bin sums are then the full per-document, per-query scores.
+    docs = [d for d in world["docs"] if d["planted"]] + [d for d in world["docs"] if not d["planted"]][:12]
+    docs = [{**d, "bin_id": i} for i, d in enumerate(docs)]
+    (shard,) = write_shards(tmp_path / "shards", docs, 1)
+    score_shard(
+        world["config"],
+        model=world["model"],
+        shard=shard,
+        preconditioner=world["preconditioner"],
+        query_indices=world["query_indices"],
+        out_scores=tmp_path / "scores.parquet",
+        out_binsums=tmp_path / "binsums.npz",
+    )
+    sums = read_binsums(tmp_path / "binsums.npz")
+    for name in BENCHMARKS:
+        matrix = sums[name]["sum"][: len(docs)]  # [docs, queries]
+        assert (sums[name]["count"][: len(docs)] == 1).all()
+        for j, item_id in enumerate(sums[name]["item_ids"].tolist()):
+            planted = next(i for i, d in enumerate(docs) if d["planted"] == item_id)
+            assert int(np.argmax(matrix[:, j])) == planted, (item_id, matrix[:, j])
+        means = read_scores(tmp_path / "scores.parquet").column(name).to_numpy()
+        np.testing.assert_allclose(means, matrix.mean(axis=1), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def _scores_by_doc(world, count: int) -> dict[str, np.ndarray]:
+    tables = [read_scores(world["outputs"][(count, k)][0]) for k in range(count)]
+    table = pa.concat_tables(tables).sort_by("doc_id")
+    return {"doc_id": np.array(table.column("doc_id").to_pylist())} | {
+        name: table.column(name).to_numpy() for name in BENCHMARKS
+    }
+
+
+def test_scores_do_not_depend_on_sharding(world):
+    two, four = _scores_by_doc(world, 2), _scores_by_doc(world, 4)
+    assert (two["doc_id"] == four["doc_id"]).all() and len(two["doc_id"]) == len(world["docs"])
+    for name in BENCHMARKS:
+        scale = np.abs(two[name]).max()
+        np.testing.assert_allclose(four[name], two[name], rtol=1e-6, atol=1e-6 * scale)
+        if AttributionSettings.from_config(world["config"]).max_batch_size == 1:
+            # One document per pass: its score cannot see its shard-mates at all.
+            np.testing.assert_array_equal(four[name], two[name])
+        # Summed over shards, the bin sums are the same whatever the shard count.
+        totals = {
+            count: sum(read_binsums(world["outputs"][(count, k)][1])[name]["sum"] for k in range(count))
+            for count in (2, 4)
+        }
+        np.testing.assert_allclose(totals[4], totals[2], rtol=1e-6, atol=1e-6)
+
+
+def test_rerun_is_bit_identical(world, tmp_path):
+    shard = world["shards"][2][1]
+    first_scores, first_sums = world["outputs"][(2, 1)]
+    score_shard(
+        world["config"],
+        model=world["model"],
+        shard=shard,
+        preconditioner=world["preconditioner"],
+        query_indices=world["query_indices"],
+        out_scores=tmp_path / "again.parquet",
+        out_binsums=tmp_path / "again.npz",
+    )
+    assert read_scores(tmp_path / "again.parquet").equals(read_scores(first_scores))
+    with np.load(first_sums) as a, np.load(tmp_path / "again.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+    # Nothing but the two outputs is left beside them (Bergson's work dir is gone).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.npz", "again.parquet"]
+
+
+def test_preconditioner_sample_spans_shards_and_ignores_sharding(world):
+    two = sample_documents(world["shards"][2], 24, 42).column("doc_id").to_pylist()
+    four = sample_documents(world["shards"][4], 24, 42).column("doc_id").to_pylist()
+    assert two == four and len(set(two)) == 24
+    first_rows = pq.read_table(world["shards"][2][0]).column("doc_id").to_pylist()[:24]
+    assert two != first_rows
+    assert sample_documents(world["shards"][2], 24, 43).column("doc_id").to_pylist() != two
+    provenance = json.loads((world["preconditioner"] / PROVENANCE_FILE).read_text())
+    assert provenance["sample"]["n_docs"] == 24
+    assert pq.read_table(world["preconditioner"] / "sample.parquet").column("doc_id").to_pylist() == two
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_provenance_records_the_run(world):
+    pre = json.loads((world["preconditioner"] / PROVENANCE_FILE).read_text())
+    assert pre["stage"] == "preconditioner"
+    assert pre["identity"]["attribution"]["projection_dim"] == 4
+    assert len(pre["identity"]["model_sha256"]) == 64
+    assert pre["optimizer_state"] == {"used": False, "path": None, "sha256": None}
+    assert set(pre["query_sets"]) == set(BENCHMARKS)
+    assert 0.0 <= pre["mixing"]["lambda"] < 1.0
+    for name in BENCHMARKS:
+        query = json.loads((world["query_indices"][name] / PROVENANCE_FILE).read_text())
+        assert query["preconditioner"]["provenance_sha256"] == provenance_sha256(pre)
+        assert query["in_preconditioner"] is True and query["n_queries"] == N_QUERIES
+        items = pq.read_table(world["query_indices"][name] / "items.parquet")
+        assert items.column("item_id").to_pylist() == [f"{name}-{j}" for j in range(N_QUERIES)]
+
+
+def test_preconditioner_with_other_projection_is_refused(world, tmp_path):
+    other = tmp_path / "preconditioner8"
+    fit_preconditioner(
+        make_config(projection_dim=8, preconditioner_docs=8),
+        model=world["model"],
+        shards=world["shards"][2],
+        queries=world["queries"],
+        out=other,
+    )
+    out = tmp_path / "out"
+    with pytest.raises(CapatlasError) as excinfo:
+        score_shard(
+            world["config"],
+            model=world["model"],
+            shard=world["shards"][2][0],
+            preconditioner=other,
+            query_indices=world["query_indices"],
+            out_scores=out / "scores.parquet",
+            out_binsums=out / "binsums.npz",
+        )
+    message = str(excinfo.value)
+    assert str(other / PROVENANCE_FILE) in message
+    assert "attribution.projection_dim is 8 there but 4 in this job" in message
+    assert not out.exists()
+
+    # A query index built against another preconditioner is refused too, naming the index.
+    with pytest.raises(CapatlasError, match="projection_dim"):
+        build_query_gradients(
+            world["config"],
+            model=world["model"],
+            queries=world["queries"]["bench_a"],
+            preconditioner=other,
+            benchmark="bench_a",
+            out=tmp_path / "qa",
+        )
+    assert not (tmp_path / "qa").exists()
+
+
+def test_query_index_from_another_preconditioner_is_refused(world, tmp_path):
+    forged = tmp_path / "bench_b"
+    shutil.copytree(world["query_indices"]["bench_b"], forged)
+    provenance = json.loads((forged / PROVENANCE_FILE).read_text())
+    provenance["preconditioner"]["provenance_sha256"] = "0" * 64
+    (forged / PROVENANCE_FILE).write_text(json.dumps(provenance))
+    out = tmp_path / "out"
+    with pytest.raises(CapatlasError) as excinfo:
+        score_shard(
+            world["config"],
+            model=world["model"],
+            shard=world["shards"][2][0],
+            preconditioner=world["preconditioner"],
+            query_indices={"bench_a": world["query_indices"]["bench_a"], "bench_b": forged},
+            out_scores=out / "scores.parquet",
+            out_binsums=out / "binsums.npz",
+        )
+    assert str(forged / PROVENANCE_FILE) in str(excinfo.value)
+    assert "rerun `capatlas query-gradients`" in str(excinfo.value)
+    assert not out.exists()
+
+    # Passing a benchmark's index under another name is caught as well.
+    with pytest.raises(CapatlasError, match="holds the queries of benchmark 'bench_a'"):
+        score_shard(
+            world["config"],
+            model=world["model"],
+            shard=world["shards"][2][0],
+            preconditioner=world["preconditioner"],
+            query_indices={"bench_b": world["query_indices"]["bench_a"]},
+            out_scores=out / "scores.parquet",
+            out_binsums=out / "binsums.npz",
+        )
+
+
+def test_other_model_is_refused(world, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "model"
+    shutil.copytree(world["model"], other)
+    weights = load_file(other / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.01 * torch.ones_like(weights[name])
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CapatlasError, match="model_sha256 is '[0-9a-f]{64}' there but '[0-9a-f]{64}' in this job"):
+        score_shard(
+            world["config"],
+            model=other,
+            shard=world["shards"][2][0],
+            preconditioner=world["preconditioner"],
+            query_indices=world["query_indices"],
+            out_scores=tmp_path / "out" / "scores.parquet",
+            out_binsums=tmp_path / "out" / "binsums.npz",
+        )
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- lambda, optimizer state
+
+
+def test_lambda_recorded_and_warned_when_one(world, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="capatlas")
+    provenance = fit_preconditioner(
+        make_config(preconditioner_docs=24, target_downweight_components=1000),
+        model=world["model"],
+        shards=world["shards"][2],
+        queries=world["queries"],
+        out=tmp_path / "p1000",
+    )
+    assert provenance["mixing"]["lambda"] == 1.0
+    # 8 queries: per module at most 8 nonzero eigenvalues of 16 components.
+    mixing = provenance["mixing"]
+    assert mixing["query_nonzero_eigenvalues"] <= 8 * 14 < mixing["components"] == 16 * 14
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "lambda is exactly 1.0" in r.message]
+    assert len(warnings) == 1
+    saved = json.loads((tmp_path / "p1000" / PROVENANCE_FILE).read_text())
+    assert saved["mixing"]["lambda"] == 1.0
+
+    caplog.clear()
+    provenance = fit_preconditioner(
+        make_config(preconditioner_docs=24, target_downweight_components=4),
+        model=world["model"],
+        shards=world["shards"][2],
+        queries=world["queries"],
+        out=tmp_path / "p4",
+    )
+    assert 0.0 < provenance["mixing"]["lambda"] < 1.0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "lambda" in r.message]
+
+
+def test_optimizer_state_is_used_and_recorded(world, tmp_path):
+    state = write_optimizer_state(world["model"], tmp_path / "ckpt" / "optimizer.pt")
+    config = make_config(preconditioner_docs=8, optimizer_state=str(state.parent))
+    provenance = fit_preconditioner(
+        config, model=world["model"], shards=world["shards"][2], queries=world["queries"], out=tmp_path / "pre"
+    )
+    assert provenance["optimizer_state"]["used"] is True
+    assert provenance["optimizer_state"]["path"] == str(state.parent.resolve())
+    assert len(provenance["identity"]["attribution"]["optimizer_state_sha256"]) == 64
+    from bergson.gradients import GradientProcessor
+
+    assert GradientProcessor.load(tmp_path / "pre" / "hessian").normalizers  # the Adam normalizer was applied
+    # A job without the optimizer state does not match this preconditioner.
+    with pytest.raises(CapatlasError, match="optimizer_state_sha256"):
+        build_query_gradients(
+            make_config(preconditioner_docs=8),
+            model=world["model"],
+            queries=world["queries"]["bench_a"],
+            preconditioner=tmp_path / "pre",
+            benchmark="bench_a",
+            out=tmp_path / "qa",
+        )
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def test_query_without_label_tokens_is_refused(world, tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict(
+        {
+            "input_ids": [[5, 6, 7], [5, 6, 7, 8]],
+            "labels": [[-100, 6, 7], [5, -100, -100, -100]],
+            "item_id": ["ok", "bad"],
+        }
+    ).save_to_disk(str(tmp_path / "q"))
+    with pytest.raises(CapatlasError, match="item 'bad' has no label token after position 0"):
+        load_query_set(tmp_path / "q", name="x", max_length=64)
+    Dataset.from_dict({"input_ids": [[5, 6, 7]], "labels": [[-100, 9, 7]], "item_id": ["odd"]}).save_to_disk(
+        str(tmp_path / "q2")
+    )
+    with pytest.raises(CapatlasError, match="item 'odd' has a label that differs"):
+        load_query_set(tmp_path / "q2", name="x", max_length=64)
+    with pytest.raises(CapatlasError, match="more than fit one token batch"):
+        load_query_set(world["queries"]["bench_a"], name="bench_a", max_length=4)
+
+
+def test_shard_with_bad_bin_and_short_documents(world, tmp_path):
+    docs = [{"doc_id": "a", "bin_id": 5, "text": "river"}, {"doc_id": "b", "bin_id": 5, "text": "the river music"}]
+    (shard,) = write_shards(tmp_path / "shards", docs, 1)
+    score_shard(
+        world["config"],
+        model=world["model"],
+        shard=shard,
+        preconditioner=world["preconditioner"],
+        query_indices=world["query_indices"],
+        out_scores=tmp_path / "s.parquet",
+        out_binsums=tmp_path / "b.npz",
+    )
+    scores = read_scores(tmp_path / "s.parquet")
+    # One token: nothing to predict, so no score and no count.
+    assert np.isnan(scores.column("bench_a")[0].as_py()) and np.isfinite(scores.column("bench_a")[1].as_py())
+    assert read_binsums(tmp_path / "b.npz")["bench_a"]["count"][5] == 1
+
+    bad = [{"doc_id": "c", "bin_id": N_BINS, "text": "the river"}]
+    (shard,) = write_shards(tmp_path / "bad", bad, 1)
+    with pytest.raises(CapatlasError, match=f"document 'c' has bin_id {N_BINS}"):
+        score_shard(
+            world["config"],
+            model=world["model"],
+            shard=shard,
+            preconditioner=world["preconditioner"],
+            query_indices=world["query_indices"],
+            out_scores=tmp_path / "bad.parquet",
+            out_binsums=tmp_path / "bad.npz",
+        )
+
+
+def test_empty_shard_gives_empty_outputs(world, tmp_path):
+    (shard,) = write_shards(tmp_path / "shards", [], 1)
+    score_shard(
+        world["config"],
+        model=world["model"],
+        shard=shard,
+        preconditioner=world["preconditioner"],
+        query_indices=world["query_indices"],
+        out_scores=tmp_path / "s.parquet",
+        out_binsums=tmp_path / "b.npz",
+    )
+    scores = read_scores(tmp_path / "s.parquet")
+    assert scores.num_rows == 0 and scores.column_names == ["doc_id", "bin_id", *BENCHMARKS]
+    sums = read_binsums(tmp_path / "b.npz")
+    for name in BENCHMARKS:
+        assert sums[name]["sum"].shape == (N_BINS, N_QUERIES) and not sums[name]["count"].any()
+
+
+def test_cli_reports_mismatch_without_traceback(world, tmp_path, monkeypatch, capsys):
+    from capatlas import cli
+
+    stages = {name for name, _, _ in cli.STAGES}
+    extra = tuple(
+        entry
+        for entry in (
+            ("preconditioner", "capatlas.attribution_precondition", "fit R"),
+            ("query-gradients", "capatlas.attribution_queries", "query index"),
+            ("score-shard", "capatlas.attribution_score", "score a shard"),
+        )
+        if entry[0] not in stages
+    )
+    monkeypatch.setattr(cli, "STAGES", cli.STAGES + extra)
+    config_path = write_config(tmp_path / "config.yaml", make_config(projection_dim=8))
+    code = cli.main(
+        [
+            "score-shard",
+            "--config",
+            str(config_path),
+            "--model",
+            str(world["model"]),
+            "--shard",
+            str(world["shards"][2][0]),
+            "--preconditioner",
+            str(world["preconditioner"]),
+            "--query-index",
+            *[f"{name}={path}" for name, path in world["query_indices"].items()],
+            "--out-scores",
+            str(tmp_path / "out" / "s.parquet"),
+            "--out-binsums",
+            str(tmp_path / "out" / "b.npz"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "capatlas score-shard: error:" in err and "projection_dim is 4 there but 8 in this job" in err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,191 @@
+"""`capatlas query-gradients`: one benchmark's query gradients as a Bergson query index.
+
+Each query's gradient (loss on the answer tokens only) is randomly
+projected, preconditioned with the mixed R^-1/2 and unit-normalised by
+Bergson's ``build_query`` with ``PreprocessConfig(unit_normalize=True,
+hessian_path=<preconditioner>/hessian)`` (bergson-notes 1). Gradients stay
+per query (aggregation ``none``), so shard scoring yields every query's
+cosine and the benchmark score is their mean (bergson-notes 3).
+
+Output (replaced atomically) ``<out>/``:
+  index/            the Bergson query index (gradients.bin, info.json, ...)
+  items.parquet     row, item_id, n_tokens, n_label_tokens, loss (index row order)
+  provenance.json   model, versions, attribution fingerprint, the
+                    preconditioner's provenance hash, the query set's hash
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import pyarrow as pa
+
+from .attribution import (
+    HESSIAN_DIR,
+    INDEX_DIR,
+    ITEMS_FILE,
+    PROVENANCE_FILE,
+    base_provenance,
+    bergson_workdir,
+    check_identity,
+    load_query_set,
+    make_job,
+    prepare_run_path,
+    provenance_sha256,
+    read_provenance,
+    save_token_dataset,
+    deterministic_torch,
+)
+from .errors import CapatlasError
+from .io import atomic_path, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+STAGE = "query-gradients"
+
+
+def check_preconditioner(preconditioner: Path, job, *, model_sha256: str | None = None) -> dict:
+    """The preconditioner's provenance, after checking it matches this job's Bergson version and settings.
+
+    The preconditioner is fitted with the document model; a query model that
+    differs (the paper's Instruct model) is compared through `model_sha256`
+    only when given.
+    """
+    provenance = read_provenance(preconditioner, stage="preconditioner", produced_by="preconditioner")
+    expected = job.identity()
+    recorded = provenance.get("identity")
+    if model_sha256 is not None:
+        expected["model_sha256"] = model_sha256
+    elif isinstance(recorded, Mapping):
+        expected["model_sha256"] = recorded.get("model_sha256")
+    check_identity(expected, provenance, preconditioner / PROVENANCE_FILE, rerun="preconditioner")
+    if not (preconditioner / HESSIAN_DIR / "processor_config.yaml").is_file():
+        raise CapatlasError(f"{preconditioner / HESSIAN_DIR} is incomplete; rerun `capatlas preconditioner`")
+    return provenance
+
+
+def build_query_gradients(
+    config: Mapping,
+    *,
+    model: str | os.PathLike,
+    queries: str | os.PathLike,
+    preconditioner: str | os.PathLike,
+    benchmark: str,
+    out: str | os.PathLike,
+    revision: str | None = None,
+    optimizer_state: str | None = None,
+) -> dict:
+    """Build the benchmark's query index into `out` atomically; return its provenance."""
+    job = make_job(config, str(model), revision=revision, optimizer_state=optimizer_state)
+    preconditioner = Path(preconditioner).resolve()
+    pre_provenance = check_preconditioner(preconditioner, job)
+    if pre_provenance["identity"]["model_sha256"] != job.model.sha256:
+        log.info(
+            "query model %s differs from the document model the preconditioner was fitted with (%s)",
+            job.model.path,
+            pre_provenance.get("model", {}).get("path"),
+        )
+    query_set = load_query_set(queries, name=benchmark, max_length=job.effective_max_length)
+    fitted = pre_provenance.get("query_sets", {})
+    in_preconditioner = any(entry.get("sha256") == query_set.sha256 for entry in fitted.values())
+    if not in_preconditioner:
+        log.warning(
+            "the query set %s (%s) is not among the query sets R was fitted on (%s): its scores use a "
+            "preconditioner mixed without its statistics; rerun `capatlas preconditioner` to include it",
+            query_set.path,
+            benchmark,
+            ", ".join(sorted(fitted)) or "none",
+        )
+    log.info("building %d query gradients for %s on %s", len(query_set.item_ids), benchmark, job.device)
+
+    from bergson.build import build_query
+    from bergson.config.config import PreprocessConfig, QuerySetConfig
+
+    out = Path(out).resolve()
+    with bergson_workdir(out) as work, deterministic_torch():
+        dataset = save_token_dataset(work / "queries", query_set.input_ids, query_set.labels)
+        index_cfg = job.index_config(work / INDEX_DIR, dataset)
+        prepare_run_path(index_cfg)
+        preprocess_cfg = PreprocessConfig(unit_normalize=True, hessian_path=str(preconditioner / HESSIAN_DIR))
+        query_cfg = QuerySetConfig.from_data(index_cfg.data, aggregation="none")
+        index_path = Path(build_query(index_cfg, query_cfg, preprocess_cfg))
+        losses = _query_losses(index_path, len(query_set.item_ids))
+        with atomic_path(out, directory=True) as tmp:
+            shutil.move(str(index_path), str(tmp / INDEX_DIR))
+            write_parquet(
+                pa.table(
+                    {
+                        "row": pa.array(range(len(query_set.item_ids)), pa.int64()),
+                        "item_id": pa.array(query_set.item_ids, pa.string()),
+                        "n_tokens": pa.array([len(ids) for ids in query_set.input_ids], pa.int64()),
+                        "n_label_tokens": pa.array(query_set.n_label_tokens, pa.int64()),
+                        "loss": pa.array(losses, pa.float32()),
+                    }
+                ),
+                tmp / ITEMS_FILE,
+            )
+            provenance = base_provenance(
+                STAGE,
+                job,
+                benchmark=benchmark,
+                query_set=query_set.describe(),
+                n_queries=len(query_set.item_ids),
+                in_preconditioner=in_preconditioner,
+                preconditioner={
+                    "path": str(preconditioner),
+                    "provenance_sha256": provenance_sha256(pre_provenance),
+                    "model_sha256": pre_provenance["identity"]["model_sha256"],
+                    "lambda": pre_provenance.get("mixing", {}).get("lambda"),
+                },
+                preprocess={
+                    "unit_normalize": True,
+                    "aggregation": "none",
+                    "hessian_path": str(preconditioner / HESSIAN_DIR),
+                },
+            )
+            write_json(provenance, tmp / PROVENANCE_FILE)
+    return provenance
+
+
+def _query_losses(index_path: Path, n: int) -> list[float | None]:
+    from datasets import load_from_disk
+
+    try:
+        data = load_from_disk(str(index_path / "data.hf"))
+        losses = [float(x) for x in data["loss"]]
+    except Exception:  # a diagnostic only; the index itself is what matters
+        return [None] * n
+    return losses if len(losses) == n else [None] * n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--model", required=True, help="query model directory (default document model)")
+    parser.add_argument("--revision", default=None, help="model revision (hub ids only)")
+    parser.add_argument("--queries", required=True, help="the benchmark's query set (`capatlas queries` output)")
+    parser.add_argument("--preconditioner", required=True, help="`capatlas preconditioner` output directory")
+    parser.add_argument("--benchmark", required=True, help="benchmark name (score column name)")
+    parser.add_argument("--optimizer-state", default=None, help="as for `capatlas preconditioner`")
+    parser.add_argument("--out", required=True, help="query index directory (replaced atomically)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from .config import apply_offline, load_config
+
+    config = load_config(args.config)
+    apply_offline(config)
+    build_query_gradients(
+        config,
+        model=args.model,
+        revision=args.revision,
+        queries=args.queries,
+        preconditioner=args.preconditioner,
+        benchmark=args.benchmark,
+        optimizer_state=args.optimizer_state,
+        out=args.out,
+    )

@@ -1,0 +1,468 @@
+"""`capatlas score-shard`: one shard's documents scored against every benchmark's queries.
+
+Each document's gradient (summed token loss over its whole text) is scored
+by Bergson's own ``score_dataset`` against the query gradients of all
+benchmarks at once, with ``unit_normalize`` on and the mixed R^-1/2
+applied to both sides: the score of (query, document) is TrackStar's
+cosine. The benchmarks' query indices are concatenated into one index in
+a scratch directory, so each document's gradient is computed once however
+many benchmarks there are; Bergson scores each query column on its own,
+so this equals ``bergson score`` against each index separately.
+
+Before anything runs, the preconditioner and every query index must come
+from the same model, Bergson version and attribution fingerprint as this
+job, and every query index from this very preconditioner; otherwise the
+job fails naming the file and the difference, and writes nothing.
+
+Outputs (each written to a temporary name and renamed when both are done):
+
+``--out-scores`` (parquet, the shard's row order)
+    doc_id, bin_id, and one float32 column per benchmark = the mean of
+    the document's cosines over that benchmark's queries. A document with
+    fewer than 2 tokens has nothing to predict and scores NaN.
+``--out-binsums`` (npz), per benchmark ``<b>``:
+    ``<b>/sum``, ``<b>/sumsq``: float64 [576, n_queries], per bin and query
+    the sum and sum of squares of the documents' cosines;
+    ``<b>/count``: int64 [576], scored documents per bin;
+    ``<b>/item_ids``: the queries' item ids (column order).
+    Also ``benchmarks`` (names in column order) and ``provenance`` (JSON).
+Both carry the provenance JSON (parquet: schema metadata key
+``capatlas.provenance``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .attribution import (
+    HESSIAN_DIR,
+    INDEX_DIR,
+    ITEMS_FILE,
+    PROVENANCE_FILE,
+    SCORE_PRECISION,
+    base_provenance,
+    bergson_workdir,
+    canonical_json,
+    check_identity,
+    load_tokenizer,
+    make_job,
+    model_info,
+    parse_named_paths,
+    prepare_run_path,
+    provenance_sha256,
+    read_provenance,
+    save_token_dataset,
+    deterministic_torch,
+    tokenize_documents,
+)
+from .attribution_queries import check_preconditioner
+from .errors import CapatlasError
+from .io import atomic_path, file_sha256
+from .taxonomy import N_BINS
+
+log = logging.getLogger(__name__)
+
+STAGE = "score-shard"
+PROVENANCE_KEY = b"capatlas.provenance"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_RESERVED = {"doc_id", "bin_id"}
+# Score rows read from Bergson's memmap at a time (times the query count).
+_CHUNK_CELLS = 1 << 24
+
+
+@dataclass(frozen=True)
+class QueryIndex:
+    name: str
+    directory: Path
+    index: Path
+    provenance: dict
+    provenance_sha256: str
+    item_ids: list[str]
+    num_grads: int
+
+
+def check_query_indices(
+    query_indices: Mapping[str, Path], *, expected_identity: dict, preconditioner_sha256: str, preconditioner: Path
+) -> list[QueryIndex]:
+    """Load every query index after checking it belongs to this job and this preconditioner."""
+    loaded = []
+    for name, directory in query_indices.items():
+        if not _NAME.match(name) or name in _RESERVED:
+            raise CapatlasError(
+                f"benchmark name {name!r} cannot be a score column: use letters, digits, '_', '.', '-' "
+                f"and not {', '.join(sorted(_RESERVED))}"
+            )
+        directory = Path(directory).resolve()
+        provenance = read_provenance(directory, stage="query-gradients", produced_by="query-gradients")
+        source = directory / PROVENANCE_FILE
+        check_identity(expected_identity, provenance, source, rerun="query-gradients")
+        recorded = provenance.get("preconditioner", {})
+        if recorded.get("provenance_sha256") != preconditioner_sha256:
+            raise CapatlasError(
+                f"{source} was built against the preconditioner at {recorded.get('path')} "
+                f"(provenance sha256 {str(recorded.get('provenance_sha256'))[:12]}...), not against {preconditioner} "
+                f"(sha256 {preconditioner_sha256[:12]}...): rerun `capatlas query-gradients` for {name!r}"
+            )
+        if provenance.get("benchmark") != name:
+            raise CapatlasError(
+                f"{source} holds the queries of benchmark {provenance.get('benchmark')!r}, "
+                f"but it was passed as {name!r}"
+            )
+        index = directory / INDEX_DIR
+        info_path = index / "info.json"
+        if not info_path.is_file():
+            raise CapatlasError(
+                f"{index} is not a Bergson query index (no info.json); rerun `capatlas query-gradients`"
+            )
+        info = json.loads(info_path.read_text())
+        items_path = directory / ITEMS_FILE
+        if not items_path.is_file():
+            raise CapatlasError(f"{items_path} does not exist; rerun `capatlas query-gradients`")
+        item_ids = [str(x) for x in pq.read_table(items_path, columns=["item_id"]).column("item_id").to_pylist()]
+        if len(item_ids) != info.get("num_grads"):
+            raise CapatlasError(
+                f"{items_path} lists {len(item_ids)} items but {info_path} holds {info.get('num_grads')} gradients; "
+                "rerun `capatlas query-gradients`"
+            )
+        loaded.append(
+            QueryIndex(
+                name=name,
+                directory=directory,
+                index=index,
+                provenance=provenance,
+                provenance_sha256=provenance_sha256(provenance),
+                item_ids=item_ids,
+                num_grads=int(info["num_grads"]),
+            )
+        )
+    return loaded
+
+
+def combine_query_indices(indices: list[QueryIndex], dest: Path) -> list[tuple[int, int]]:
+    """One Bergson query index holding every benchmark's rows in order; returns each one's column range."""
+    from bergson.config.config import PreprocessConfig
+    from bergson.config.config_io import load_subconfig
+
+    first = indices[0]
+    first_info = json.loads((first.index / "info.json").read_text())
+    first_processor = (first.index / "processor_config.yaml").read_text()
+    first_preprocess = load_subconfig(first.index, "preprocess_cfg", PreprocessConfig)
+    if first_preprocess is None or not first_preprocess.unit_normalize or first_preprocess.aggregation != "none":
+        raise CapatlasError(
+            f"{first.index} was not built unit-normalised with per-query gradients; rerun `capatlas query-gradients`"
+        )
+    dest.mkdir(parents=True)
+    ranges = []
+    start = 0
+    with open(dest / "gradients.bin", "wb") as out:
+        for entry in indices:
+            info = json.loads((entry.index / "info.json").read_text())
+            for key in ("grad_sizes", "base_dtype", "attribute_tokens"):
+                if key == "grad_sizes":
+                    same = list(info.get(key, {}).items()) == list(first_info.get(key, {}).items())
+                else:
+                    same = info.get(key) == first_info.get(key)
+                if not same:
+                    raise CapatlasError(
+                        f"{entry.index}/info.json has a different {key} than {first.index}: the query indices "
+                        "were not built with one model and setting; rerun `capatlas query-gradients`"
+                    )
+            if (entry.index / "processor_config.yaml").read_text() != first_processor:
+                raise CapatlasError(
+                    f"{entry.index} was projected differently from {first.index}; rerun `capatlas query-gradients`"
+                )
+            preprocess = load_subconfig(entry.index, "preprocess_cfg", PreprocessConfig)
+            if preprocess is None or (
+                preprocess.unit_normalize,
+                preprocess.aggregation,
+                bool(preprocess.hessian_path),
+            ) != (first_preprocess.unit_normalize, first_preprocess.aggregation, bool(first_preprocess.hessian_path)):
+                raise CapatlasError(
+                    f"{entry.index} was preprocessed differently from {first.index}; rerun `capatlas query-gradients`"
+                )
+            source = entry.index / "gradients.bin"
+            expected = info["num_grads"] * sum(info["grad_sizes"].values()) * np.dtype(info["base_dtype"]).itemsize
+            if source.stat().st_size != expected:
+                raise CapatlasError(f"{source} has {source.stat().st_size} bytes, not {expected}; it is truncated")
+            with open(source, "rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 24)
+            ranges.append((start, start + entry.num_grads))
+            start += entry.num_grads
+    combined = dict(first_info)
+    combined["num_grads"] = combined["num_items"] = start
+    (dest / "info.json").write_text(json.dumps(combined, indent=2))
+    shutil.copyfile(first.index / "processor_config.yaml", dest / "processor_config.yaml")
+    shutil.copyfile(first.index / "config.yaml", dest / "config.yaml")
+    return ranges
+
+
+def read_shard(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise CapatlasError(f"shard {path} does not exist: run `capatlas shard` first")
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:
+        raise CapatlasError(f"shard {path} is not a readable parquet file: {exc}") from None
+    missing = [c for c in ("doc_id", "bin_id", "text") if c not in names]
+    if missing:
+        raise CapatlasError(f"shard {path} lacks column(s) {', '.join(missing)}")
+    table = pq.read_table(path, columns=["doc_id", "bin_id", "text"])
+    for column in ("doc_id", "bin_id", "text"):
+        if table.column(column).null_count:
+            raise CapatlasError(f"shard {path} has missing values in column {column!r}")
+    bins = table.column("bin_id").to_numpy()
+    bad = np.flatnonzero((bins < 0) | (bins >= N_BINS))
+    if len(bad):
+        i = int(bad[0])
+        raise CapatlasError(
+            f"shard {path}: document {table.column('doc_id')[i].as_py()!r} has bin_id {int(bins[i])}, "
+            f"outside 0..{N_BINS - 1}"
+        )
+    return table
+
+
+def _bergson_scores(job, docs_ds: Path, combined: Path, preconditioner: Path, run_path: Path):
+    from bergson.config.config import PreprocessConfig, ScoreConfig
+    from bergson.data import load_scores
+    from bergson.score.score import score_dataset
+
+    index_cfg = job.index_config(run_path, docs_ds)
+    prepare_run_path(index_cfg)
+    score_cfg = ScoreConfig(query_path=str(combined), score="individual", precision=SCORE_PRECISION)
+    preprocess_cfg = PreprocessConfig(unit_normalize=True, hessian_path=str(preconditioner / HESSIAN_DIR))
+    score_dataset(index_cfg, score_cfg, preprocess_cfg)
+    return load_scores(Path(index_cfg.run_path))
+
+
+def accumulate(
+    scores, bins: np.ndarray, ranges: list[tuple[int, int]], doc_ids: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Stream Bergson's [docs, queries] scores into per-benchmark doc means and per-bin sums (float64)."""
+    n = len(bins)
+    n_queries = ranges[-1][1] if ranges else 0
+    means = [np.empty(n, dtype=np.float64) for _ in ranges]
+    sums = [np.zeros((N_BINS, hi - lo), dtype=np.float64) for lo, hi in ranges]
+    sumsq = [np.zeros((N_BINS, hi - lo), dtype=np.float64) for lo, hi in ranges]
+    counts = np.bincount(bins, minlength=N_BINS).astype(np.int64)
+    step = max(1, _CHUNK_CELLS // max(1, n_queries))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        block = np.asarray(scores[a:b], dtype=np.float64)
+        if block.shape != (b - a, n_queries):
+            raise CapatlasError(f"Bergson returned scores of shape {block.shape}, expected {(b - a, n_queries)}")
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            raise CapatlasError(
+                f"document {doc_ids[a + int(np.flatnonzero(bad)[0])]!r} got a non-finite score "
+                "(the model's loss or gradient overflowed; try attribution.precision fp32)"
+            )
+        # Rows grouped by bin (stable, so the summation order is the shard's row order).
+        chunk_bins = bins[a:b]
+        order = np.argsort(chunk_bins, kind="stable")
+        sorted_bins = chunk_bins[order]
+        starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
+        present = sorted_bins[starts]
+        for k, (lo, hi) in enumerate(ranges):
+            part = block[:, lo:hi]
+            means[k][a:b] = part.mean(axis=1)
+            grouped = part[order]
+            sums[k][present] += np.add.reduceat(grouped, starts, axis=0)
+            sumsq[k][present] += np.add.reduceat(grouped * grouped, starts, axis=0)
+    return means, sums, sumsq, counts
+
+
+def score_shard(
+    config: Mapping,
+    *,
+    model: str | os.PathLike,
+    shard: str | os.PathLike,
+    preconditioner: str | os.PathLike,
+    query_indices: Mapping[str, str | os.PathLike],
+    out_scores: str | os.PathLike,
+    out_binsums: str | os.PathLike,
+    query_model: str | os.PathLike | None = None,
+    revision: str | None = None,
+    optimizer_state: str | None = None,
+) -> dict:
+    """Score one shard; write both outputs atomically; return the provenance."""
+    if not query_indices:
+        raise CapatlasError("no query indices given (--query-index NAME=DIR)")
+    job = make_job(config, str(model), revision=revision, optimizer_state=optimizer_state)
+    query_info = job.model
+    if query_model is not None:
+        query_info = model_info(query_model)
+    preconditioner = Path(preconditioner).resolve()
+    pre_provenance = check_preconditioner(preconditioner, job, model_sha256=job.model.sha256)
+    pre_sha = provenance_sha256(pre_provenance)
+    indices = check_query_indices(
+        {name: Path(p) for name, p in query_indices.items()},
+        expected_identity=job.identity(model=query_info),
+        preconditioner_sha256=pre_sha,
+        preconditioner=preconditioner,
+    )
+
+    shard = Path(shard).resolve()
+    table = read_shard(shard)
+    doc_ids = table.column("doc_id").to_pylist()
+    bins = table.column("bin_id").to_numpy().astype(np.int64)
+    n_docs = len(doc_ids)
+    tokenizer = load_tokenizer(job.model.path)
+    token_ids = tokenize_documents(
+        tokenizer,
+        table.column("text").to_pylist(),
+        doc_ids,
+        max_length=job.effective_max_length,
+        truncation=job.settings.truncation,
+        where=f"shard {shard}",
+    )
+    del table
+    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
+    scored = np.flatnonzero(lengths >= 2)  # Bergson skips shorter documents: nothing to predict
+    if len(scored) < n_docs:
+        log.warning("%d document(s) of %s have fewer than 2 tokens and score NaN", n_docs - len(scored), shard)
+    sizes = [q.num_grads for q in indices]
+    ranges = []
+    start = 0
+    for size in sizes:
+        ranges.append((start, start + size))
+        start += size
+    log.info(
+        "scoring %d documents (%d tokens) of %s against %d queries of %d benchmark(s) on %s",
+        len(scored),
+        int(lengths[scored].sum()),
+        shard.name,
+        start,
+        len(indices),
+        job.device,
+    )
+
+    out_scores = Path(out_scores).resolve()
+    out_binsums = Path(out_binsums).resolve()
+    with bergson_workdir(out_scores) as work, deterministic_torch():
+        if len(scored):
+            docs_ds = save_token_dataset(work / "docs", [token_ids[i] for i in scored])
+            del token_ids
+            ranges = combine_query_indices(indices, work / "queries")
+            scores = _bergson_scores(job, docs_ds, work / "queries", preconditioner, work / "scores")
+            if len(scores) != len(scored):
+                raise CapatlasError(f"Bergson scored {len(scores)} rows, expected {len(scored)}")
+            means, sums, sumsq, counts = accumulate(scores, bins[scored], ranges, [doc_ids[i] for i in scored])
+            del scores
+        else:
+            means = [np.empty(0) for _ in ranges]
+            sums = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
+            sumsq = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
+            counts = np.zeros(N_BINS, dtype=np.int64)
+
+        provenance = base_provenance(
+            STAGE,
+            job,
+            shard={
+                "path": str(shard),
+                "sha256": file_sha256(shard),
+                "n_docs": n_docs,
+                "n_scored": int(len(scored)),
+                "n_tokens_scored": int(lengths[scored].sum()),
+            },
+            preconditioner={
+                "path": str(preconditioner),
+                "provenance_sha256": pre_sha,
+                "lambda": pre_provenance.get("mixing", {}).get("lambda"),
+            },
+            query_model=query_info.describe() if query_info is not job.model else None,
+            benchmarks=[
+                {
+                    "name": q.name,
+                    "path": str(q.directory),
+                    "provenance_sha256": q.provenance_sha256,
+                    "query_set_sha256": q.provenance.get("query_set", {}).get("sha256"),
+                    "n_queries": q.num_grads,
+                    "columns": list(r),
+                }
+                for q, r in zip(indices, ranges)
+            ],
+        )
+        provenance_text = canonical_json(provenance)
+
+        columns: dict[str, pa.Array] = {
+            "doc_id": pa.array(doc_ids, pa.string()),
+            "bin_id": pa.array(bins.astype(np.int32), pa.int32()),
+        }
+        arrays: dict[str, np.ndarray] = {
+            "benchmarks": np.array([q.name for q in indices], dtype=str),
+            "provenance": np.array(provenance_text),
+        }
+        for q, mean, s, ss in zip(indices, means, sums, sumsq):
+            full = np.full(n_docs, np.nan, dtype=np.float32)
+            full[scored] = mean.astype(np.float32)
+            columns[q.name] = pa.array(full, pa.float32())
+            arrays[f"{q.name}/sum"] = s
+            arrays[f"{q.name}/sumsq"] = ss
+            arrays[f"{q.name}/count"] = counts
+            arrays[f"{q.name}/item_ids"] = np.array(q.item_ids, dtype=str)
+        result = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: provenance_text.encode()})
+
+        with atomic_path(out_scores) as tmp_scores, atomic_path(out_binsums) as tmp_binsums:
+            pq.write_table(result, tmp_scores, compression="zstd", write_statistics=True)
+            with open(tmp_binsums, "wb") as handle:
+                np.savez(handle, **arrays)
+    return provenance
+
+
+def read_binsums(path: str | os.PathLike) -> dict:
+    """{benchmark: {sum, sumsq, count, item_ids}} plus 'provenance' (dict) from a binsums npz."""
+    with np.load(path, allow_pickle=False) as data:
+        out: dict = {"provenance": json.loads(str(data["provenance"]))}
+        for name in data["benchmarks"].tolist():
+            out[name] = {key: data[f"{name}/{key}"] for key in ("sum", "sumsq", "count", "item_ids")}
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--model", required=True, help="document model directory (or a hub id in the local cache)")
+    parser.add_argument("--revision", default=None, help="model revision (hub ids only)")
+    parser.add_argument("--query-model", default=None, help="model the query indices were built with, if not --model")
+    parser.add_argument("--shard", required=True, help="shard-*.parquet (doc_id, bin_id, text)")
+    parser.add_argument("--preconditioner", required=True, help="`capatlas preconditioner` output directory")
+    parser.add_argument(
+        "--query-index",
+        nargs="+",
+        required=True,
+        metavar="NAME=DIR",
+        help="each benchmark's `capatlas query-gradients` output; NAME becomes the score column",
+    )
+    parser.add_argument("--optimizer-state", default=None, help="as for `capatlas preconditioner`")
+    parser.add_argument("--out-scores", required=True, help="scores parquet (written atomically)")
+    parser.add_argument("--out-binsums", required=True, help="bin sums npz (written atomically)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from .config import apply_offline, load_config
+
+    config = load_config(args.config)
+    apply_offline(config)
+    score_shard(
+        config,
+        model=args.model,
+        revision=args.revision,
+        query_model=args.query_model,
+        shard=args.shard,
+        preconditioner=args.preconditioner,
+        query_indices=parse_named_paths(args.query_index, flag="--query-index", require_name=True),
+        optimizer_state=args.optimizer_state,
+        out_scores=args.out_scores,
+        out_binsums=args.out_binsums,
+    )
