@@ -1,0 +1,46 @@
+"""The demo DAG through influence, contrast and figures: planted bins are recovered."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from capatlas.taxonomy import N_BINS
+
+pytestmark = pytest.mark.slow
+
+
+def test_bin_matrix_covers_every_bin_of_every_benchmark(demo_run):
+    matrix = pq.read_table(demo_run / "influence" / "bin_matrix.parquet").to_pandas()
+    truth = json.loads((demo_run / "demo" / "world" / "ground_truth.json").read_text())
+    assert set(matrix["benchmark"]) == set(truth["benchmarks"])
+    assert len(matrix) == N_BINS * len(truth["benchmarks"])
+    scored = matrix[matrix["n_docs"] > 0]
+    assert (scored["ci_low"] <= scored["mean"] + 1e-12).all() and (scored["ci_high"] >= scored["mean"] - 1e-12).all()
+    for _, part in scored.groupby("benchmark"):
+        assert part["zscore"].std(ddof=1) == pytest.approx(1.0)
+
+
+def test_planted_bins_are_recovered(demo_run):
+    recovery = json.loads((demo_run / "contrast" / "demo_recovery.json").read_text())
+    truth = json.loads((demo_run / "demo" / "world" / "ground_truth.json").read_text())
+    assert set(recovery["benchmarks"]) == set(truth["benchmarks"])
+    for name, entry in recovery["benchmarks"].items():
+        assert entry["k"] == len(truth["benchmarks"][name]["planted_bins"])
+        assert entry["precision_at_k"] >= 0.8, (name, entry)
+
+
+def test_contrast_summary_and_figures_exist(demo_run):
+    summary = json.loads((demo_run / "contrast" / "summary.json").read_text())
+    for key in ("pearson", "spearman", "topic_contrast", "format_contrast", "sharpness", "top_bins", "robustness"):
+        assert summary[key], key
+    assert "documents" in summary["input"]["uncertainty"]
+    values = [v for row in summary["pearson"]["matrix"].values() for v in row.values()]
+    assert np.all(np.abs(values) <= 1 + 1e-9)
+    for name in summary["input"]["benchmarks"]:
+        assert (demo_run / "figures" / f"heatmap_{name}.png").stat().st_size > 10_000
+    for name in ("contrast_bars.png", "correlations.png"):
+        assert (demo_run / "figures" / name).stat().st_size > 10_000

@@ -1,0 +1,208 @@
+"""`capatlas influence`: bin statistics against brute force, sharding invariance, provenance checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from capatlas import influence as inf
+from capatlas.errors import CapatlasError
+from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, TOPIC_SLUGS
+from helpers_analysis import make_scores, write_shards
+
+EMPTY = (3, 100, 575)
+
+
+@pytest.fixture(scope="module")
+def data():
+    sizes = np.random.default_rng(7).integers(1, 6, N_BINS)
+    return make_scores(11, docs_per_bin=sizes, n_queries=6, empty_bins=EMPTY, unscored=5)
+
+
+@pytest.fixture(scope="module")
+def result(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards3")
+    scores, binsums = write_shards(data, root, 3)
+    return inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=50, seed=5, ci_level=0.9)
+
+
+def brute_frame(data, name):
+    return pd.DataFrame(
+        {"doc_id": data.doc_ids, "bin_id": data.bins, "score": data.doc_means(name).astype(np.float64)}
+    ).dropna()
+
+
+def test_bin_statistics_match_brute_force(data, result):
+    for name in data.benchmarks:
+        frame = brute_frame(data, name)
+        grouped = frame.groupby("bin_id")["score"]
+        got = result.matrix[result.matrix["benchmark"] == name].set_index("bin_id")
+        assert len(got) == N_BINS
+        n = grouped.count().reindex(range(N_BINS), fill_value=0)
+        np.testing.assert_array_equal(got["n_docs"].to_numpy(), n.to_numpy())
+        means = grouped.mean().reindex(range(N_BINS))
+        np.testing.assert_allclose(got["mean"], means, rtol=1e-12, atol=1e-15)
+        sd = grouped.std(ddof=1).reindex(range(N_BINS))
+        np.testing.assert_allclose(got["sd"], sd, rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(got["sem"], sd / np.sqrt(n.replace(0, np.nan)), rtol=1e-9, atol=1e-14)
+        z = (means - means.mean()) / means.std(ddof=1)  # pandas skips empty bins (NaN)
+        np.testing.assert_allclose(got["zscore"], z, rtol=1e-9, atol=1e-12)
+        assert got.loc[list(EMPTY), "zscore"].isna().all()
+        assert (got.loc[list(EMPTY), "n_docs"] == 0).all()
+        assert got.loc[5, "topic"] == TOPIC_SLUGS[0] and got.loc[5, "format"] == FORMAT_SLUGS[5]
+
+
+def test_marginals_match_brute_force(data, result):
+    for facet, table, size in (("topic", result.topic_marginals, 24), ("format", result.format_marginals, 24)):
+        for name in data.benchmarks:
+            bins = result.matrix[result.matrix["benchmark"] == name]
+            units = bins["bin_id"] // 24 if facet == "topic" else bins["bin_id"] % 24
+            valid = bins["n_docs"] > 0
+            expected = bins[valid].groupby(units[valid])["zscore"].mean()
+            weighted = (
+                bins[valid]
+                .groupby(units[valid])
+                .apply(lambda g: np.average(g["zscore"], weights=g["n_docs"]), include_groups=False)
+            )
+            got = table[table["benchmark"] == name].set_index(f"{facet}_id")
+            np.testing.assert_allclose(got["mean_z"], expected.reindex(range(size)), rtol=1e-12)
+            np.testing.assert_allclose(got["weighted_mean_z"], weighted.reindex(range(size)), rtol=1e-12)
+            assert (got["ci_low"] <= got["mean_z"] + 1e-12).mean() > 0.8
+
+
+def test_document_bootstrap_is_the_poisson_bootstrap_of_each_bin(data, result):
+    name = data.benchmarks[1]
+    frame = brute_frame(data, name)
+    weights = inf.poisson_weights(inf.document_keys(frame["doc_id"].tolist(), 5), 50)
+    expected = np.full((50, N_BINS), np.nan)
+    for b, rows in frame.groupby("bin_id").indices.items():
+        w = weights[rows]
+        total = w.sum(axis=0)
+        mean = frame["score"].to_numpy()[rows].mean()
+        expected[:, b] = np.where(
+            total > 0, (w * frame["score"].to_numpy()[rows, None]).sum(axis=0) / np.maximum(total, 1), mean
+        )
+    j = result.benchmarks.index(name)
+    np.testing.assert_allclose(result.document_replicates[j], expected, rtol=1e-10, equal_nan=True)
+    got = result.matrix[result.matrix["benchmark"] == name].set_index("bin_id")
+    low, high = np.nanquantile(expected, [0.05, 0.95], axis=0)
+    np.testing.assert_allclose(got["ci_low"], low, rtol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(got["ci_high"], high, rtol=1e-10, equal_nan=True)
+    # Poisson(1) weights: mean and variance 1.
+    assert abs(weights.mean() - 1) < 0.05 and abs(weights.var() - 1) < 0.1
+
+
+def test_query_bootstrap_resamples_queries_of_the_bin_sums(data, result):
+    name = data.benchmarks[0]
+    values = data.per_query[name]
+    scored = np.isfinite(values).all(axis=1)
+    sums = np.zeros((N_BINS, values.shape[1]))
+    np.add.at(sums, data.bins[scored], values[scored])
+    counts = np.bincount(data.bins[scored], minlength=N_BINS)
+    reps = inf.query_replicates(sums, counts, 50, 5, name)
+    j = result.benchmarks.index(name)
+    np.testing.assert_allclose(result.query_replicates[j], reps, rtol=1e-12, equal_nan=True)
+    # Brute force for one replicate: redraw its query counts and average the per-query bin means.
+    rng = np.random.default_rng([5, __import__("zlib").crc32(name.encode()), 1])
+    draws = rng.multinomial(values.shape[1], np.full(values.shape[1], 1 / values.shape[1]), size=50)
+    per_query_bin_mean = sums / np.where(counts > 0, counts, np.nan)[:, None]
+    brute = (per_query_bin_mean * draws[7][None, :]).sum(axis=1) / values.shape[1]
+    np.testing.assert_allclose(reps[7], brute, rtol=1e-12, equal_nan=True)
+
+
+def test_sharding_does_not_change_the_matrix_and_runs_repeat_exactly(data, tmp_path):
+    results = {}
+    for n_shards in (4, 8):
+        scores, binsums = write_shards(data, tmp_path / f"s{n_shards}", n_shards)
+        shards = inf.pair_shards(scores, binsums)
+        results[n_shards] = inf.compute_influence(shards, n_bootstrap=40, seed=3)
+        if n_shards == 4:
+            again = inf.compute_influence(shards, n_bootstrap=40, seed=3)
+            pd.testing.assert_frame_equal(results[4].matrix, again.matrix, check_exact=True)
+            np.testing.assert_array_equal(results[4].document_replicates, again.document_replicates)
+            inf.write_influence(results[4], tmp_path / "a")
+            inf.write_influence(again, tmp_path / "b")
+            for name in (inf.MATRIX_FILE, inf.TOPIC_FILE, inf.FORMAT_FILE, inf.BOOTSTRAP_FILE):
+                assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    a, b = results[4].matrix, results[8].matrix
+    tolerance = 1e-6 * np.nanmax(np.abs(a["mean"]))
+    for column in ("mean", "sd", "sem", "ci_low", "ci_high", "query_ci_low", "query_ci_high"):
+        np.testing.assert_allclose(a[column], b[column], rtol=0, atol=tolerance, equal_nan=True, err_msg=column)
+    np.testing.assert_allclose(a["zscore"], b["zscore"], rtol=0, atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(a["n_docs"], b["n_docs"])
+
+
+def test_a_shard_from_another_attribution_run_is_refused_by_name(data, tmp_path):
+    scores, binsums = write_shards(
+        data, tmp_path, 4, provenance_edits={2: {"preconditioner.provenance_sha256": "c" * 64}}
+    )
+    with pytest.raises(CapatlasError, match=r"shard-00002\.parquet.*different attribution run.*preconditioner"):
+        inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=0)
+    scores, binsums = write_shards(data, tmp_path / "m", 4, provenance_edits={3: {"identity.model_sha256": "f" * 64}})
+    with pytest.raises(CapatlasError, match=r"shard-00003\.parquet.*model_sha256"):
+        inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=0)
+
+
+def test_unpaired_or_mismatched_shard_files_are_refused(data, tmp_path):
+    scores, binsums = write_shards(data, tmp_path / "a", 3)
+    with pytest.raises(CapatlasError, match="shard-00001 has no bin sums"):
+        inf.pair_shards(scores, [binsums[0], binsums[2]])
+    other_scores, other_binsums = write_shards(data, tmp_path / "b", 2)
+    with pytest.raises(CapatlasError, match="shard-00001"):
+        inf.compute_influence(inf.pair_shards([scores[0], scores[1]], [binsums[0], other_binsums[1]]), n_bootstrap=0)
+
+
+def test_cli_writes_all_outputs_and_exits_2_on_bad_input(data, tmp_path, repo_root):
+    scores, binsums = write_shards(data, tmp_path / "shards", 2)
+    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    config["analysis"] = {"bootstrap": 20, "permutations": 20}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [
+        sys.executable,
+        "-m",
+        "capatlas.cli",
+        "influence",
+        "--config",
+        str(config_path),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    env = {"PYTHONPATH": str(repo_root / "workflow"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [*command, "--scores", *map(str, scores), "--binsums", *map(str, binsums)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    matrix = pq.read_table(tmp_path / "out" / inf.MATRIX_FILE)
+    assert matrix.num_rows == N_BINS * len(data.benchmarks)
+    assert matrix.column_names[:11] == [
+        "benchmark",
+        "bin_id",
+        "topic",
+        "format",
+        "n_docs",
+        "mean",
+        "sd",
+        "sem",
+        "zscore",
+        "ci_low",
+        "ci_high",
+    ]
+    assert inf.METADATA_KEY in matrix.schema.metadata
+    boot = inf.read_bootstrap(tmp_path / "out" / inf.BOOTSTRAP_FILE)
+    assert boot[data.benchmarks[0]]["documents"].shape == (20, N_BINS)
+    for name in (inf.TOPIC_FILE, inf.FORMAT_FILE):
+        assert pq.read_table(tmp_path / "out" / name).num_rows == 24 * len(data.benchmarks)
+    failed = subprocess.run(
+        [*command, "--scores", str(scores[0]), "--binsums", str(binsums[1])], env=env, capture_output=True, text=True
+    )
+    assert failed.returncode == 2 and "shard-00000 has no bin sums" in failed.stderr

@@ -1,0 +1,615 @@
+"""`capatlas influence`: shard scores -> the bin-level influence matrix.
+
+Streams every shard's ``attribution/scores/shard-*.parquet`` (one float32
+column per benchmark, the document's mean cosine over that benchmark's
+queries) and ``attribution/binsums/shard-*.npz`` (per bin and query: sum,
+sum of squares, count), one shard at a time, into per-bin accumulators.
+Memory depends on bins x benchmarks x bootstrap replicates, never on the
+number of documents.
+
+Per benchmark and bin (576 bins, empty ones kept with n_docs = 0):
+
+* ``mean``, ``sd`` (ddof = 1), ``sem``: over the bin's scored documents,
+  merged across shards with Chan's parallel update in float64;
+* ``zscore``: (mean - mean over non-empty bins) / sd over non-empty bins,
+  ddof = 1, as in the study; empty bins get NaN and do not count;
+* ``ci_low``/``ci_high``: percentile CI of the bin mean from a Poisson
+  bootstrap over documents. Each document gets a Poisson(1) weight per
+  replicate, drawn from a counter-based hash of (seed, doc_id, replicate),
+  so the replicates do not depend on shard count, shard order or row order
+  and need no second pass over the documents;
+* ``query_ci_low``/``query_ci_high``: percentile CI from resampling the
+  benchmark's queries with replacement, computed from the bin sums.
+
+Topic and format marginals per benchmark: ``mean_z`` (unweighted mean of
+the non-empty bins' z, the study's definition), ``weighted_mean_z``
+(weighted by n_docs), with a document-bootstrap CI of ``mean_z``.
+
+The bootstrap replicates of every bin mean go to ``bin_bootstrap.npz``
+(``<benchmark>/documents`` and ``<benchmark>/queries``, float64
+[n_bootstrap, 576]) so that `capatlas contrast` can put document- and
+query-level CIs on every statistic it derives.
+
+All shards must come from one attribution run: the same model, Bergson
+version and attribution settings, the same preconditioner and the same
+query sets; a shard that differs is refused by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import warnings
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy import stats
+from tqdm import tqdm
+
+from .attribution import canonical_json, identity_differences
+from .attribution_score import PROVENANCE_KEY
+from .errors import CapatlasError
+from .io import atomic_path, write_parquet
+from .taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS
+
+log = logging.getLogger(__name__)
+
+STAGE = "influence"
+MATRIX_FILE = "bin_matrix.parquet"
+TOPIC_FILE = "topic_marginals.parquet"
+FORMAT_FILE = "format_marginals.parquet"
+BOOTSTRAP_FILE = "bin_bootstrap.npz"
+METADATA_KEY = b"capatlas.influence"
+
+BIN_TOPIC = np.arange(N_BINS) // N_FORMATS
+BIN_FORMAT = np.arange(N_BINS) % N_FORMATS
+
+# Poisson(1) CDF; weights above 20 have probability < 1e-19.
+_POISSON_CDF = stats.poisson.cdf(np.arange(21), 1.0)
+# The CDF on the 53-bit grid the uniforms live on: u = m / 2**53 >= cdf[k]
+# exactly when the integer m >= ceil(cdf[k] * 2**53) (scaling by a power of
+# two is exact), so integer comparisons give the float draws' weights bit
+# for bit without converting 5.7e9 draws to float.
+_POISSON_THRESHOLDS = np.ceil(_POISSON_CDF * float(1 << 53)).astype(np.uint64)
+# Cells (documents x replicates) drawn at a time.
+_CHUNK_CELLS = 1 << 22
+_SHARD_NAME = re.compile(r"(shard-\d+)")
+
+
+# --------------------------------------------------------------------------- shard inputs
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    key: str
+    scores: Path
+    binsums: Path
+
+
+def shard_key(path: Path) -> str:
+    match = _SHARD_NAME.search(Path(path).name)
+    if not match:
+        raise CapatlasError(f"{path}: cannot tell which shard this is (expected a name like shard-00000.parquet)")
+    return match.group(1)
+
+
+def pair_shards(scores: Sequence[str | os.PathLike], binsums: Sequence[str | os.PathLike]) -> list[ShardFiles]:
+    """Match score and bin-sum files by shard name; every shard needs both."""
+    by_scores = {shard_key(Path(p)): Path(p) for p in scores}
+    by_binsums = {shard_key(Path(p)): Path(p) for p in binsums}
+    if len(by_scores) != len(scores) or len(by_binsums) != len(binsums):
+        raise CapatlasError("the same shard was given twice (--scores or --binsums)")
+    missing = sorted(set(by_scores) ^ set(by_binsums))
+    if missing:
+        which = ["bin sums" if k in by_scores else "scores" for k in missing]
+        raise CapatlasError(
+            "every shard needs both its scores and its bin sums: "
+            + ", ".join(f"{k} has no {w} file" for k, w in zip(missing, which))
+        )
+    if not by_scores:
+        raise CapatlasError("no shards given (--scores, --binsums)")
+    for path in [*by_scores.values(), *by_binsums.values()]:
+        if not path.is_file():
+            raise CapatlasError(f"{path} does not exist: run `capatlas score-shard` for it first")
+    return [ShardFiles(k, by_scores[k], by_binsums[k]) for k in sorted(by_scores)]
+
+
+def read_score_provenance(path: Path) -> dict:
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception as exc:
+        raise CapatlasError(f"{path} is not a readable parquet file: {exc}") from None
+    if PROVENANCE_KEY not in metadata:
+        raise CapatlasError(f"{path} carries no provenance ({PROVENANCE_KEY.decode()}): rerun `capatlas score-shard`")
+    return json.loads(metadata[PROVENANCE_KEY])
+
+
+def run_signature(provenance: dict) -> dict:
+    """What every shard of one attribution run shares: model, settings, preconditioner, query sets."""
+    return {
+        "identity": provenance.get("identity"),
+        "preconditioner_sha256": (provenance.get("preconditioner") or {}).get("provenance_sha256"),
+        "benchmarks": {
+            b.get("name"): {
+                "provenance_sha256": b.get("provenance_sha256"),
+                "query_set_sha256": b.get("query_set_sha256"),
+                "n_queries": b.get("n_queries"),
+            }
+            for b in provenance.get("benchmarks") or []
+        },
+    }
+
+
+def check_same_run(reference: dict, reference_source: Path, signature: dict, source: Path) -> None:
+    differences = identity_differences(reference, signature)
+    if differences:
+        shown = "; ".join(
+            d.replace(" there but ", f" in {source.name} but ").replace(" in this job", f" in {reference_source.name}")
+            for d in differences[:4]
+        )
+        raise CapatlasError(
+            f"shard {source} was scored in a different attribution run than {reference_source} "
+            f"(different model, settings, preconditioner or queries): {shown}. "
+            "Rescore it with `capatlas score-shard` against the same preconditioner and query indices"
+        )
+
+
+def read_bin_sums(path: Path) -> dict:
+    """{benchmark: {sum, count, item_ids}} plus 'provenance' from a bin-sums npz.
+
+    Like ``attribution_score.read_binsums`` but without ``sumsq``, which this
+    stage does not use: at paper scale (576 x 9,400 float64 per shard) that
+    halves what 1,000 shards make it read.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        out: dict = {"provenance": json.loads(str(data["provenance"]))}
+        for name in data["benchmarks"].tolist():
+            out[name] = {key: data[f"{name}/{key}"] for key in ("sum", "count", "item_ids")}
+    return out
+
+
+# --------------------------------------------------------------------------- bootstrap weights
+
+
+def _splitmix64(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    # uint64 arithmetic wraps modulo 2**64, which is what splitmix64 wants; in
+    # place, because at paper scale each pass touches gigabytes.
+    with np.errstate(over="ignore"):
+        z = x if inplace else x.copy()
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+        return z
+
+
+def document_keys(doc_ids: Sequence[str], seed: int) -> np.ndarray:
+    """A 64-bit key per document from (seed, doc_id): a document's bootstrap weights follow it across shards."""
+    prefix = f"{seed}\0".encode()
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(prefix + str(d).encode(), digest_size=8).digest(), "little") for d in doc_ids],
+        dtype=np.uint64,
+    )
+
+
+def poisson_weights(keys: np.ndarray, n_replicates: int, dtype=np.float64) -> np.ndarray:
+    """[len(keys), n_replicates] Poisson(1) weights, a pure function of (key, replicate).
+
+    The uniform draw is the top 53 bits of splitmix64(key ^ replicate key);
+    the weight is how many CDF steps it passes.
+    """
+    replicate_keys = _splitmix64(np.arange(n_replicates, dtype=np.uint64) * np.uint64(0x2545F4914F6CDD1D))
+    bits = _splitmix64(keys[:, None] ^ replicate_keys[None, :], inplace=True)
+    bits >>= np.uint64(11)
+    return np.searchsorted(_POISSON_THRESHOLDS, bits, side="right").astype(dtype)
+
+
+# --------------------------------------------------------------------------- accumulation
+
+
+def default_threads() -> int:
+    """The cores this process may use (SLURM and cgroups set the affinity), at most 8."""
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not on Linux
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+class BinAccumulator:
+    """Per benchmark and bin: count, mean, M2 (Chan merge) and bootstrap sums, in float64."""
+
+    def __init__(self, benchmarks: Sequence[str], n_bootstrap: int, seed: int, threads: int | None = None):
+        self.benchmarks = list(benchmarks)
+        self.n_bootstrap = n_bootstrap
+        self.seed = seed
+        self.threads = threads or default_threads()
+        nb = len(self.benchmarks)
+        self.count = np.zeros((nb, N_BINS), dtype=np.int64)
+        self.mean = np.zeros((nb, N_BINS))
+        self.m2 = np.zeros((nb, N_BINS))
+        # Stored bin-major so that adding a chunk's [bins, replicates] block writes whole rows;
+        # boot_sum and boot_weight are [nb, B, 576] views of them.
+        self._boot_sum = np.zeros((nb, N_BINS, n_bootstrap))
+        self._boot_weight = np.zeros((nb, N_BINS, n_bootstrap))
+        self.boot_sum = self._boot_sum.transpose(0, 2, 1)
+        self.boot_weight = self._boot_weight.transpose(0, 2, 1)
+
+    def add(self, doc_ids: Sequence[str], bins: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Add documents (values: [n_docs, n_benchmarks], NaN = unscored); returns per-bin scored counts."""
+        bins = np.asarray(bins, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        scored_counts = np.zeros((len(self.benchmarks), N_BINS), dtype=np.int64)
+        for j in range(len(self.benchmarks)):
+            ok = np.isfinite(values[:, j])
+            b, x = bins[ok], values[ok, j]
+            n = np.bincount(b, minlength=N_BINS)
+            scored_counts[j] = n
+            if not len(x):
+                continue
+            has = n > 0
+            mean = np.zeros(N_BINS)
+            mean[has] = np.bincount(b, weights=x, minlength=N_BINS)[has] / n[has]
+            m2 = np.bincount(b, weights=(x - mean[b]) ** 2, minlength=N_BINS)
+            total = self.count[j] + n
+            delta = mean - self.mean[j]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                new_mean = np.where(has, self.mean[j] + delta * n / np.maximum(total, 1), self.mean[j])
+                new_m2 = np.where(
+                    has, self.m2[j] + m2 + delta**2 * self.count[j] * n / np.maximum(total, 1), self.m2[j]
+                )
+            self.mean[j], self.m2[j], self.count[j] = new_mean, new_m2, total
+        if self.n_bootstrap:
+            self._add_bootstrap(doc_ids, bins, values)
+        return scored_counts
+
+    def _bootstrap_chunk(self, keys: np.ndarray, bins: np.ndarray, values: np.ndarray) -> list:
+        """Per benchmark (present bins, [n_present, B] weighted sums, [n_present, B] weight sums) of one chunk.
+
+        A pure function of its inputs, so chunks can run in parallel; the
+        caller adds them in chunk order, which keeps every sum bit for bit
+        what one sequential pass gives.
+        """
+        # Weights are small integers: uint8 keeps the matrix 8x smaller, and
+        # uint8 * float64 and integer sums are exact, so nothing changes.
+        weights = poisson_weights(keys, self.n_bootstrap, dtype=np.uint8)
+        out = []
+        previous = None  # benchmarks scored on the same documents share the sort, gather and weight sums
+        for j in range(len(self.benchmarks)):
+            x = values[:, j]
+            ok = np.isfinite(x)
+            if not ok.any():
+                out.append(None)
+                continue
+            if previous is not None and np.array_equal(ok, previous[0]):
+                _, order, starts, present, w, weight_sums = previous
+            else:
+                b = bins[ok]
+                order = np.argsort(b, kind="stable")
+                sorted_bins = b[order]
+                starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
+                present = sorted_bins[starts]
+                w = weights[ok][order]
+                weight_sums = np.add.reduceat(w, starts, axis=0, dtype=np.float64)
+                previous = (ok, order, starts, present, w, weight_sums)
+            sums = np.add.reduceat(w * x[ok][order][:, None], starts, axis=0)
+            out.append((present, sums, weight_sums))
+        return out
+
+    def _add_bootstrap(self, doc_ids: Sequence[str], bins: np.ndarray, values: np.ndarray) -> None:
+        keys = document_keys(doc_ids, self.seed)
+        step = max(1, _CHUNK_CELLS // self.n_bootstrap)
+        starts = range(0, len(keys), step)
+
+        def chunk(a: int) -> list:
+            return self._bootstrap_chunk(keys[a : a + step], bins[a : a + step], values[a : a + step])
+
+        if self.threads > 1 and len(starts) > 1:
+            # numpy releases the GIL in these kernels; at most `threads` chunks are in flight.
+            with ThreadPoolExecutor(self.threads) as pool:
+                pending = [pool.submit(chunk, a) for a in starts[: self.threads]]
+                for a in starts[self.threads :]:
+                    self._merge(pending.pop(0).result())
+                    pending.append(pool.submit(chunk, a))
+                for future in pending:
+                    self._merge(future.result())
+        else:
+            for a in starts:
+                self._merge(chunk(a))
+
+    def _merge(self, parts: list) -> None:
+        for j, part in enumerate(parts):
+            if part is None:
+                continue
+            present, sums, weight_sums = part
+            self._boot_sum[j][present] += sums
+            self._boot_weight[j][present] += weight_sums
+
+    def bin_stats(self) -> dict[str, np.ndarray]:
+        n = self.count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, self.mean, np.nan)
+            sd = np.where(n > 1, np.sqrt(np.maximum(self.m2, 0.0) / np.maximum(n - 1, 1)), np.nan)
+            sem = sd / np.sqrt(n)
+        return {"n_docs": n, "mean": mean, "sd": sd, "sem": sem}
+
+    def document_replicates(self) -> np.ndarray:
+        """[n_benchmarks, n_bootstrap, 576] bin means; a replicate that drew no document of a bin keeps the bin's mean."""
+        mean = self.bin_stats()["mean"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = self.boot_sum / self.boot_weight
+        return np.ascontiguousarray(np.where(self.boot_weight > 0, reps, mean[:, None, :]))
+
+
+def query_replicates(sums: np.ndarray, counts: np.ndarray, n_bootstrap: int, seed: int, name: str) -> np.ndarray:
+    """[n_bootstrap, 576] bin means with the benchmark's queries resampled with replacement."""
+    n_queries = sums.shape[1]
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])
+    draws = rng.multinomial(n_queries, np.full(n_queries, 1.0 / n_queries), size=n_bootstrap).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (draws @ sums.T) / (n_queries * counts[None, :].astype(np.float64))
+
+
+def zscore(values: np.ndarray) -> np.ndarray:
+    """z across the last axis over finite entries (ddof = 1); NaN stays NaN."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        center = np.nanmean(values, axis=-1, keepdims=True)
+        scale = np.nanstd(values, axis=-1, ddof=1, keepdims=True)
+        return (values - center) / scale
+
+
+def percentile_ci(replicates: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    alpha = (1.0 - level) / 2.0
+    # All-NaN slices (empty bins) give NaN without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanquantile(replicates, alpha, axis=axis)
+        high = np.nanquantile(replicates, 1.0 - alpha, axis=axis)
+    return low, high
+
+
+def group_means(values: np.ndarray, groups: np.ndarray, n_groups: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Mean of `values` (last axis) per group over finite entries, optionally weighted."""
+    ok = np.isfinite(values)
+    w = ok.astype(np.float64) if weights is None else np.where(ok, weights, 0.0)
+    x = np.where(ok, values, 0.0)
+    onehot = np.zeros((len(groups), n_groups))
+    onehot[np.arange(len(groups)), groups] = 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((x * w) @ onehot) / (w @ onehot)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class InfluenceResult:
+    benchmarks: list[str]
+    matrix: pd.DataFrame
+    topic_marginals: pd.DataFrame
+    format_marginals: pd.DataFrame
+    document_replicates: np.ndarray  # [nb, B, 576]
+    query_replicates: np.ndarray  # [nb, B, 576]
+    provenance: dict
+
+
+def compute_influence(
+    shards: Sequence[ShardFiles], *, n_bootstrap: int = 1000, seed: int = 42, ci_level: float = 0.95
+) -> InfluenceResult:
+    reference = None
+    accumulator = None
+    bin_sums: dict[str, np.ndarray] = {}
+    bin_counts: dict[str, np.ndarray] = {}
+    item_ids: dict[str, np.ndarray] = {}
+    n_docs_total = 0
+    for shard in tqdm(shards, desc="influence: shards", unit="shard"):
+        provenance = read_score_provenance(shard.scores)
+        try:
+            sums = read_bin_sums(shard.binsums)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CapatlasError(f"{shard.binsums} is not a readable bin-sums file: {exc}") from None
+        if canonical_json(sums["provenance"]) != canonical_json(provenance):
+            raise CapatlasError(
+                f"{shard.binsums} and {shard.scores} carry different provenance: they are not the two "
+                f"outputs of one `capatlas score-shard` run of {shard.key}; rescore that shard"
+            )
+        signature = run_signature(provenance)
+        if reference is None:
+            reference = (signature, shard.scores, provenance)
+        else:
+            check_same_run(reference[0], reference[1], signature, shard.scores)
+        benchmarks = [b["name"] for b in provenance.get("benchmarks") or []]
+        if not benchmarks:
+            raise CapatlasError(f"{shard.scores}: its provenance lists no benchmarks; rerun `capatlas score-shard`")
+        if accumulator is None:
+            accumulator = BinAccumulator(benchmarks, n_bootstrap, seed)
+        names = pq.read_schema(shard.scores).names
+        missing = [c for c in ("doc_id", "bin_id", *benchmarks) if c not in names]
+        if missing:
+            raise CapatlasError(f"{shard.scores} lacks column(s) {', '.join(missing)}")
+        table = pq.read_table(shard.scores, columns=["doc_id", "bin_id", *benchmarks])
+        bins = table.column("bin_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(bins) and (bins.min() < 0 or bins.max() >= N_BINS):
+            raise CapatlasError(f"{shard.scores}: bin_id outside 0..{N_BINS - 1}")
+        values = (
+            np.column_stack([table.column(b).to_numpy(zero_copy_only=False).astype(np.float64) for b in benchmarks])
+            if len(bins)
+            else np.zeros((0, len(benchmarks)))
+        )
+        doc_ids = [str(d) for d in table.column("doc_id").to_pylist()]
+        del table
+        scored = accumulator.add(doc_ids, bins, values)
+        n_docs_total += len(doc_ids)
+        for j, name in enumerate(benchmarks):
+            if name not in sums:
+                raise CapatlasError(f"{shard.binsums} holds no bin sums for benchmark {name!r}; rescore {shard.key}")
+            entry = sums[name]
+            if not np.array_equal(entry["count"], scored[j]):
+                bad = int(np.flatnonzero(entry["count"] != scored[j])[0])
+                raise CapatlasError(
+                    f"{shard.binsums} counts {int(entry['count'][bad])} scored documents in bin {bad} for {name!r}, "
+                    f"but {shard.scores} has {int(scored[j][bad])}: the two files do not belong together; rescore {shard.key}"
+                )
+            if name not in bin_sums:
+                bin_sums[name] = np.zeros_like(entry["sum"], dtype=np.float64)
+                bin_counts[name] = np.zeros(N_BINS, dtype=np.int64)
+                item_ids[name] = entry["item_ids"]
+            elif not np.array_equal(item_ids[name], entry["item_ids"]):
+                raise CapatlasError(f"{shard.binsums}: the queries of {name!r} differ from those of earlier shards")
+            bin_sums[name] += entry["sum"]
+            bin_counts[name] += entry["count"]
+    assert accumulator is not None and reference is not None
+
+    names = accumulator.benchmarks
+    bin_stats = accumulator.bin_stats()
+    z = zscore(bin_stats["mean"])
+    doc_reps = accumulator.document_replicates() if n_bootstrap else np.full((len(names), 0, N_BINS), np.nan)
+    query_reps = (
+        np.stack([query_replicates(bin_sums[n], bin_counts[n], n_bootstrap, seed, n) for n in names])
+        if n_bootstrap
+        else np.full((len(names), 0, N_BINS), np.nan)
+    )
+    doc_low, doc_high = percentile_ci(doc_reps, ci_level, axis=1)
+    query_low, query_high = percentile_ci(query_reps, ci_level, axis=1)
+
+    rows = []
+    for j, name in enumerate(names):
+        rows.append(
+            pd.DataFrame(
+                {
+                    "benchmark": name,
+                    "bin_id": np.arange(N_BINS, dtype=np.int32),
+                    "topic": [TOPIC_SLUGS[t] for t in BIN_TOPIC],
+                    "format": [FORMAT_SLUGS[f] for f in BIN_FORMAT],
+                    "n_docs": bin_stats["n_docs"][j],
+                    "mean": bin_stats["mean"][j],
+                    "sd": bin_stats["sd"][j],
+                    "sem": bin_stats["sem"][j],
+                    "zscore": z[j],
+                    "ci_low": doc_low[j],
+                    "ci_high": doc_high[j],
+                    "query_ci_low": query_low[j],
+                    "query_ci_high": query_high[j],
+                }
+            )
+        )
+    matrix = pd.concat(rows, ignore_index=True)
+    empty = matrix["n_docs"] == 0
+    matrix.loc[empty, ["ci_low", "ci_high", "query_ci_low", "query_ci_high"]] = np.nan
+
+    replicate_z = zscore(doc_reps) if n_bootstrap else None
+    marginals = {}
+    for facet, groups, slugs, size in (
+        ("topic", BIN_TOPIC, TOPIC_SLUGS, N_TOPICS),
+        ("format", BIN_FORMAT, FORMAT_SLUGS, N_FORMATS),
+    ):
+        frames = []
+        for j, name in enumerate(names):
+            n = bin_stats["n_docs"][j].astype(np.float64)
+            unweighted = group_means(z[j], groups, size)
+            weighted = group_means(z[j], groups, size, weights=n)
+            if n_bootstrap:
+                low, high = percentile_ci(group_means(replicate_z[j], groups, size), ci_level, axis=0)
+            else:
+                low = high = np.full(size, np.nan)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "benchmark": name,
+                        f"{facet}_id": np.arange(size, dtype=np.int32),
+                        facet: list(slugs),
+                        "n_bins": np.bincount(groups, weights=(n > 0), minlength=size).astype(np.int64),
+                        "n_docs": np.bincount(groups, weights=n, minlength=size).astype(np.int64),
+                        "mean_z": unweighted,
+                        "weighted_mean_z": weighted,
+                        "ci_low": low,
+                        "ci_high": high,
+                    }
+                )
+            )
+        marginals[facet] = pd.concat(frames, ignore_index=True)
+
+    upstream = reference[2]
+    provenance = {
+        "stage": STAGE,
+        "shards": [s.key for s in shards],
+        "n_docs": n_docs_total,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "ci_level": ci_level,
+        "bootstrap": "Poisson(1) weights per (seed, doc_id, replicate); queries resampled from bin sums",
+        "attribution_run": run_signature(upstream),
+        "model": upstream.get("model"),
+        "benchmarks": {n: {"n_queries": int(bin_sums[n].shape[1])} for n in names},
+    }
+    return InfluenceResult(names, matrix, marginals["topic"], marginals["format"], doc_reps, query_reps, provenance)
+
+
+def _with_metadata(frame: pd.DataFrame, provenance: dict) -> pa.Table:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return table.replace_schema_metadata({METADATA_KEY: canonical_json(provenance).encode()})
+
+
+def write_influence(result: InfluenceResult, out_dir: str | os.PathLike) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(_with_metadata(result.matrix, result.provenance), out / MATRIX_FILE)
+    write_parquet(_with_metadata(result.topic_marginals, result.provenance), out / TOPIC_FILE)
+    write_parquet(_with_metadata(result.format_marginals, result.provenance), out / FORMAT_FILE)
+    arrays = {
+        "benchmarks": np.array(result.benchmarks, dtype=str),
+        "provenance": np.array(canonical_json(result.provenance)),
+    }
+    for j, name in enumerate(result.benchmarks):
+        arrays[f"{name}/documents"] = result.document_replicates[j]
+        arrays[f"{name}/queries"] = result.query_replicates[j]
+    with atomic_path(out / BOOTSTRAP_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def read_bootstrap(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """{benchmark: {'documents': [B, 576], 'queries': [B, 576]}} from bin_bootstrap.npz."""
+    with np.load(path, allow_pickle=False) as data:
+        return {
+            name: {"documents": data[f"{name}/documents"], "queries": data[f"{name}/queries"]}
+            for name in data["benchmarks"].tolist()
+        }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config (keys seed and analysis)")
+    parser.add_argument("--scores", nargs="+", required=True, help="attribution/scores/shard-*.parquet")
+    parser.add_argument("--binsums", nargs="+", required=True, help="attribution/binsums/shard-*.npz")
+    parser.add_argument("--out", required=True, help="output directory (influence/)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from .config import load_config
+
+    config = load_config(args.config)
+    analysis = config["analysis"]
+    shards = pair_shards(args.scores, args.binsums)
+    result = compute_influence(
+        shards, n_bootstrap=analysis["bootstrap"], seed=config["seed"], ci_level=analysis["ci_level"]
+    )
+    write_influence(result, args.out)
+    log.info(
+        "bin matrix of %d benchmark(s) from %d shard(s), %d documents -> %s",
+        len(result.benchmarks),
+        len(shards),
+        result.provenance["n_docs"],
+        args.out,
+    )

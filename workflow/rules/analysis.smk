@@ -1,0 +1,138 @@
+# Bin-level influence matrix, 2 x 2 contrast statistics and their figures.
+
+INFLUENCE = f"{RUN}/influence"
+CONTRAST = f"{RUN}/contrast"
+FIGURES = f"{RUN}/figures"
+ANALYSIS_SECTION = config_section("seed", "analysis", "benchmarks")
+
+FINAL_TARGETS.extend(
+    [
+        f"{INFLUENCE}/bin_matrix.parquet",
+        f"{CONTRAST}/summary.json",
+        *([f"{CONTRAST}/demo_recovery.json"] if DEMO else []),
+        *expand(f"{FIGURES}/heatmap_{{benchmark}}.png", benchmark=BENCHMARKS),
+        f"{FIGURES}/contrast_bars.png",
+        f"{FIGURES}/correlations.png",
+    ]
+)
+
+
+rule influence:
+    input:
+        scores=expand(
+            f"{RUN}/attribution/scores/shard-{{shard}}.parquet", shard=SHARD_IDS
+        ),
+        binsums=expand(
+            f"{RUN}/attribution/binsums/shard-{{shard}}.npz", shard=SHARD_IDS
+        ),
+    output:
+        matrix=f"{INFLUENCE}/bin_matrix.parquet",
+        topics=f"{INFLUENCE}/topic_marginals.parquet",
+        formats=f"{INFLUENCE}/format_marginals.parquet",
+        bootstrap=f"{INFLUENCE}/bin_bootstrap.npz",
+    log:
+        f"{RUN}/logs/influence.log",
+    benchmark:
+        f"{RUN}/benchmarks/influence.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        section=config_section("seed", "analysis"),
+        out=INFLUENCE,
+    shell:
+        "{CAPATLAS} influence --config {RESOLVED_CONFIG} --scores {input.scores}"
+        " --binsums {input.binsums} --out {params.out} > {log} 2>&1"
+
+
+rule contrast:
+    input:
+        unpack(lambda wildcards: {"world": DEMO_WORLD} if DEMO else {}),
+        matrix=rules.influence.output.matrix,
+        bootstrap=rules.influence.output.bootstrap,
+    output:
+        summary=f"{CONTRAST}/summary.json",
+        interaction=f"{CONTRAST}/interaction.parquet",
+        topics=f"{CONTRAST}/topic_contrast.parquet",
+        formats=f"{CONTRAST}/format_contrast.parquet",
+        loo=f"{CONTRAST}/leave_one_bin_out.parquet",
+        recovery=[f"{CONTRAST}/demo_recovery.json"] if DEMO else [],
+    log:
+        f"{RUN}/logs/contrast.log",
+    benchmark:
+        f"{RUN}/benchmarks/contrast.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        section=ANALYSIS_SECTION,
+        truth=f"--ground-truth {DEMO_WORLD}/ground_truth.json" if DEMO else "",
+        out=CONTRAST,
+    shell:
+        "{CAPATLAS} contrast --config {RESOLVED_CONFIG} --bin-matrix {input.matrix}"
+        " --out {params.out} {params.truth} > {log} 2>&1"
+
+
+rule heatmap:
+    input:
+        matrix=rules.influence.output.matrix,
+    output:
+        report(
+            f"{FIGURES}/heatmap_{{benchmark}}.png",
+            caption="../report/heatmap.rst",
+            category="Influence",
+            subcategory="heatmaps",
+            labels={"benchmark": "{benchmark}"},
+        ),
+    log:
+        f"{RUN}/logs/figures/heatmap_{{benchmark}}.log",
+    wildcard_constraints:
+        benchmark="|".join(BENCHMARKS) or "NONE",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        out=FIGURES,
+    shell:
+        "{CAPATLAS} figures --bin-matrix {input.matrix} --heatmap {wildcards.benchmark}"
+        " --out {params.out} > {log} 2>&1"
+
+
+rule contrast_figures:
+    input:
+        matrix=rules.influence.output.matrix,
+        summary=rules.contrast.output.summary,
+        topics=rules.contrast.output.topics,
+        formats=rules.contrast.output.formats,
+    output:
+        bars=report(
+            f"{FIGURES}/contrast_bars.png",
+            caption="../report/contrast_bars.rst",
+            category="Contrast",
+            labels={"figure": "reasoning vs knowledge contrasts"},
+        ),
+        correlations=report(
+            f"{FIGURES}/correlations.png",
+            caption="../report/correlations.rst",
+            category="Contrast",
+            labels={"figure": "profile correlations"},
+        ),
+    log:
+        f"{RUN}/logs/figures/contrast.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        contrast=CONTRAST,
+        out=FIGURES,
+    shell:
+        "{CAPATLAS} figures --bin-matrix {input.matrix} --contrast {params.contrast}"
+        " --out {params.out} > {log} 2>&1"
