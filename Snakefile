@@ -2,6 +2,8 @@
 # `snakemake --cores 2` runs the embedded demo (config/config.yaml);
 # `snakemake --configfile config/olmo3-7b.yaml config/site.yaml ...` the study.
 # Rules are thin: every stage is a `capatlas` sub-command (workflow/capatlas/).
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -11,16 +13,18 @@ min_version("9.0")
 # as a whole instead of being merged into the demo's settings.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/attribution.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/unlearning.smk"
 
 
 rule all:
     default_target: True
     input:
-        final_targets(),
+        FINAL_TARGETS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,3 +42,35 @@ def demo_config():
     from capatlas.config import load_config
 
     return load_config(REPO_ROOT / "config" / "config.yaml")
+
+
+def run_snakemake(repo_root, venv_bin, workdir, *extra, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(
+        [
+            str(venv_bin / "snakemake"),
+            "--snakefile",
+            str(repo_root / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(repo_root / "config" / "config.yaml"),
+            "--cores",
+            "2",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def demo_run(repo_root, venv_bin, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    run_snakemake(repo_root, venv_bin, workdir)
+    return workdir / "results" / "demo"

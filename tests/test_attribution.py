@@ -1,7 +1,7 @@
 """TrackStar attribution stages (preconditioner, query gradients, shard scores) on a tiny OLMo-3 model.
 
 One session-scoped world: a randomly initialised Olmo3ForCausalLM (hidden
-32, 2 layers), a word-level tokenizer, 40 documents in 2 and in 4 shards,
+32, 2 layers), a word-level tokenizer, 40 documents in 4 and in 8 shards,
 two benchmarks of 4 queries each. Everything runs on the CPU offline.
 """
 
@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import random
 import shutil
 import subprocess
@@ -24,10 +25,16 @@ import pytest
 import yaml
 
 from capatlas import attribution_precondition, attribution_queries, attribution_score
-from capatlas.attribution import PROVENANCE_FILE, AttributionSettings, load_query_set, provenance_sha256
+from capatlas.attribution import (
+    PROVENANCE_FILE,
+    AttributionSettings,
+    load_query_set,
+    provenance_sha256,
+    set_torch_threads,
+)
 from capatlas.attribution_precondition import fit_preconditioner, sample_documents
 from capatlas.attribution_queries import build_query_gradients
-from capatlas.attribution_score import PROVENANCE_KEY, read_binsums, score_shard
+from capatlas.attribution_score import FAIL_SHARDS_ENV, PROVENANCE_KEY, injected_failure, read_binsums, score_shard
 from capatlas.config import validate_config
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import N_BINS
@@ -191,7 +198,18 @@ def cli_run(module, argv: list[str]) -> None:
     module.run(parser.parse_args(argv))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models: a second torch thread only adds synchronisation (and spins on a busy CPU)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from transformers import AutoTokenizer
 
@@ -200,7 +218,7 @@ def world(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(model)
     queries = {name: write_queries(root / "queries" / name, tokenizer, rows) for name, rows in query_texts().items()}
     docs = make_documents()
-    shards = {count: write_shards(root / f"shards{count}", docs, count) for count in (2, 4)}
+    shards = {count: write_shards(root / f"shards{count}", docs, count) for count in (4, 8)}
     config = make_config()
     config_path = write_config(root / "config.yaml", config)
     results = root / "results"
@@ -213,7 +231,7 @@ def world(tmp_path_factory):
             "--model",
             str(model),
             "--shards",
-            *map(str, shards[2]),
+            *map(str, shards[4]),
             "--queries",
             *map(str, queries.values()),
             "--out",
@@ -318,17 +336,23 @@ def bergson_reference(world, shard: Path, benchmark: str, run_dir: Path) -> np.n
         "--nproc_per_node",
         "1",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.asarray(load_scores(run_dir)[:], dtype=np.float64)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reference(world, tmp_path_factory):
-    """Bergson's own scores for shard 0 of the 2-shard split, per benchmark."""
+    """Bergson's own scores for shard 0 of the 4-shard split, per benchmark."""
     root = tmp_path_factory.mktemp("bergson_reference")
-    shard = world["shards"][2][0]
+    shard = world["shards"][4][0]
     return {name: bergson_reference(world, shard, name, root / name) for name in BENCHMARKS}
 
 
@@ -340,8 +364,8 @@ def read_scores(path: Path) -> pa.Table:
 
 
 def test_scores_equal_bergson_score(world, reference):
-    shard = world["shards"][2][0]
-    ours = read_scores(world["outputs"][(2, 0)][0])
+    shard = world["shards"][4][0]
+    ours = read_scores(world["outputs"][(4, 0)][0])
     assert ours.column("doc_id").to_pylist() == pq.read_table(shard).column("doc_id").to_pylist()
     assert ours.schema.field("bin_id").type == pa.int32()
     for name in BENCHMARKS:
@@ -354,9 +378,9 @@ def test_scores_equal_bergson_score(world, reference):
 
 
 def test_binsums_reproduce_per_query_means(world, reference):
-    shard = pq.read_table(world["shards"][2][0])
+    shard = pq.read_table(world["shards"][4][0])
     bins = shard.column("bin_id").to_numpy()
-    sums = read_binsums(world["outputs"][(2, 0)][1])
+    sums = read_binsums(world["outputs"][(4, 0)][1])
     for name in BENCHMARKS:
         entry = sums[name]
         ref = reference[name]
@@ -374,7 +398,7 @@ def test_binsums_reproduce_per_query_means(world, reference):
     provenance = sums["provenance"]
     assert provenance["stage"] == "score-shard"
     assert [b["name"] for b in provenance["benchmarks"]] == list(BENCHMARKS)
-    assert json.loads(read_scores(world["outputs"][(2, 0)][0]).schema.metadata[PROVENANCE_KEY]) == provenance
+    assert json.loads(read_scores(world["outputs"][(4, 0)][0]).schema.metadata[PROVENANCE_KEY]) == provenance
 
 
 def test_document_equal_to_query_scores_highest(world, tmp_path):
@@ -414,25 +438,25 @@ def _scores_by_doc(world, count: int) -> dict[str, np.ndarray]:
 
 
 def test_scores_do_not_depend_on_sharding(world):
-    two, four = _scores_by_doc(world, 2), _scores_by_doc(world, 4)
-    assert (two["doc_id"] == four["doc_id"]).all() and len(two["doc_id"]) == len(world["docs"])
+    four, eight = _scores_by_doc(world, 4), _scores_by_doc(world, 8)
+    assert (four["doc_id"] == eight["doc_id"]).all() and len(four["doc_id"]) == len(world["docs"])
     for name in BENCHMARKS:
-        scale = np.abs(two[name]).max()
-        np.testing.assert_allclose(four[name], two[name], rtol=1e-6, atol=1e-6 * scale)
+        scale = np.abs(four[name]).max()
+        np.testing.assert_allclose(eight[name], four[name], rtol=1e-6, atol=1e-6 * scale)
         if AttributionSettings.from_config(world["config"]).max_batch_size == 1:
             # One document per pass: its score cannot see its shard-mates at all.
-            np.testing.assert_array_equal(four[name], two[name])
+            np.testing.assert_array_equal(eight[name], four[name])
         # Summed over shards, the bin sums are the same whatever the shard count.
         totals = {
             count: sum(read_binsums(world["outputs"][(count, k)][1])[name]["sum"] for k in range(count))
-            for count in (2, 4)
+            for count in (4, 8)
         }
-        np.testing.assert_allclose(totals[4], totals[2], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(totals[8], totals[4], rtol=1e-6, atol=1e-6)
 
 
 def test_rerun_is_bit_identical(world, tmp_path):
-    shard = world["shards"][2][1]
-    first_scores, first_sums = world["outputs"][(2, 1)]
+    shard = world["shards"][4][1]
+    first_scores, first_sums = world["outputs"][(4, 1)]
     score_shard(
         world["config"],
         model=world["model"],
@@ -452,15 +476,16 @@ def test_rerun_is_bit_identical(world, tmp_path):
 
 
 def test_preconditioner_sample_spans_shards_and_ignores_sharding(world):
-    two = sample_documents(world["shards"][2], 24, 42).column("doc_id").to_pylist()
-    four = sample_documents(world["shards"][4], 24, 42).column("doc_id").to_pylist()
-    assert two == four and len(set(two)) == 24
-    first_rows = pq.read_table(world["shards"][2][0]).column("doc_id").to_pylist()[:24]
-    assert two != first_rows
-    assert sample_documents(world["shards"][2], 24, 43).column("doc_id").to_pylist() != two
+    by_four = sample_documents(world["shards"][4], 24, 42).column("doc_id").to_pylist()
+    by_eight = sample_documents(world["shards"][8], 24, 42).column("doc_id").to_pylist()
+    assert by_four == by_eight and len(set(by_four)) == 24
+    # Not the first 24 rows of the shards read in order (bergson-notes 4).
+    rows_in_order = [d for path in world["shards"][4] for d in pq.read_table(path).column("doc_id").to_pylist()]
+    assert set(by_four) != set(rows_in_order[:24])
+    assert sample_documents(world["shards"][4], 24, 43).column("doc_id").to_pylist() != by_four
     provenance = json.loads((world["preconditioner"] / PROVENANCE_FILE).read_text())
     assert provenance["sample"]["n_docs"] == 24
-    assert pq.read_table(world["preconditioner"] / "sample.parquet").column("doc_id").to_pylist() == two
+    assert pq.read_table(world["preconditioner"] / "sample.parquet").column("doc_id").to_pylist() == by_four
 
 
 # --------------------------------------------------------------------------- provenance
@@ -487,7 +512,7 @@ def test_preconditioner_with_other_projection_is_refused(world, tmp_path):
     fit_preconditioner(
         make_config(projection_dim=8, preconditioner_docs=8),
         model=world["model"],
-        shards=world["shards"][2],
+        shards=world["shards"][4],
         queries=world["queries"],
         out=other,
     )
@@ -496,7 +521,7 @@ def test_preconditioner_with_other_projection_is_refused(world, tmp_path):
         score_shard(
             world["config"],
             model=world["model"],
-            shard=world["shards"][2][0],
+            shard=world["shards"][4][0],
             preconditioner=other,
             query_indices=world["query_indices"],
             out_scores=out / "scores.parquet",
@@ -531,7 +556,7 @@ def test_query_index_from_another_preconditioner_is_refused(world, tmp_path):
         score_shard(
             world["config"],
             model=world["model"],
-            shard=world["shards"][2][0],
+            shard=world["shards"][4][0],
             preconditioner=world["preconditioner"],
             query_indices={"bench_a": world["query_indices"]["bench_a"], "bench_b": forged},
             out_scores=out / "scores.parquet",
@@ -546,7 +571,7 @@ def test_query_index_from_another_preconditioner_is_refused(world, tmp_path):
         score_shard(
             world["config"],
             model=world["model"],
-            shard=world["shards"][2][0],
+            shard=world["shards"][4][0],
             preconditioner=world["preconditioner"],
             query_indices={"bench_b": world["query_indices"]["bench_a"]},
             out_scores=out / "scores.parquet",
@@ -568,7 +593,7 @@ def test_other_model_is_refused(world, tmp_path):
         score_shard(
             world["config"],
             model=other,
-            shard=world["shards"][2][0],
+            shard=world["shards"][4][0],
             preconditioner=world["preconditioner"],
             query_indices=world["query_indices"],
             out_scores=tmp_path / "out" / "scores.parquet",
@@ -585,7 +610,7 @@ def test_lambda_recorded_and_warned_when_one(world, tmp_path, caplog):
     provenance = fit_preconditioner(
         make_config(preconditioner_docs=24, target_downweight_components=1000),
         model=world["model"],
-        shards=world["shards"][2],
+        shards=world["shards"][4],
         queries=world["queries"],
         out=tmp_path / "p1000",
     )
@@ -602,7 +627,7 @@ def test_lambda_recorded_and_warned_when_one(world, tmp_path, caplog):
     provenance = fit_preconditioner(
         make_config(preconditioner_docs=24, target_downweight_components=4),
         model=world["model"],
-        shards=world["shards"][2],
+        shards=world["shards"][4],
         queries=world["queries"],
         out=tmp_path / "p4",
     )
@@ -614,7 +639,7 @@ def test_optimizer_state_is_used_and_recorded(world, tmp_path):
     state = write_optimizer_state(world["model"], tmp_path / "ckpt" / "optimizer.pt")
     config = make_config(preconditioner_docs=8, optimizer_state=str(state.parent))
     provenance = fit_preconditioner(
-        config, model=world["model"], shards=world["shards"][2], queries=world["queries"], out=tmp_path / "pre"
+        config, model=world["model"], shards=world["shards"][4], queries=world["queries"], out=tmp_path / "pre"
     )
     assert provenance["optimizer_state"]["used"] is True
     assert provenance["optimizer_state"]["path"] == str(state.parent.resolve())
@@ -730,7 +755,7 @@ def test_cli_reports_mismatch_without_traceback(world, tmp_path, monkeypatch, ca
             "--model",
             str(world["model"]),
             "--shard",
-            str(world["shards"][2][0]),
+            str(world["shards"][4][0]),
             "--preconditioner",
             str(world["preconditioner"]),
             "--query-index",
@@ -745,3 +770,98 @@ def test_cli_reports_mismatch_without_traceback(world, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "capatlas score-shard: error:" in err and "projection_dim is 4 there but 8 in this job" in err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- fault injection (issue 6)
+
+
+def test_fault_injection_names_the_shard_and_writes_nothing(world, tmp_path, monkeypatch, capsys):
+    from capatlas import cli
+
+    monkeypatch.setenv(FAIL_SHARDS_ENV, " 00003, 1 ")
+    args = [
+        "score-shard",
+        "--config",
+        str(world["config_path"]),
+        "--model",
+        str(world["model"]),
+        "--shard",
+        str(world["shards"][4][1]),
+        "--preconditioner",
+        str(world["preconditioner"]),
+        "--query-index",
+        *[f"{name}={path}" for name, path in world["query_indices"].items()],
+        "--out-scores",
+        str(tmp_path / "out" / "s.parquet"),
+        "--out-binsums",
+        str(tmp_path / "out" / "b.npz"),
+    ]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"injected failure: shard shard-00001.parquet is listed in ${FAIL_SHARDS_ENV}" in err
+    assert not (tmp_path / "out").exists()
+
+    # Shards not listed are untouched by the switch; a malformed list is an error.
+    injected_failure(world["shards"][4][0], {FAIL_SHARDS_ENV: "00003,1"})
+    injected_failure(world["shards"][4][1], {FAIL_SHARDS_ENV: ""})
+    with pytest.raises(CapatlasError, match=r"lists shard numbers such as 00002,5, not 'shard-1'"):
+        injected_failure(world["shards"][4][0], {FAIL_SHARDS_ENV: "shard-1"})
+    # The switch is not part of any output: the world's shard 1 was scored without it.
+    provenance = read_binsums(world["outputs"][(4, 1)][1])["provenance"]
+    assert FAIL_SHARDS_ENV not in json.dumps(provenance)
+
+
+def test_threads_flag_bounds_torch(world, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        parser = argparse.ArgumentParser()
+        attribution_score.add_arguments(parser)
+        args = parser.parse_args(
+            ["--config", "c", "--model", "m", "--shard", "s", "--preconditioner", "p"]
+            + ["--query-index", "a=b", "--out-scores", "o", "--out-binsums", "b", "--threads", "1"]
+        )
+        set_torch_threads(args.threads)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(CapatlasError, match="--threads must be 1 or more"):
+            set_torch_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- the DAG at paper scale
+
+
+def test_paper_scale_plan_has_one_scoring_job_per_shard_on_a_gpu(repo_root, venv_bin, tmp_path):
+    from test_dag import job_counts, site_config, write_fake_dolma
+
+    dolma_root = tmp_path / "dolma3_mix-6T-1025-7B"
+    write_fake_dolma(dolma_root)
+    site = site_config(tmp_path, dolma_root)
+    result = subprocess.run(
+        [
+            str(venv_bin / "snakemake"),
+            "-n",
+            "-p",
+            "--configfile",
+            str(repo_root / "config" / "olmo3-7b.yaml"),
+            str(site),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    counts = job_counts(output)
+    assert counts["preconditioner"] == 1 and counts["query_gradients"] == 4 and counts["score_shard"] == 316
+    shell = next(line for line in output.splitlines() if " score-shard " in line)
+    models = tmp_path / "models"
+    # Documents with the base model, queries with the Instruct model; no optimizer state in HF checkpoints.
+    assert f"--model {models / 'Olmo-3-1025-7B'}" in shell and f"--query-model {models / 'Olmo-3-7B-Instruct'}" in shell
+    assert "--optimizer-state" not in shell
+    assert re.search(r"score_shard:.*?resources:[^\n]*\bgpu=1\b", output, re.S)
+    for k in (0, 315):
+        assert f"attribution/scores/shard-{k:05d}.parquet" in output

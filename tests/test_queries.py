@@ -284,3 +284,47 @@ def test_write_queries_is_atomic(tmp_path, tokenizer):
     assert [p.name for p in out.iterdir()] == ["stale.txt"]
     qm.write_queries(ds, out, {"n": 1})
     assert not (out / "stale.txt").exists() and json.loads((out / "queries.json").read_text()) == {"n": 1}
+
+
+def test_queries_are_cut_to_what_attribution_takes(tmp_path, tok_dir, cli):
+    """max_length, token_batch_size and the model's limit all bound a query; Bergson then takes every row as is."""
+    import datasets
+    import shutil
+
+    from transformers import Olmo3Config
+
+    from capatlas.attribution import load_query_set
+
+    long_rows = [{**row, "question": f"Which animal is number {k}? " + "the cat sat on the mat " * 12}
+                 for k, row in enumerate(ARC_ROWS[:3])]  # fmt: skip
+    src = tmp_path / "arc.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in long_rows))
+    bench = {"name": "arc", "domain": "stem", "capability": "reasoning", "loader": "arc", "source": str(src)}
+    config_path = write_config(tmp_path, [bench])
+    config = yaml.safe_load(config_path.read_text())
+    config["attribution"].update(max_length=64, token_batch_size=24)
+    config_path.write_text(yaml.safe_dump(config))
+
+    def build(tokenizer_dir: Path, name: str) -> tuple[datasets.Dataset, dict]:
+        out = tmp_path / "q" / name
+        argv = ["queries", "--config", str(config_path), "--benchmark", "arc", "--tokenizer", str(tokenizer_dir)]
+        assert cli([*argv, "--out", str(out)]) == 0
+        return datasets.load_from_disk(str(out)), json.loads((out / "queries.json").read_text())
+
+    # The token batch (24) is below attribution.max_length (64): queries are cut to 24, from the left.
+    ds, summary = build(tok_dir, "batch")
+    assert summary["max_length"] == 24 and summary["n_truncated"] == 3
+    assert summary["max_length_limits"]["attribution.token_batch_size"] == 24
+    assert max(len(ids) for ids in ds["input_ids"]) == 24
+    assert all(row["completion"].strip() == "whale" and row["labels"][-1] != qm.IGNORE_INDEX for row in ds)
+    assert len(load_query_set(tmp_path / "q" / "batch", name="arc", max_length=24).item_ids) == 3
+
+    # A model that takes only 20 positions caps them further.
+    model_dir = tmp_path / "model"
+    shutil.copytree(tok_dir, model_dir)
+    Olmo3Config(vocab_size=400, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=20).save_pretrained(model_dir)  # fmt: skip
+    ds, summary = build(model_dir, "model")
+    assert summary["max_length"] == 20 and summary["max_length_limits"]["model"] == 20
+    assert max(len(ids) for ids in ds["input_ids"]) == 20
+    assert qm.query_max_length({"attribution": {"max_length": 64, "token_batch_size": 24}}, None, 10) == 10

@@ -389,6 +389,26 @@ def make_job(
     return job
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Bound torch's CPU threads to what the scheduler granted (torch otherwise takes every core)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise CapatlasError(f"--threads must be 1 or more, not {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def add_threads_argument(parser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: attribution.threads, else torch's own choice, usually every core)",
+    )
+
+
 @contextlib.contextmanager
 def deterministic_torch() -> Iterator[None]:
     """Deterministic kernels where PyTorch has them (most CPU ops already are), restored afterwards."""
@@ -470,6 +490,12 @@ def check_identity(expected: Mapping[str, Any], provenance: Mapping[str, Any], s
         )
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def base_provenance(stage: str, job: Job, **extra: Any) -> dict:
     return {
         "stage": stage,
@@ -482,6 +508,7 @@ def base_provenance(stage: str, job: Job, **extra: Any) -> dict:
             "token_batch_size": job.settings.token_batch_size,
             "max_batch_size": job.settings.max_batch_size,
             "device": job.device,
+            "torch_threads": _torch_threads(),
             "optimizer_state": job.settings.optimizer_state,
         },
         **extra,

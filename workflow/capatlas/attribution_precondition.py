@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .attribution import (
+    add_threads_argument,
+    set_torch_threads,
     HESSIAN_DIR,
     PROVENANCE_FILE,
     SAMPLE_FILE,
@@ -346,6 +348,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="optimizer.pt (or its directory) for the Adam normalizer; default: attribution.optimizer_state",
     )
     parser.add_argument("--out", required=True, help="preconditioner directory (replaced atomically)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -353,6 +356,7 @@ def run(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     apply_offline(config)
+    set_torch_threads(args.threads or config["attribution"].get("threads"))
     fit_preconditioner(
         config,
         model=args.model,

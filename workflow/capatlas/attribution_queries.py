@@ -26,6 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from .attribution import (
+    add_threads_argument,
+    set_torch_threads,
     HESSIAN_DIR,
     INDEX_DIR,
     ITEMS_FILE,
@@ -172,6 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", required=True, help="benchmark name (score column name)")
     parser.add_argument("--optimizer-state", default=None, help="as for `capatlas preconditioner`")
     parser.add_argument("--out", required=True, help="query index directory (replaced atomically)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -179,6 +182,7 @@ def run(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     apply_offline(config)
+    set_torch_threads(args.threads or config["attribution"].get("threads"))
     build_query_gradients(
         config,
         model=args.model,

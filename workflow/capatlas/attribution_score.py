@@ -47,6 +47,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .attribution import (
+    add_threads_argument,
+    set_torch_threads,
     HESSIAN_DIR,
     INDEX_DIR,
     ITEMS_FILE,
@@ -80,6 +82,33 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESERVED = {"doc_id", "bin_id"}
 # Score rows read from Bergson's memmap at a time (times the query count).
 _CHUNK_CELLS = 1 << 24
+# Fault injection for testing retries and partial reruns (issue 6): a comma-
+# separated list of shard numbers whose score-shard job fails before it
+# writes anything. An environment variable, not config, so flipping it does
+# not change any job's parameters or provenance.
+FAIL_SHARDS_ENV = "CAPATLAS_FAIL_SHARDS"
+_SHARD_NUMBER = re.compile(r"(\d+)$")
+
+
+def injected_failure(shard: Path, environ: Mapping[str, str] = os.environ) -> None:
+    """Raise if `shard`'s number is listed in $CAPATLAS_FAIL_SHARDS (e.g. ``00002,5``)."""
+    value = environ.get(FAIL_SHARDS_ENV, "").strip()
+    if not value:
+        return
+    wanted = set()
+    for token in value.split(","):
+        token = token.strip()
+        if not token:
+            continue
+        if not token.isdigit():
+            raise CapatlasError(f"${FAIL_SHARDS_ENV} lists shard numbers such as 00002,5, not {token!r}")
+        wanted.add(int(token))
+    match = _SHARD_NUMBER.search(Path(shard).name.split(".")[0])
+    if match and int(match.group(1)) in wanted:
+        raise CapatlasError(
+            f"injected failure: shard {Path(shard).name} is listed in ${FAIL_SHARDS_ENV}={value} "
+            "(unset it to score this shard)"
+        )
 
 
 @dataclass(frozen=True)
@@ -294,15 +323,19 @@ def score_shard(
     out_binsums: str | os.PathLike,
     query_model: str | os.PathLike | None = None,
     revision: str | None = None,
+    query_revision: str | None = None,
     optimizer_state: str | None = None,
 ) -> dict:
     """Score one shard; write both outputs atomically; return the provenance."""
+    injected_failure(Path(shard))
     if not query_indices:
         raise CapatlasError("no query indices given (--query-index NAME=DIR)")
     job = make_job(config, str(model), revision=revision, optimizer_state=optimizer_state)
     query_info = job.model
     if query_model is not None:
-        query_info = model_info(query_model)
+        query_info = model_info(query_model, query_revision)
+        if query_info.sha256 == job.model.sha256:
+            query_info = job.model
     preconditioner = Path(preconditioner).resolve()
     pre_provenance = check_preconditioner(preconditioner, job, model_sha256=job.model.sha256)
     pre_sha = provenance_sha256(pre_provenance)
@@ -435,6 +468,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="document model directory (or a hub id in the local cache)")
     parser.add_argument("--revision", default=None, help="model revision (hub ids only)")
     parser.add_argument("--query-model", default=None, help="model the query indices were built with, if not --model")
+    parser.add_argument("--query-revision", default=None, help="revision of --query-model (hub ids only)")
     parser.add_argument("--shard", required=True, help="shard-*.parquet (doc_id, bin_id, text)")
     parser.add_argument("--preconditioner", required=True, help="`capatlas preconditioner` output directory")
     parser.add_argument(
@@ -447,6 +481,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer-state", default=None, help="as for `capatlas preconditioner`")
     parser.add_argument("--out-scores", required=True, help="scores parquet (written atomically)")
     parser.add_argument("--out-binsums", required=True, help="bin sums npz (written atomically)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -454,11 +489,13 @@ def run(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     apply_offline(config)
+    set_torch_threads(args.threads or config["attribution"].get("threads"))
     score_shard(
         config,
         model=args.model,
         revision=args.revision,
         query_model=args.query_model,
+        query_revision=args.query_revision,
         shard=args.shard,
         preconditioner=args.preconditioner,
         query_indices=parse_named_paths(args.query_index, flag="--query-index", require_name=True),

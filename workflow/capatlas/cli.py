@@ -26,11 +26,19 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("preconditioner", "capatlas.attribution_precondition", "fit TrackStar's mixed preconditioner R on a seeded sample of all shards plus the queries"),
     ("query-gradients", "capatlas.attribution_queries", "one benchmark's preconditioned, unit-normalised query gradients (Bergson query index)"),
     ("score-shard", "capatlas.attribution_score", "score one shard against every benchmark's queries; per-bin sums per query"),
+    ("influence", "capatlas.influence", "bin-level influence matrix (means, z, bootstrap CIs) and topic/format marginals from shard scores"),
+    ("contrast", "capatlas.contrast", "2 x 2 contrasts of a bin matrix: correlations, contrasts, sharpness, interaction, robustness"),
+    ("figures", "capatlas.analysis_figures", "heatmaps, contrast bars and correlation matrices of the analysis"),
+    ("evaluate", "capatlas.evaluate", "multiple-choice log-likelihood evaluation (acc, acc_norm, answer log-prob) of a model or adapter"),
+    ("forget-sets", "capatlas.forget_sets", "forget sets (influence-ranked, size-matched random, global controls) and retain pools"),
+    ("unlearn", "capatlas.unlearn", "one unlearning run (GA, GradDiff, NGDiff, NPO; LoRA or full) and its evaluation"),
+    ("unlearning-summary", "capatlas.unlearning_summary", "gamma per run, paired influence-vs-random statistics and figures"),
     ("check-config", "capatlas.config_cli", "validate a config file and print it with defaults filled in"),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only `command`'s module is imported to add its options."""
     parser = argparse.ArgumentParser(prog="capatlas", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"capatlas {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -38,21 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_text in STAGES:
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(_module=module)
+        if name == command:
+            importlib.import_module(module).add_arguments(sub)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    names = {name for name, _, _ in STAGES}
+    return next((arg for arg in argv if arg in names), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # First pass only finds the sub-command; its module then adds its own options.
-    known, _ = parser.parse_known_args(argv)
-    if known.command is None:
+    # The sub-command is found before parsing, so that `capatlas STAGE --help`
+    # lists the stage's own options.
+    parser = build_parser(_command_in(argv))
+    args = parser.parse_args(argv)
+    if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(known._module)
-    sub = parser._subparsers._group_actions[0].choices[known.command]  # type: ignore[union-attr]
-    module.add_arguments(sub)
-    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -61,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module.run(args)
     except CapatlasError as exc:
-        print(f"capatlas {known.command}: error: {exc}", file=sys.stderr)
+        print(f"capatlas {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

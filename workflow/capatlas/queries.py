@@ -13,7 +13,10 @@ offsets, so the tokens are exactly those the model sees; a token is labelled
 when any of its characters lies in the completion (a token straddling the
 boundary counts as completion). Every row must keep at least one labelled
 token at a position the causal shift can predict, or the stage fails naming
-the item. Over-long rows lose tokens from the left, so the answer stays.
+the item. Over-long rows lose tokens from the left, so the answer stays;
+the length limit is the one attribution works with (the smallest of
+``attribution.max_length``, ``attribution.token_batch_size`` and the query
+model's own limit), so Bergson never drops, cuts or refuses a query.
 
 Output (replaced atomically): ``<out>/`` = ``Dataset.save_to_disk`` files
 (columns input_ids, labels, item_id, gold, subject, prompt, completion,
@@ -232,6 +235,51 @@ def write_queries(dataset, out: str | os.PathLike, summary: dict) -> None:
         (tmp / "queries.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
+def model_length_limit(tokenizer, path: str, *, revision: str | None = None) -> int | None:
+    """The longest input the query model takes: min of the tokenizer's limit and max_position_embeddings.
+
+    This is Bergson's own limit (``max_tokens_for_model``); a bare tokenizer
+    without a model config contributes only its ``model_max_length``.
+    """
+    limits = []
+    declared = getattr(tokenizer, "model_max_length", None)
+    # Tokenizers without a limit report a huge sentinel (int(1e30)).
+    if isinstance(declared, int) and 0 < declared < 10**9:
+        limits.append(declared)
+    local = Path(path).expanduser()
+    if not local.is_file():
+        try:
+            from transformers import AutoConfig
+
+            model_config = AutoConfig.from_pretrained(
+                str(local.resolve()) if local.exists() else path, revision=revision
+            )
+        except Exception:  # a tokenizer-only directory has no model config
+            model_config = None
+        positions = getattr(model_config, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            limits.append(positions)
+    return min(limits) if limits else None
+
+
+def query_max_length(config: dict, model_limit: int | None, given: int | None = None) -> int:
+    """Tokens a query may have: what attribution can take without dropping or refusing it.
+
+    Bergson cuts every row to min(model limit, token_batch_size) and a row
+    longer than a token batch cannot be scored, so queries are cut (from the
+    left, keeping the answer) to min(attribution.max_length,
+    attribution.token_batch_size, model limit) here, where the cut is explicit
+    and recorded.
+    """
+    section = config["attribution"]
+    limits = [int(section["max_length"]), int(section["token_batch_size"])]
+    if model_limit is not None:
+        limits.append(int(model_limit))
+    if given is not None:
+        limits.append(int(given))
+    return min(limits)
+
+
 def resolve_tokenizer_path(config: dict, given: str | None) -> tuple[str, str | None]:
     """--tokenizer, else models.query.path, else the document model (the demo's own model in the demo)."""
     if given:
@@ -262,7 +310,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--world", default=None, help="demo world directory that {world} in a source stands for (default: the run's)"
     )
     parser.add_argument(
-        "--max-length", type=int, default=None, help="tokens per query (default: attribution.max_length)"
+        "--max-length",
+        type=int,
+        default=None,
+        help="at most this many tokens per query (always capped at the smallest of attribution.max_length, "
+        "attribution.token_batch_size and the query model's limit)",
     )
 
 
@@ -276,7 +328,6 @@ def run(args: argparse.Namespace) -> None:
     world = args.world
     if world is None and config["demo"]["enabled"]:
         world = str(run_dir(config) / "demo" / "world")
-    max_length = args.max_length or int(config["attribution"]["max_length"])
     truncation = bool(config["attribution"].get("truncation", True))
 
     all_items = load_all_items(bench, world_dir=world)
@@ -286,6 +337,8 @@ def run(args: argparse.Namespace) -> None:
 
     tokenizer_path, revision = resolve_tokenizer_path(config, args.tokenizer)
     tokenizer = load_tokenizer(tokenizer_path, revision=revision)
+    model_limit = model_length_limit(tokenizer, tokenizer_path, revision=revision)
+    max_length = query_max_length(config, model_limit, args.max_length)
     bos_id = default_bos(tokenizer)
     dataset = build_queries(
         items,
@@ -319,6 +372,12 @@ def run(args: argparse.Namespace) -> None:
         "tokenizer_revision": revision,
         "bos_prepended": bos_id is not None,
         "max_length": max_length,
+        "max_length_limits": {
+            "attribution.max_length": int(config["attribution"]["max_length"]),
+            "attribution.token_batch_size": int(config["attribution"]["token_batch_size"]),
+            "model": model_limit,
+            "--max-length": args.max_length,
+        },
         "columns": list(dataset.column_names),
         **stats,
         "item_ids": list(dataset["item_id"]),

@@ -40,10 +40,11 @@ rule influence:
     resources:
         **attempt_resources("cpu"),
     params:
+        config=RESOLVED_CONFIG,
         section=config_section("seed", "analysis"),
-        out=INFLUENCE,
+        out=directory_of("output", "matrix"),
     shell:
-        "{CAPATLAS} influence --config {RESOLVED_CONFIG} --scores {input.scores}"
+        "capatlas influence --config {params.config} --scores {input.scores}"
         " --binsums {input.binsums} --out {params.out} > {log} 2>&1"
 
 
@@ -69,11 +70,12 @@ rule contrast:
     resources:
         **attempt_resources("cpu"),
     params:
+        config=RESOLVED_CONFIG,
         section=ANALYSIS_SECTION,
         truth=f"--ground-truth {DEMO_WORLD}/ground_truth.json" if DEMO else "",
-        out=CONTRAST,
+        out=directory_of("output", "summary"),
     shell:
-        "{CAPATLAS} contrast --config {RESOLVED_CONFIG} --bin-matrix {input.matrix}"
+        "capatlas contrast --config {params.config} --bin-matrix {input.matrix}"
         " --out {params.out} {params.truth} > {log} 2>&1"
 
 
@@ -98,9 +100,9 @@ rule heatmap:
     resources:
         **attempt_resources("cpu"),
     params:
-        out=FIGURES,
+        out=directory_of("output", 0),
     shell:
-        "{CAPATLAS} figures --bin-matrix {input.matrix} --heatmap {wildcards.benchmark}"
+        "capatlas figures --bin-matrix {input.matrix} --heatmap {wildcards.benchmark}"
         " --out {params.out} > {log} 2>&1"
 
 
@@ -131,8 +133,8 @@ rule contrast_figures:
     resources:
         **attempt_resources("cpu"),
     params:
-        contrast=CONTRAST,
-        out=FIGURES,
+        contrast=directory_of("input", "summary"),
+        out=directory_of("output", "bars"),
     shell:
-        "{CAPATLAS} figures --bin-matrix {input.matrix} --contrast {params.contrast}"
+        "capatlas figures --bin-matrix {input.matrix} --contrast {params.contrast}"
         " --out {params.out} > {log} 2>&1"

@@ -2,10 +2,26 @@
 # for the whole corpus, one query index per benchmark, one job per shard.
 
 BENCHMARKS = [b["name"] for b in config["benchmarks"]]
+ATTRIBUTION = f"{RUN}/attribution"
+FINAL_TARGETS.extend(expand(f"{RUN}/queries/{{benchmark}}", benchmark=BENCHMARKS))
+FINAL_TARGETS.extend(
+    expand(
+        [
+            f"{ATTRIBUTION}/scores/shard-{{shard}}.parquet",
+            f"{ATTRIBUTION}/binsums/shard-{{shard}}.npz",
+        ],
+        shard=SHARD_IDS,
+    )
+)
 
 
-def query_model():
-    return config["models"]["query"]["path"] or document_model()
+OPTIMIZER_STATE = optimizer_state()
+# A given path overrides attribution.optimizer_state; an empty flag keeps "none".
+OPTIMIZER_FLAG = f"--optimizer-state {OPTIMIZER_STATE}" if OPTIMIZER_STATE else ""
+ATTRIBUTION_SECTION = config_section("seed", "attribution")
+ATTRIBUTION_THREADS = (
+    config["attribution"]["threads"] or config["resources"]["gpu"]["threads"]
+)
 
 
 rule queries:
@@ -16,6 +32,8 @@ rule queries:
         queries=directory(f"{RUN}/queries/{{benchmark}}"),
     log:
         f"{RUN}/logs/queries/{{benchmark}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/queries/{{benchmark}}.tsv"
     wildcard_constraints:
         benchmark="|".join(BENCHMARKS) or "NONE",
     conda:
@@ -24,8 +42,108 @@ rule queries:
     resources:
         **attempt_resources("cpu"),
     params:
+        config=RESOLVED_CONFIG,
         section=config_section("seed", "benchmarks", "attribution"),
         world=f"--world {DEMO_WORLD}" if DEMO else "",
     shell:
-        "{CAPATLAS} queries --config {RESOLVED_CONFIG} --benchmark {wildcards.benchmark}"
+        "capatlas queries --config {params.config} --benchmark {wildcards.benchmark}"
         " --tokenizer {input.model} {params.world} --out {output.queries} > {log} 2>&1"
+
+
+rule preconditioner:
+    input:
+        unpack(attribution_inputs("model", "shards", "queries")),
+    output:
+        preconditioner=directory(f"{ATTRIBUTION}/preconditioner"),
+    log:
+        f"{RUN}/logs/attribution/preconditioner.log",
+    benchmark:
+        f"{RUN}/benchmarks/attribution/preconditioner.tsv"
+    conda:
+        "../../envs/attribution.yaml"
+    threads: ATTRIBUTION_THREADS
+    resources:
+        **attempt_resources("gpu"),
+    params:
+        config=RESOLVED_CONFIG,
+        section=ATTRIBUTION_SECTION,
+        revision=revision_flag("document"),
+        optimizer_state=OPTIMIZER_FLAG,
+        queries=lambda wildcards, input: " ".join(
+            f"{name}={path}" for name, path in zip(BENCHMARKS, input.queries)
+        ),
+    shell:
+        "capatlas preconditioner --config {params.config} --model {input.model} {params.revision}"
+        " --shards {input.shards} --queries {params.queries} {params.optimizer_state}"
+        " --threads {threads} --out {output.preconditioner} > {log} 2>&1"
+
+
+rule query_gradients:
+    input:
+        unpack(attribution_inputs("query_model")),
+        queries=f"{RUN}/queries/{{benchmark}}",
+        preconditioner=f"{ATTRIBUTION}/preconditioner",
+    output:
+        index=directory(f"{ATTRIBUTION}/queries/{{benchmark}}"),
+    log:
+        f"{RUN}/logs/attribution/queries/{{benchmark}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/attribution/queries/{{benchmark}}.tsv"
+    wildcard_constraints:
+        benchmark="|".join(BENCHMARKS) or "NONE",
+    conda:
+        "../../envs/attribution.yaml"
+    threads: ATTRIBUTION_THREADS
+    resources:
+        **attempt_resources("gpu"),
+    params:
+        config=RESOLVED_CONFIG,
+        section=ATTRIBUTION_SECTION,
+        revision=revision_flag("query"),
+        optimizer_state=OPTIMIZER_FLAG,
+    shell:
+        "capatlas query-gradients --config {params.config} --model {input.query_model} {params.revision}"
+        " --benchmark {wildcards.benchmark} --queries {input.queries}"
+        " --preconditioner {input.preconditioner} {params.optimizer_state}"
+        " --threads {threads} --out {output.index} > {log} 2>&1"
+
+
+rule score_shard:
+    input:
+        unpack(attribution_inputs("model", "query_model", "query_indices")),
+        shard=f"{RUN}/shards/shard-{{shard}}.parquet",
+        preconditioner=f"{ATTRIBUTION}/preconditioner",
+    output:
+        scores=f"{ATTRIBUTION}/scores/shard-{{shard}}.parquet",
+        binsums=f"{ATTRIBUTION}/binsums/shard-{{shard}}.npz",
+    log:
+        f"{RUN}/logs/attribution/scores/shard-{{shard}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/attribution/scores/shard-{{shard}}.tsv"
+    wildcard_constraints:
+        shard="[0-9]{5}",
+    conda:
+        "../../envs/attribution.yaml"
+    threads: ATTRIBUTION_THREADS
+    resources:
+        **attempt_resources("gpu"),
+    params:
+        config=RESOLVED_CONFIG,
+        section=ATTRIBUTION_SECTION,
+        revision=revision_flag("document"),
+        # Only a query model of its own is named: hashing a 7B model twice per shard is waste.
+        query_model=(
+            f"--query-model {query_model()} {revision_flag('query', '--query-revision')}"
+            if config["models"]["query"]["path"]
+            else ""
+        ),
+        optimizer_state=OPTIMIZER_FLAG,
+        indices=lambda wildcards, input: " ".join(
+            f"{name}={path}" for name, path in zip(BENCHMARKS, input.query_indices)
+        ),
+    shell:
+        "capatlas score-shard --config {params.config} --model {input.model} {params.revision}"
+        " {params.query_model} --shard {input.shard}"
+        " --preconditioner {input.preconditioner} --query-index {params.indices}"
+        " {params.optimizer_state} --threads {threads}"
+        " --out-scores {output.scores} --out-binsums {output.binsums} > {log} 2>&1"

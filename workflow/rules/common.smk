@@ -31,7 +31,17 @@ USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_me
 # project's venv), whether or not the user activated it.
 PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
 PACKAGE_DIR = shlex.quote(str(Path(workflow.basedir) / "workflow"))
-CAPATLAS = f"{OFFLINE_ENV}PYTHONPATH={PACKAGE_DIR}${{PYTHONPATH:+:$PYTHONPATH}} {PYTHON} -m capatlas.cli"
+# Every rule's shell runs `capatlas ...` through this shell function, so rules
+# read like the commands a user types and use this checkout's package.
+# Snakemake formats the prefix too, hence the doubled braces.
+CAPATLAS_FUNCTION = (
+    "capatlas() { "
+    f'{OFFLINE_ENV}PYTHONPATH={PACKAGE_DIR}${{PYTHONPATH:+:$PYTHONPATH}} {PYTHON} -m capatlas.cli "$@"; '
+    "}; "
+)
+shell.prefix(
+    f"set -euo pipefail; {CAPATLAS_FUNCTION}".replace("{", "{{").replace("}", "}}")
+)
 
 
 def resolved_config_path():
@@ -47,6 +57,20 @@ def resolved_config_path():
 
 
 RESOLVED_CONFIG = resolved_config_path()
+
+
+def directory_of(io, name):
+    """A param: the directory of a rule's input or output file `name` (key or index).
+
+    Derived from the file rather than spelled out, so it cannot drift from it.
+    """
+
+    def param(wildcards, input, output):
+        files = (input if io == "input" else output)[name]
+        first = files if isinstance(files, str) else files[0]
+        return str(Path(first).parent)
+
+    return param
 
 
 def config_section(*keys):
@@ -103,13 +127,87 @@ CLASSIFIED = any(
 SHARD_IDS = [f"{k:05d}" for k in range(config["shards"]["count"])]
 
 
-def final_targets():
-    targets = [
-        f"{RUN}/manifest/manifest.parquet",
-        f"{RUN}/manifest/bin_summary.csv",
-        expand(f"{RUN}/shards/shard-{{shard}}.parquet", shard=SHARD_IDS),
-        expand(f"{RUN}/queries/{{benchmark}}", benchmark=BENCHMARKS),
-    ]
+# Each rules file appends what `snakemake` with no target should build.
+FINAL_TARGETS = []
+
+
+# Input functions of the rules files (kept here: Snakemake's linter wants
+# rules and functions apart).
+
+
+def manifest_inputs(wildcards):
+    inputs = {"tokenizer": tokenizer_path()}
     if DEMO:
-        targets.append(DEMO_MODEL)
-    return targets
+        inputs["world"] = DEMO_WORLD
+    else:
+        inputs["corpus"] = CORPUS_FILES
+        if CLASSIFIED:
+            inputs["labels"] = [f"{RUN}/labels/{key}.parquet" for key in CORPUS_BY_KEY]
+    return inputs
+
+
+def query_model():
+    return config["models"]["query"]["path"] or document_model()
+
+
+def model_revision(role):
+    if role == "query" and not config["models"]["query"]["path"]:
+        role = "document"
+    return None if DEMO and role == "document" else config["models"][role]["revision"]
+
+
+def revision_flag(role, flag="--revision"):
+    revision = model_revision(role)
+    return f"{flag} {revision}" if revision else ""
+
+
+def optimizer_state():
+    """The configured optimizer state; in the demo, the demo model's own AdamW state."""
+    configured = config["attribution"]["optimizer_state"]
+    if configured:
+        return configured
+    return f"{DEMO_MODEL}/optimizer.pt" if DEMO else None
+
+
+def attribution_inputs(*parts):
+    def inputs(wildcards):
+        named = {}
+        if "model" in parts:
+            named["model"] = document_model()
+        if "query_model" in parts:
+            named["query_model"] = query_model()
+        # The demo model's optimizer.pt comes with the model directory.
+        if config["attribution"]["optimizer_state"]:
+            named["optimizer_state"] = config["attribution"]["optimizer_state"]
+        if "shards" in parts:
+            named["shards"] = expand(
+                f"{RUN}/shards/shard-{{shard}}.parquet", shard=SHARD_IDS
+            )
+        if "queries" in parts:
+            named["queries"] = expand(
+                f"{RUN}/queries/{{benchmark}}", benchmark=BENCHMARKS
+            )
+        if "query_indices" in parts:
+            named["query_indices"] = expand(
+                f"{ATTRIBUTION}/queries/{{benchmark}}", benchmark=BENCHMARKS
+            )
+        return named
+
+    return inputs
+
+
+def world_input(wildcards):
+    return {"world": DEMO_WORLD} if DEMO else {}
+
+
+def forget_set_inputs(wildcards):
+    inputs = {
+        "manifest": f"{RUN}/manifest/manifest.parquet",
+        "scores": expand(
+            f"{RUN}/attribution/scores/shard-{{shard}}.parquet", shard=SHARD_IDS
+        ),
+        "shards": expand(f"{RUN}/shards/shard-{{shard}}.parquet", shard=SHARD_IDS),
+    }
+    if UNLEARN_CFG["units"]["select"] == "top_k":
+        inputs["bin_matrix"] = f"{RUN}/influence/bin_matrix.parquet"
+    return inputs

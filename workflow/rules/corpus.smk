@@ -1,6 +1,14 @@
 # Working set: optional classifier labels, the stratified manifest, and
 # token-balanced shards whose count is fixed by config (no checkpoint needed).
 
+FINAL_TARGETS.extend(
+    [
+        f"{RUN}/manifest/manifest.parquet",
+        f"{RUN}/manifest/bin_summary.csv",
+        *expand(f"{RUN}/shards/shard-{{shard}}.parquet", shard=SHARD_IDS),
+    ]
+)
+
 
 rule labels:
     input:
@@ -24,21 +32,11 @@ rule labels:
     resources:
         **attempt_resources("gpu"),
     params:
+        config=RESOLVED_CONFIG,
         section=config_section("corpus"),
     shell:
-        "{CAPATLAS} labels --config {RESOLVED_CONFIG} --file {input.corpus}"
+        "capatlas labels --config {params.config} --file {input.corpus}"
         " --out {output.labels} > {log} 2>&1"
-
-
-def manifest_inputs(wildcards):
-    inputs = {"tokenizer": tokenizer_path()}
-    if DEMO:
-        inputs["world"] = DEMO_WORLD
-    else:
-        inputs["corpus"] = CORPUS_FILES
-        if CLASSIFIED:
-            inputs["labels"] = [f"{RUN}/labels/{key}.parquet" for key in CORPUS_BY_KEY]
-    return inputs
 
 
 rule manifest:
@@ -59,14 +57,15 @@ rule manifest:
     resources:
         **attempt_resources("cpu"),
     params:
+        config=RESOLVED_CONFIG,
         section=config_section("seed", "corpus", "manifest"),
         # Real corpora are expanded from corpus.paths inside the stage (a
         # command line could not hold thousands of file names).
         files=f"--files {DEMO_WORLD}/corpus/*.jsonl.zst" if DEMO else "",
         labels_dir=f"--labels-dir {RUN}/labels" if CLASSIFIED else "",
-        out=f"{RUN}/manifest",
+        out=directory_of("output", "manifest"),
     shell:
-        "{CAPATLAS} manifest --config {RESOLVED_CONFIG} --out {params.out}"
+        "capatlas manifest --config {params.config} --out {params.out}"
         " {params.files} {params.labels_dir} --tokenizer {input.tokenizer}"
         " --threads {threads} > {log} 2>&1"
 
@@ -88,9 +87,10 @@ rule shards:
     resources:
         **attempt_resources("cpu"),
     params:
+        config=RESOLVED_CONFIG,
         section=config_section("shards"),
-        manifest_dir=f"{RUN}/manifest",
-        out=f"{RUN}/shards",
+        manifest_dir=directory_of("input", "manifest"),
+        out=directory_of("output", "summary"),
     shell:
-        "{CAPATLAS} shard --config {RESOLVED_CONFIG} --manifest {params.manifest_dir}"
+        "capatlas shard --config {params.config} --manifest {params.manifest_dir}"
         " --out {params.out} > {log} 2>&1"

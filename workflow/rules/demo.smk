@@ -2,6 +2,9 @@
 # OLMo-3-architecture model trained on it, so every later stage can be
 # checked against known ground truth on a CPU.
 
+if DEMO:
+    FINAL_TARGETS.append(DEMO_MODEL)
+
 
 rule demo_world:
     output:
@@ -16,9 +19,10 @@ rule demo_world:
     resources:
         **attempt_resources("cpu"),
     params:
+        config=RESOLVED_CONFIG,
         section=config_section("seed", "demo"),
     shell:
-        "{CAPATLAS} demo-world --config {RESOLVED_CONFIG} --out {output.world} > {log} 2>&1"
+        "capatlas demo-world --config {params.config} --out {output.world} > {log} 2>&1"
 
 
 rule demo_model:
@@ -36,7 +40,8 @@ rule demo_model:
     resources:
         **attempt_resources("cpu"),
     params:
+        config=RESOLVED_CONFIG,
         section=config_section("seed", "demo"),
     shell:
-        "{CAPATLAS} demo-model --config {RESOLVED_CONFIG} --world {input.world}"
+        "capatlas demo-model --config {params.config} --world {input.world}"
         " --out {output.model} > {log} 2>&1"

@@ -1,0 +1,288 @@
+"""TrackStar attribution on the demo, as the DAG ran it (`demo_run`): outputs, provenance, Bergson
+equivalence, bin sums, a planted document, sharding independence and the fault switch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from capatlas.attribution import PROVENANCE_FILE, bergson_version, provenance_sha256
+from capatlas.attribution_score import FAIL_SHARDS_ENV, PROVENANCE_KEY, read_binsums, score_shard
+from capatlas.taxonomy import N_BINS
+from conftest import run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Score in this process with one thread, as the demo's attribution jobs do (attribution.threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run):
+    config = yaml.safe_load((demo_run / "config.yaml").read_text())
+    model = demo_run / "demo" / "model"
+    benchmarks = [b["name"] for b in config["benchmarks"]]
+    return {
+        "run": demo_run,
+        "config": config,
+        "model": model,
+        "optimizer_state": model / "optimizer.pt",
+        "benchmarks": benchmarks,
+        "shards": [demo_run / "shards" / f"shard-{k:05d}.parquet" for k in range(config["shards"]["count"])],
+        "preconditioner": demo_run / "attribution" / "preconditioner",
+        "query_indices": {name: demo_run / "attribution" / "queries" / name for name in benchmarks},
+        "scores": [
+            demo_run / "attribution" / "scores" / f"shard-{k:05d}.parquet" for k in range(config["shards"]["count"])
+        ],
+        "binsums": [
+            demo_run / "attribution" / "binsums" / f"shard-{k:05d}.npz" for k in range(config["shards"]["count"])
+        ],
+    }
+
+
+def score(demo, shard: Path, out: Path) -> tuple[Path, Path]:
+    """Score a shard against the DAG's preconditioner and query indices, as the score_shard rule does."""
+    outputs = (out / f"{shard.stem}.parquet", out / f"{shard.stem}.npz")
+    score_shard(
+        demo["config"],
+        model=demo["model"],
+        shard=shard,
+        preconditioner=demo["preconditioner"],
+        query_indices=demo["query_indices"],
+        optimizer_state=str(demo["optimizer_state"]),
+        out_scores=outputs[0],
+        out_binsums=outputs[1],
+    )
+    return outputs
+
+
+def write_shard(path: Path, doc_ids, bin_ids, texts) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "doc_id": pa.array(list(doc_ids), pa.string()),
+                "bin_id": pa.array(list(bin_ids), pa.int32()),
+                "text": pa.array(list(texts), pa.string()),
+            }
+        ),
+        path,
+    )
+    return path
+
+
+def test_every_shard_is_scored_with_provenance(demo):
+    pre = json.loads((demo["preconditioner"] / PROVENANCE_FILE).read_text())
+    assert pre["optimizer_state"]["used"] is True  # the demo model's AdamW state
+    assert pre["optimizer_state"]["path"] == str(demo["optimizer_state"].resolve())
+    assert set(pre["query_sets"]) == set(demo["benchmarks"])
+    assert pre["sample"]["n_docs"] == min(
+        demo["config"]["attribution"]["preconditioner_docs"],
+        sum(pq.read_metadata(s).num_rows for s in demo["shards"]),
+    )
+    for name in demo["benchmarks"]:
+        query = json.loads((demo["query_indices"][name] / PROVENANCE_FILE).read_text())
+        assert query["preconditioner"]["provenance_sha256"] == provenance_sha256(pre)
+        assert query["in_preconditioner"] is True
+        assert query["model"]["path"] == str(demo["model"].resolve())
+    for shard, scores_path, binsums_path in zip(demo["shards"], demo["scores"], demo["binsums"]):
+        scores = pq.read_table(scores_path)
+        assert scores.column_names == ["doc_id", "bin_id", *demo["benchmarks"]]
+        assert scores.column("doc_id").to_pylist() == pq.read_table(shard).column("doc_id").to_pylist()
+        for name in demo["benchmarks"]:
+            values = scores.column(name).to_numpy()
+            # Demo documents have >= 16 tokens, so all are scored; means of cosines lie in [-1, 1].
+            assert np.isfinite(values).all() and np.abs(values).max() <= 1
+        provenance = json.loads(scores.schema.metadata[PROVENANCE_KEY])
+        assert provenance == read_binsums(binsums_path)["provenance"]
+        assert provenance["bergson_version"] == bergson_version() == "2.5.1"
+        assert provenance["identity"]["model_sha256"] == pre["identity"]["model_sha256"]
+        assert provenance["preconditioner"]["provenance_sha256"] == provenance_sha256(pre)
+        assert provenance["attribution"] == pre["attribution"]
+        assert provenance["shard"]["path"] == str(shard.resolve()) and provenance["shard"]["n_docs"] == scores.num_rows
+        assert [b["name"] for b in provenance["benchmarks"]] == demo["benchmarks"]
+
+
+def bergson_reference(demo, shard: Path, benchmark: str, run_dir: Path) -> np.ndarray:
+    """[docs, queries] cosines from Bergson's own `bergson score` CLI over the shard's text."""
+    from bergson.data import load_scores
+
+    texts = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
+    docs_file = run_dir.parent / f"{run_dir.name}-docs.jsonl"
+    docs_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    a = demo["config"]["attribution"]
+    cmd = [
+        str(Path(sys.executable).parent / "bergson"),
+        "score",
+        str(run_dir),
+        "--model",
+        str(demo["model"].resolve()),
+        "--dataset",
+        str(docs_file),
+        "--prompt_column",
+        "text",
+        "--truncation",
+        "true",
+        "--token_batch_size",
+        str(a["token_batch_size"]),
+        "--projection_dim",
+        str(a["projection_dim"]),
+        "--index_cfg.precision",
+        a["precision"],
+        "--optimizer_state",
+        str(demo["optimizer_state"].resolve()),
+        "--query_path",
+        str((demo["query_indices"][benchmark] / "index").resolve()),
+        "--hessian_path",
+        str((demo["preconditioner"] / "hessian").resolve()),
+        "--unit_normalize",
+        "true",
+        "--score",
+        "individual",
+        "--nproc_per_node",
+        "1",
+    ]
+    # One thread, as the demo's attribution jobs: a tiny model gains nothing from more.
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.asarray(load_scores(run_dir)[:], dtype=np.float64)
+
+
+def test_demo_scores_and_bin_sums_equal_bergson_score(demo, tmp_path):
+    """One demo shard, one benchmark: the DAG's scores are the mean of Bergson's own per-query cosines."""
+    k, name = 0, demo["benchmarks"][0]
+    reference = bergson_reference(demo, demo["shards"][k], name, tmp_path / "bergson")
+    scores = pq.read_table(demo["scores"][k])
+    n_queries = len(pq.read_table(demo["query_indices"][name] / "items.parquet"))
+    assert reference.shape == (scores.num_rows, n_queries)
+    assert reference.std() > 1e-3  # not degenerate
+    np.testing.assert_allclose(scores.column(name).to_numpy(), reference.mean(axis=1), rtol=0, atol=1e-5)
+
+    # Bin sums: per bin and query, sum / count is the mean of the documents' cosines.
+    bins = scores.column("bin_id").to_numpy()
+    sums = read_binsums(demo["binsums"][k])[name]
+    np.testing.assert_array_equal(sums["count"], np.bincount(bins, minlength=N_BINS))
+    present = np.flatnonzero(sums["count"])
+    assert len(present) > 100
+    for b in present:
+        members = reference[bins == b]
+        np.testing.assert_allclose(sums["sum"][b] / sums["count"][b], members.mean(axis=0), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(sums["sumsq"][b], (members**2).sum(axis=0), rtol=0, atol=1e-5)
+    assert not sums["sum"][sums["count"] == 0].any()
+
+
+def test_document_equal_to_a_query_scores_highest_for_it(demo, tmp_path):
+    """A copy of a query's prompt + answer among 480 demo documents: mostly that query's top document.
+
+    Exactly so for every query on a randomly initialised model (tests/test_attribution.py). On the
+    trained demo model it is not a law: a copy's loss covers its whole text while the query's covers
+    only the answer, so a copy whose answer the model already predicts well is dominated by its
+    prompt tokens (on the demo, 81 of the 96 copies are the top document).
+    """
+    import datasets
+
+    base = pq.read_table(demo["shards"][0]).slice(0, 480)
+    n_demo = base.num_rows
+    doc_ids, texts = base.column("doc_id").to_pylist(), base.column("text").to_pylist()
+    planted = {}  # (benchmark, item_id) -> row
+    for name in demo["benchmarks"]:
+        for row in datasets.load_from_disk(str(demo["run"] / "queries" / name)):
+            planted[(name, row["item_id"])] = len(texts)
+            doc_ids.append(f"planted-{name}-{row['item_id']}")
+            texts.append(row["prompt"] + row["completion"])
+    assert len(texts) <= N_BINS
+    # Each document alone in its bin: the bin sums are then the per-document, per-query scores.
+    shard = write_shard(tmp_path / "shard-00000.parquet", doc_ids, range(len(texts)), texts)
+    _, binsums = score(demo, shard, tmp_path / "out")
+    sums = read_binsums(binsums)
+    ranks = {}
+    for (name, item_id), row in planted.items():
+        per_doc = sums[name]["sum"][: len(texts), sums[name]["item_ids"].tolist().index(item_id)]
+        ranks[(name, item_id)] = int((per_doc[:n_demo] > per_doc[row]).sum())  # demo documents above the copy
+    top = [key for key, rank in ranks.items() if rank == 0]
+    assert len(top) >= 0.75 * len(ranks), sorted(ranks.items(), key=lambda kv: -kv[1])[:10]
+    for name in demo["benchmarks"]:
+        assert any(key[0] == name for key in top), name
+
+
+def test_demo_scores_do_not_depend_on_sharding(demo, tmp_path):
+    """Re-split into 8 shards: the same per-document scores (1e-6 relative), and a rerun is bit-identical."""
+    dag = pa.concat_tables([pq.read_table(p) for p in demo["scores"]])
+    by_doc = {doc: i for i, doc in enumerate(dag.column("doc_id").to_pylist())}
+    docs = pa.concat_tables([pq.read_table(p, columns=["doc_id", "bin_id", "text"]) for p in demo["shards"]])
+    docs = docs.sort_by("doc_id")  # another order than the DAG's token-balanced shards
+    for k in (0, 1):  # two of the eight; each mixes documents of all four DAG shards
+        rows = list(range(k, docs.num_rows, 8))
+        part = docs.take(rows)
+        shard = write_shard(
+            tmp_path / "shards8" / f"shard-{k:05d}.parquet",
+            part.column("doc_id").to_pylist(),
+            part.column("bin_id").to_pylist(),
+            part.column("text").to_pylist(),
+        )
+        scores_path, binsums_path = score(demo, shard, tmp_path / "out8")
+        ours = pq.read_table(scores_path)
+        where = [by_doc[d] for d in ours.column("doc_id").to_pylist()]
+        for name in demo["benchmarks"]:
+            expected = dag.column(name).to_numpy()[where]
+            np.testing.assert_allclose(ours.column(name).to_numpy(), expected, rtol=1e-6, atol=1e-7)
+        if k == 0:
+            again_scores, again_binsums = score(demo, shard, tmp_path / "again")
+            assert pq.read_table(again_scores).equals(ours)
+            with np.load(binsums_path) as first, np.load(again_binsums) as second:
+                assert sorted(first.files) == sorted(second.files)
+                for key in first.files:
+                    np.testing.assert_array_equal(first[key], second[key])
+
+
+def test_fault_switch_fails_only_the_listed_shard(demo, repo_root, venv_bin, tmp_path, monkeypatch):
+    # Setting the switch changes no job's parameters: nothing is out of date.
+    monkeypatch.setenv(FAIL_SHARDS_ENV, "00001")
+    targets = [str(p.relative_to(demo["run"].parent.parent)) for p in demo["scores"] + demo["binsums"]]
+    result = run_snakemake(repo_root, venv_bin, demo["run"].parent.parent, "-n", *targets)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+    # In a copy of the run, with shard 1's outputs gone, shard 1's job fails and writes nothing.
+    workdir = tmp_path / "work"
+    shutil.copytree(demo["run"].parent.parent, workdir, symlinks=True)
+    run = workdir / "results" / "demo"
+    for path in (
+        run / "attribution" / "scores" / "shard-00001.parquet",
+        run / "attribution" / "binsums" / "shard-00001.npz",
+    ):
+        path.unlink()
+    others = {p: p.stat().st_mtime_ns for p in (run / "attribution").rglob("shard-0000[023].*")}
+    target = "results/demo/attribution/scores/shard-00001.parquet"
+    result = run_snakemake(repo_root, venv_bin, workdir, target, check=False)
+    assert result.returncode != 0
+    log = (run / "logs" / "attribution" / "scores" / "shard-00001.log").read_text()
+    assert f"injected failure: shard shard-00001.parquet is listed in ${FAIL_SHARDS_ENV}=00001" in log
+    assert not (run / "attribution" / "scores" / "shard-00001.parquet").exists()
+    assert not (run / "attribution" / "binsums" / "shard-00001.npz").exists()
+    assert {p: p.stat().st_mtime_ns for p in others} == others

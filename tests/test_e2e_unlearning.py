@@ -1,0 +1,105 @@
+"""The demo DAG through unlearning: attributed documents carry the capability; failures name the run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from capatlas import forget_sets as fs
+from capatlas import unlearn, unlearning_summary
+from capatlas.config import load_config
+from capatlas.errors import CapatlasError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run):
+    config = load_config(demo_run / "config.yaml")
+    return demo_run, config
+
+
+def test_baseline_and_every_run_are_evaluated(demo):
+    root, config = demo
+    base = json.loads((root / "eval" / "base.json").read_text())["benchmarks"]
+    assert set(base) == {b["name"] for b in config["benchmarks"]}
+    runs = fs.planned_runs(config)
+    assert len(runs) == len(config["benchmarks"]) * 2 * 2  # 1 unit x (influence, random) x 2 seeds
+    for run in runs:
+        record = json.loads((root / "unlearning" / run.path / "eval.json").read_text())
+        assert record["steps"] >= 1 and set(record["benchmarks"]) == set(base)
+        assert (root / "unlearning" / run.path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_influence_sets_are_the_planted_documents(demo):
+    root, config = demo
+    truth = json.loads((root / "demo" / "world" / "ground_truth.json").read_text())["benchmarks"]
+    for target in fs.unlearning_targets(config):
+        frame, meta = fs.read_forget_set(root / "unlearning" / target / "top1" / "influence" / "seed0" / "forget_set.parquet")
+        planted = set(truth[target]["planted_doc_ids"])
+        assert set(frame["doc_id"]) <= planted, (target, meta["unit"])
+        random, _ = fs.read_forget_set(root / "unlearning" / target / "top1" / "random" / "seed0" / "forget_set.parquet")
+        assert len(random) == len(frame) and abs(random["n_tokens"].sum() / frame["n_tokens"].sum() - 1) <= 0.1
+
+
+def test_unlearning_planted_documents_hurts_the_target_more_than_random_and_others(demo):
+    root, config = demo
+    summary = pd.read_parquet(root / "unlearning" / "summary.parquet")
+    cells = unlearning_summary.paired_differences(summary, "logprob", "influence", "random")
+    for target, group in cells.groupby("target"):
+        assert (group["d"] > 0).all(), (target, group[["seed", "d"]].to_dict("records"))
+    influence = summary[(summary["metric"] == "logprob") & (summary["condition"] == "influence")]
+    for target, group in influence.groupby("target"):
+        on = group.loc[group["is_target"], "gamma"].mean()
+        off = group[~group["is_target"]].groupby("benchmark")["gamma"].mean()
+        assert (on > off).all(), (target, on, off.to_dict())
+    paired = pd.read_parquet(root / "unlearning" / "paired_stats.parquet")
+    logprob = paired[(paired["metric"] == "logprob") & (paired["pair"] == "influence-random")]
+    assert (logprob["median_d"] > 0).all() and (logprob["selectivity_influence"] > 1).all()
+    for metric in config["unlearning"]["stats"]["metrics"]:
+        for kind in ("paired", "damage"):
+            assert (root / "figures" / f"unlearning_{kind}_{metric}.png").stat().st_size > 10_000
+
+
+def test_bad_forget_sets_and_missing_adapters_name_the_run(demo, tmp_path):
+    root, config = demo
+    run_dir = root / "unlearning" / "socialiqa" / "top1" / "influence" / "seed0"
+    table = pq.read_table(run_dir / "forget_set.parquet")
+    empty_dir = tmp_path / "socialiqa" / "top1" / "influence" / "seed0"
+    empty_dir.mkdir(parents=True)
+    pq.write_table(table.slice(0, 0), empty_dir / "forget_set.parquet")
+    with pytest.raises(CapatlasError, match=r"socialiqa/top1/influence/seed0: forget set .* is empty"):
+        unlearn.run_unlearning(
+            config, str(root / "demo" / "model"), empty_dir / "forget_set.parquet",
+            root / "unlearning" / "retain" / "seed0.parquet", root / "eval" / "base.json", empty_dir,
+        )  # fmt: skip
+
+    docs = fs.read_scored_docs(
+        root / "manifest" / "manifest.parquet",
+        sorted((root / "attribution" / "scores").glob("shard-*.parquet")),
+        [b["name"] for b in config["benchmarks"]],
+    )
+    matrix = pd.read_parquet(root / "influence" / "bin_matrix.parquet")
+    too_big = {**config, "unlearning": {**config["unlearning"], "forget": {**config["unlearning"]["forget"], "n_docs": 10_000}}}
+    with pytest.raises(CapatlasError, match=r"unlearning run socialiqa/top1/influence/seed0: topic .* too few"):
+        fs.build_forget_sets(too_big, docs, matrix)
+    present = set(docs["topic_id"])
+    missing_topic = next((t for t in range(24) if t not in present), None)
+    if missing_topic is None:  # every demo topic has documents: drop one topic's rows instead
+        missing_topic = 0
+        docs = docs[docs["topic_id"] != 0]
+    slug = fs.unit_slugs("topic")[missing_topic]
+    explicit = {**config, "unlearning": {**config["unlearning"], "units": {**config["unlearning"]["units"],
+                                                                          "select": "explicit", "explicit": [slug]}}}  # fmt: skip
+    with pytest.raises(CapatlasError, match=rf"socialiqa/{slug}/influence/seed0: topic '{slug}' has no documents"):
+        fs.build_forget_sets(explicit, docs, matrix)
+
+    copy = tmp_path / "unlearning"
+    shutil.copytree(root / "unlearning", copy)
+    shutil.rmtree(copy / "mmlu_stem" / "top1" / "random" / "seed1" / "adapter")
+    with pytest.raises(CapatlasError, match=r"mmlu_stem/top1/random/seed1: its adapter .* is missing"):
+        unlearning_summary.summarise(config, root / "eval" / "base.json", copy, tmp_path / "figures")

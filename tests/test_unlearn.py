@@ -1,0 +1,242 @@
+"""Unlearning methods: each one's loss and update direction on a tiny model; LoRA vs full; stopping; errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from capatlas import evaluate, unlearn
+from capatlas.errors import CapatlasError
+from helpers_unlearning import make_config, sentences, tiny_model_dir, write_benchmarks
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", seed=2)
+
+
+@pytest.fixture
+def model(model_dir):
+    return evaluate.load_model(str(model_dir)).train()
+
+
+@pytest.fixture(scope="module")
+def batches(model_dir):
+    tokenizer = evaluate.load_tokenizer(str(model_dir))
+    forget = unlearn.chunk_documents(tokenizer, sentences(4, seed=10), 24, tokenizer.eos_token_id)
+    retain = unlearn.chunk_documents(tokenizer, sentences(4, seed=11), 24, tokenizer.eos_token_id)
+    return [unlearn.collate(forget[:2]), unlearn.collate(forget[2:4])], [unlearn.collate(retain[:3])]
+
+
+def no_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def grads_of(model, loss_fn) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    grads = [p.grad.detach().clone() for p in unlearn.trainable(model)]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def mean_over(batches, fn):
+    return sum(fn(b) for b in batches) / len(batches)
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def test_ga_and_graddiff_directions(model, batches):
+    forget, retain = batches
+    g_f = grads_of(model, lambda: mean_over(forget, lambda b: model(**b).loss))
+    g_r = grads_of(model, lambda: mean_over(retain, lambda b: model(**b).loss))
+    result = unlearn.compute_update(model, "ga", forget, retain)
+    assert torch.allclose(flat(p.grad for p in unlearn.trainable(model)), -flat(g_f), atol=1e-6)
+    assert result.loss == pytest.approx(-result.forget_loss)
+    result = unlearn.compute_update(model, "graddiff", forget, retain, retain_weight=0.5)
+    expected = -flat(g_f) + 0.5 * flat(g_r)
+    assert torch.allclose(flat(p.grad for p in unlearn.trainable(model)), expected, atol=1e-6)
+    assert result.loss == pytest.approx(-result.forget_loss + 0.5 * result.retain_loss)
+
+
+def test_ngdiff_direction_is_the_difference_of_normalised_gradients(model, batches):
+    forget, retain = batches
+    g_f = flat(grads_of(model, lambda: mean_over(forget, lambda b: model(**b).loss)))
+    g_r = flat(grads_of(model, lambda: mean_over(retain, lambda b: model(**b).loss)))
+    before = flat(p.detach().clone() for p in unlearn.trainable(model))
+    result = unlearn.compute_update(model, "ngdiff", forget, retain)
+    direction = g_r / g_r.norm() - g_f / g_f.norm()
+    assert torch.allclose(flat(p.grad for p in unlearn.trainable(model)), direction, atol=1e-6)
+    assert result.forget_grad_norm == pytest.approx(float(g_f.norm()), rel=1e-5)
+    # An SGD step moves the parameters by -lr * direction: up the forget loss, down the retain loss.
+    torch.optim.SGD(unlearn.trainable(model), lr=0.1).step()
+    after = flat(p.detach() for p in unlearn.trainable(model))
+    assert torch.allclose(after - before, -0.1 * direction, atol=1e-6)
+    with torch.no_grad():
+        assert mean_over(forget, lambda b: model(**b).loss) > result.forget_loss
+        assert mean_over(retain, lambda b: model(**b).loss) < result.retain_loss
+
+
+def test_npo_loss_and_its_gradient_at_the_reference(model, batches):
+    forget, _ = batches
+    logp = torch.tensor([-10.0, -3.0])
+    ref = torch.tensor([-8.0, -3.0])
+    beta = 0.5
+    by_hand = -(2 / beta) * np.mean([np.log(1 / (1 + np.exp(beta * (lp - r)))) for lp, r in zip(logp.tolist(), ref.tolist())])
+    assert float(unlearn.npo_loss(logp, ref, beta)) == pytest.approx(by_hand)
+    with torch.no_grad():
+        refs = [unlearn.sequence_logprobs(model, b) for b in forget]
+    # At the reference, NPO's gradient is that of the mean sequence log-likelihood: it pushes the likelihood down.
+    g_logp = grads_of(model, lambda: mean_over(forget, lambda b: unlearn.sequence_logprobs(model, b).mean()))
+    unlearn.compute_update(model, "npo", forget, [], retain_weight=0.0, npo_beta=beta, ref_logps=refs)
+    assert torch.allclose(flat(p.grad for p in unlearn.trainable(model)), flat(g_logp), atol=1e-5)
+    # The summed log-likelihood is the negative of the per-token loss times the number of predicted tokens.
+    b = forget[0]
+    n_predicted = (b["labels"][:, 1:] != -100).sum()
+    with torch.no_grad():
+        assert float(unlearn.sequence_logprobs(model, b).sum()) == pytest.approx(
+            -float(model(**b).loss) * int(n_predicted), rel=1e-4
+        )
+
+
+def test_unknown_method_and_missing_retain_are_errors(model, batches):
+    forget, _ = batches
+    with pytest.raises(CapatlasError, match="unknown unlearning.method"):
+        unlearn.compute_update(model, "ascent", forget, [])
+    with pytest.raises(CapatlasError, match="needs retain data"):
+        unlearn.compute_update(model, "ngdiff", forget, [])
+
+
+def run_data(model_dir, n_forget=3):
+    tokenizer = evaluate.load_tokenizer(str(model_dir))
+    forget = unlearn.chunk_documents(tokenizer, sentences(n_forget, seed=20), 24, tokenizer.eos_token_id)
+    retain = unlearn.chunk_documents(tokenizer, sentences(6, seed=21), 24, tokenizer.eos_token_id)
+    return unlearn.RunData(forget, [retain], n_forget, 0)
+
+
+def section(tmp_path, **over):
+    return make_config(write_benchmarks(tmp_path / "b", names=("bench_a",)), **over)["unlearning"]
+
+
+def test_lora_trains_only_adapters_and_full_trains_everything(tmp_path, model_dir):
+    data = run_data(model_dir)
+    lora_section = section(tmp_path, lora={"enabled": True, "r": 2, "alpha": 4, "dropout": 0.0})
+    base = evaluate.load_model(str(model_dir))
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    lora = unlearn.prepare_model(base, lora_section)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert all(any(m in n for m in ("q_proj", "k_proj", "v_proj", "o_proj")) for n in names)
+    unlearn.train_unlearning(lora, data, lora_section, seed=0)
+    merged = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in lora.state_dict().items()}
+    assert all(torch.equal(original[k], merged[k]) for k in original)  # the base weights never move
+    full_section = section(tmp_path, lora={"enabled": False})
+    full = unlearn.prepare_model(evaluate.load_model(str(model_dir)), full_section)
+    unlearn.train_unlearning(full, data, full_section, seed=0)
+    changed = [k for k, v in full.state_dict().items() if not torch.equal(v, original[k])]
+    assert len(changed) == len(original)
+
+
+def test_training_is_deterministic_and_raises_the_forget_loss(tmp_path, model_dir):
+    data = run_data(model_dir)
+    sec = section(tmp_path, method="ngdiff", train={"max_steps": 6, "lr": 3e-2})
+
+    def once(seed):
+        torch.manual_seed(seed)
+        model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
+        outcome = unlearn.train_unlearning(model, data, sec, seed=seed)
+        return [p.detach().clone() for p in unlearn.trainable(model)], outcome, model
+
+    first, outcome, model = once(0)
+    second, _, _ = once(0)
+    third, _, _ = once(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not all(torch.equal(a, b) for a, b in zip(first, third))
+    assert outcome.steps == 6 and outcome.stop_reason == "max_steps"
+    with torch.no_grad():
+        start_model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec).eval()
+        chunks = unlearn.collate(data.forget_chunks)
+        assert model(**chunks).loss > start_model(**chunks).loss
+
+
+def test_guard_stops_and_keeps_the_last_passing_parameters(tmp_path, model_dir):
+    data = run_data(model_dir)
+    sec = section(tmp_path, train={"max_steps": 10}, stop={"guard_every": 2})
+    torch.manual_seed(0)
+    model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
+    checks = []
+
+    def guard(m):
+        checks.append([p.detach().clone() for p in unlearn.trainable(m)])
+        return 0.5, len(checks) < 2  # the second check fails
+
+    outcome = unlearn.train_unlearning(model, data, sec, seed=0, guard=guard)
+    assert outcome.stop_reason == "guard" and outcome.steps == 4
+    assert all(torch.equal(p, q) for p, q in zip(unlearn.trainable(model), checks[0]))
+    sec = section(tmp_path, train={"max_steps": 10, "lr": 0.1}, stop={"forget_loss_threshold": 0.0})
+    model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
+    outcome = unlearn.train_unlearning(model, data, sec, seed=0)
+    assert outcome.stop_reason == "forget_loss" and outcome.steps == 1
+
+
+def write_run_inputs(tmp_path, texts, seed=0):
+    forget = pd.DataFrame({"doc_id": [f"f{k}" for k in range(len(texts))], "n_tokens": 10, "text": texts})
+    meta = {"target": "bench_a", "unit_slot": "top1", "unit": "literature", "level": "topic",
+            "condition": "influence", "seed": seed}  # fmt: skip
+    run_dir = tmp_path / "unlearning" / "bench_a" / "top1" / "influence" / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(forget, preserve_index=False)
+    pq.write_table(table.replace_schema_metadata({b"capatlas": json.dumps(meta).encode()}), run_dir / "forget_set.parquet")
+    pool = pd.DataFrame(
+        {"doc_id": ["r0", "r1", "r2", "f0"], "unit": ["art_and_design", "games", "literature", "literature"],
+         "round": 0, "n_tokens": 10, "text": sentences(4, seed=30)}
+    )  # fmt: skip
+    pool.to_parquet(tmp_path / "retain.parquet")
+    return run_dir
+
+
+def test_run_writes_adapter_log_and_eval(tmp_path, model_dir):
+    config = make_config(write_benchmarks(tmp_path / "b"), stop={"guard_benchmark": "bench_a", "guard_every": 2,
+                                                                  "guard_fraction": 0.0})  # fmt: skip
+    run_dir = write_run_inputs(tmp_path, sentences(3, seed=40))
+    baseline = evaluate.evaluate_model(config, str(model_dir))
+    (tmp_path / "base.json").write_text(json.dumps(baseline))
+    summary = unlearn.run_unlearning(
+        config, str(model_dir), run_dir / "forget_set.parquet", tmp_path / "retain.parquet", tmp_path / "base.json", run_dir
+    )
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    log = pd.read_csv(run_dir / "train_log.csv")
+    assert list(log["step"]) == [1, 2, 3] and log["guard"].notna().sum() == 1
+    written = json.loads((run_dir / "eval.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert written["run"]["target"] == "bench_a" and set(written["benchmarks"]) == {"bench_a", "bench_b"}
+    # The saved adapter evaluates to what the run reported.
+    again = evaluate.evaluate_model(config, str(model_dir), adapter=str(run_dir / "adapter"))
+    assert again["benchmarks"]["bench_a"]["logprob"] == pytest.approx(written["benchmarks"]["bench_a"]["logprob"])
+
+
+def test_empty_forget_set_and_missing_inputs_name_the_run(tmp_path, model_dir):
+    config = make_config(write_benchmarks(tmp_path / "b", names=("bench_a",)))
+    run_dir = write_run_inputs(tmp_path, [])
+    (tmp_path / "base.json").write_text(json.dumps({"benchmarks": {}}))
+    args = (str(model_dir), run_dir / "forget_set.parquet", tmp_path / "retain.parquet", tmp_path / "base.json", run_dir)
+    with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*is empty"):
+        unlearn.run_unlearning(config, *args)
+    with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*does not exist"):
+        unlearn.run_unlearning(config, str(model_dir), run_dir / "nope.parquet", *args[2:])
+    write_run_inputs(tmp_path, sentences(2, seed=41))
+    with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*retain pool"):
+        unlearn.run_unlearning(config, str(model_dir), args[1], tmp_path / "nope.parquet", *args[3:])

@@ -1,0 +1,160 @@
+"""Unlearning summary: gamma, paired differences and every statistic against brute force; missing runs named."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from capatlas import unlearning_summary as us
+from capatlas.errors import CapatlasError
+from capatlas.forget_sets import planned_runs
+from helpers_unlearning import make_config, write_benchmarks
+
+BENCHES = ("bench_a", "bench_b", "bench_c")
+
+
+def exact_wilcoxon_greater(d: np.ndarray) -> float:
+    """P(W+ >= observed) over all 2^n sign assignments (no ties, no zeros)."""
+    ranks = pd.Series(np.abs(d)).rank().to_numpy()
+    observed = ranks[d > 0].sum()
+    count = sum(
+        ranks[np.array(signs, dtype=bool)].sum() >= observed - 1e-9
+        for signs in itertools.product([0, 1], repeat=len(d))
+    )
+    return count / 2 ** len(d)
+
+
+def test_wilcoxon_and_t_match_brute_force():
+    d = np.array([0.9, -0.2, 1.7, 0.4, 2.3, -0.65, 1.1])
+    assert us.wilcoxon_greater(d) == pytest.approx(exact_wilcoxon_greater(d))
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    from scipy.stats import t as t_dist
+
+    assert us.ttest_greater(d) == pytest.approx(t_dist.sf(t, len(d) - 1))
+    assert us.cohens_dz(d) == pytest.approx(d.mean() / d.std(ddof=1))
+    assert np.isnan(us.wilcoxon_greater(np.array([1.0]))) and np.isnan(us.ttest_greater(np.array([2.0, 2.0])))
+
+
+def test_bh_matches_hand_computation_and_skips_nan():
+    p = [0.01, 0.04, np.nan, 0.03, 0.5]
+    # Valid p sorted: 0.01, 0.03, 0.04, 0.5 (m = 4); p * m / rank = 0.04, 0.06, 0.0533, 0.5;
+    # then the running minimum from the largest: 0.04, 0.0533, 0.0533, 0.5.
+    expected = {0.01: 0.04, 0.03: 0.16 / 3, 0.04: 0.16 / 3, 0.5: 0.5}
+    got = us.bh(p)
+    assert np.isnan(got[2])
+    for value, adjusted in zip([0.01, 0.04, 0.03, 0.5], got[[0, 1, 3, 4]]):
+        assert adjusted == pytest.approx(expected[value])
+
+
+def test_bootstrap_median_ci_agrees_with_a_hand_percentile_bootstrap():
+    d = np.array([0.5, 1.2, -0.3, 2.0, 0.8, 1.5, 0.1, 0.9, 1.1, -0.2])
+    low, high = us.median_ci(d, confidence=0.9, n_resamples=4000, seed=0)
+    rng = np.random.default_rng(1)
+    medians = np.median(d[rng.integers(0, len(d), (20000, len(d)))], axis=1)
+    assert low == pytest.approx(np.quantile(medians, 0.05), abs=0.1)
+    assert high == pytest.approx(np.quantile(medians, 0.95), abs=0.1)
+    assert low <= np.median(d) <= high
+
+
+def synthetic_summary(effect: dict[str, float], n_units=4, seeds=(0, 1, 2), seed=0) -> pd.DataFrame:
+    """Long gamma table; the influence condition damages its target by `effect[target]` more than random."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for target in BENCHES:
+        for unit in range(n_units):
+            for s in seeds:
+                for condition in ("influence", "random"):
+                    for bench in BENCHES:
+                        for metric in us.METRICS:
+                            gamma = rng.normal(0, 0.1) + (
+                                effect.get(target, 0.0) if condition == "influence" and bench == target else 0.0
+                            )
+                            rows.append({"target": target, "unit_slot": f"top{unit + 1}", "unit": f"u{unit}",
+                                         "condition": condition, "seed": s, "benchmark": bench,
+                                         "is_target": bench == target, "metric": metric, "gamma": gamma})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_paired_statistics_against_brute_force():
+    summary = synthetic_summary({"bench_a": 1.0})
+    cells = us.paired_differences(summary, "logprob", "influence", "random")
+    assert len(cells) == 3 * 4 * 3
+    one = cells.iloc[0]
+    on = summary[(summary["target"] == one["target"]) & (summary["unit_slot"] == one["unit_slot"])
+                 & (summary["seed"] == one["seed"]) & (summary["benchmark"] == one["target"])
+                 & (summary["metric"] == "logprob")]  # fmt: skip
+    by_condition = on.set_index("condition")["gamma"]
+    assert one["d"] == pytest.approx(by_condition["influence"] - by_condition["random"])
+
+    table = us.paired_stats(summary, ["logprob"], confidence=0.95, n_resamples=999, seed=0)
+    table = table[table["pair"] == "influence-random"].set_index("target")
+    a = cells[cells["target"] == "bench_a"]
+    d = a["d"].to_numpy()
+    row = table.loc["bench_a"]
+    assert row["n_cells"] == 12 and row["n_units"] == 4 and row["t_over"] == "units"
+    assert row["median_d"] == pytest.approx(np.median(d)) and row["d_z"] == pytest.approx(d.mean() / d.std(ddof=1))
+    from scipy import stats
+
+    assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d, alternative="greater").pvalue)
+    unit_means = a.groupby("unit_slot")["d"].mean().to_numpy()
+    assert row["t_p"] == pytest.approx(stats.ttest_1samp(unit_means, 0, alternative="greater").pvalue)
+    raw = np.concatenate([table["wilcoxon_p"].to_numpy(), table["t_p"].to_numpy()])
+    adjusted = stats.false_discovery_control(raw)
+    assert np.allclose(np.concatenate([table["wilcoxon_p_bh"], table["t_p_bh"]]), adjusted)
+    assert row["wilcoxon_p_bh"] < 0.01 and table.loc["bench_b", "wilcoxon_p_bh"] > 0.01
+    sub = summary[(summary["metric"] == "logprob") & (summary["target"] == "bench_a")
+                  & (summary["condition"] == "influence")]  # fmt: skip
+    expected = sub.loc[sub["is_target"], "gamma"].abs().mean() / sub.loc[~sub["is_target"], "gamma"].abs().mean()
+    assert row["selectivity_influence"] == pytest.approx(expected)
+    assert row["selectivity_influence"] > row["selectivity_random"]
+
+
+def fake_runs(tmp_path, config, *, skip_eval=None, skip_adapter=None):
+    base = {b: {m: 0.0 for m in us.METRICS} for b in ("bench_a", "bench_b")}
+    (tmp_path / "base.json").write_text(json.dumps({"benchmarks": base}))
+    rng = np.random.default_rng(0)
+    for run in planned_runs(config):
+        run_dir = tmp_path / "unlearning" / run.path
+        (run_dir / "adapter").mkdir(parents=True)
+        if run.path != skip_adapter:
+            (run_dir / "adapter" / "adapter_config.json").write_text("{}")
+        if run.path == skip_eval:
+            continue
+        bump = 0.5 if run.condition == "influence" else 0.0
+        after = {b: {m: -(bump if b == run.target else 0) - rng.random() * 0.1 for m in us.METRICS} for b in base}
+        record = {"run": {"unit": "literature"}, "steps": 3, "stop_reason": "max_steps", "benchmarks": after}
+        (run_dir / "eval.json").write_text(json.dumps(record))
+
+
+def test_summarise_writes_tables_and_figures(tmp_path):
+    config = make_config(write_benchmarks(tmp_path / "b"), stats={"bootstrap_resamples": 200})
+    fake_runs(tmp_path, config)
+    result = us.summarise(config, tmp_path / "base.json", tmp_path / "unlearning", tmp_path / "figures")
+    summary = pd.read_parquet(tmp_path / "unlearning" / "summary.parquet")
+    assert len(summary) == len(planned_runs(config)) * 2 * len(us.METRICS)
+    row = summary.iloc[0]
+    assert row["gamma"] == pytest.approx(row["baseline"] - row["after"])
+    paired = pd.read_parquet(tmp_path / "unlearning" / "paired_stats.parquet")
+    assert set(paired["metric"]) == {"acc", "logprob"}
+    logprob = paired[(paired["metric"] == "logprob") & (paired["pair"] == "influence-random")]
+    assert (logprob["median_d"] > 0.3).all() and (logprob["n_positive"] == 2).all()
+    for path in result["figures"]:
+        with Image.open(path) as image:
+            assert image.size[0] > 200
+
+
+def test_missing_eval_or_adapter_names_the_run(tmp_path):
+    config = make_config(write_benchmarks(tmp_path / "b"))
+    fake_runs(tmp_path, config, skip_eval="bench_b/top1/random/seed1")
+    with pytest.raises(CapatlasError, match=r"bench_b/top1/random/seed1: .*eval.json does not exist"):
+        us.summarise(config, tmp_path / "base.json", tmp_path / "unlearning", tmp_path / "figures")
+    other = tmp_path / "other"
+    other.mkdir()
+    fake_runs(other, config, skip_adapter="bench_a/top1/influence/seed0")
+    with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0: its adapter .* is missing"):
+        us.summarise(config, other / "base.json", other / "unlearning", other / "figures")

@@ -1,0 +1,529 @@
+"""`capatlas forget-sets`: what each unlearning run forgets, and the retain pools.
+
+A *unit* is a topic, a format or a bin (``unlearning.unit``), named by its
+slug (``literature``, ``customer_support``, ``literature__customer_support``).
+Per target benchmark the units come from ``unlearning.units``:
+
+- ``top_k``: the k units with the highest influence, ranked by the bin
+  z-score (topics/formats: the unweighted mean z of their non-empty bins,
+  the study's marginal) or by the *contrast* z(target) - mean z(other
+  benchmarks), which prefers units specific to the target. The runs are
+  enumerated from config before the influence matrix exists, so they are
+  named by rank slots ``top1`` .. ``topk``; the unit a slot resolved to is
+  recorded in every forget set and in the summary;
+- ``explicit``: the listed unit slugs, for every target;
+- ``all``: every unit of the level (the study: all 24 topics).
+
+Conditions per (target, unit) and seed:
+
+- ``influence``: the unit's ``n_docs`` documents with the highest score for
+  the target benchmark (ties by doc_id), the same in every seed;
+- ``random``: ``n_docs`` other documents of the same unit, disjoint from the
+  influence set and matched to it in count and in tokens: each influence
+  document, in a seeded order, is paired with a random one of the
+  ``match_pool`` unused documents closest to it in length; then swaps bring
+  the total within ``token_tolerance`` where the unit allows (the study's
+  control was 1,000 random documents against 200, not size-matched).
+  With ``match_tokens: false`` the random set is matched in count only: where
+  influence goes with length (the demo's planted documents are four times
+  longer than any other), a token-matched set can only be drawn from the
+  same kind of documents, which confounds the control;
+- ``global_influence`` / ``global_random``: the same two, corpus-wide
+  (unit slot ``global``).
+
+Retain pools: per seed, ``retain.docs_per_unit`` random documents of every
+unit, drawn afresh for each resampling round (``retain.resample_every``
+steps, as many rounds as ``train.max_steps`` needs). A run uses the pool of
+its seed minus its own unit and its forget documents, so the paired runs
+(influence vs random, same unit and seed) see the same retain data.
+
+Outputs under ``--out`` (``unlearning/``)::
+
+    <target>/<unit>/<condition>/seed<s>/forget_set.parquet
+        doc_id, bin_id, topic_id, format_id, n_tokens, score, text
+        (+ parquet metadata "capatlas": target, unit slot, resolved unit,
+        condition, seed, sizes, token mismatch)
+    retain/seed<s>.parquet     doc_id, unit, round, n_tokens, text
+    forget_sets.json           resolved units and set sizes of every run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .benchmarks import stable_hash
+from .config import load_config
+from .errors import CapatlasError
+from .io import write_json, write_parquet
+from .taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS, bin_slug
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = b"capatlas"
+UNIT_CONDITIONS = ("influence", "random")
+GLOBAL_CONDITIONS = ("global_influence", "global_random")
+GLOBAL_UNIT = "global"
+# (influence condition, its random control, the unit slot they share or None for per-unit)
+PAIRS = (("influence", "random"), ("global_influence", "global_random"))
+
+
+# ------------------------------------------------------------------ units
+
+
+def unit_slugs(level: str) -> list[str]:
+    if level == "topic":
+        return list(TOPIC_SLUGS)
+    if level == "format":
+        return list(FORMAT_SLUGS)
+    if level == "bin":
+        return [bin_slug(b) for b in range(N_BINS)]
+    raise CapatlasError(f"unknown unlearning.unit '{level}' (topic, format or bin)")
+
+
+def unit_index(bin_ids: np.ndarray, level: str) -> np.ndarray:
+    """Unit index (into `unit_slugs(level)`) of each bin id."""
+    bin_ids = np.asarray(bin_ids, dtype=np.int64)
+    if level == "topic":
+        return bin_ids // N_FORMATS
+    if level == "format":
+        return bin_ids % N_FORMATS
+    return bin_ids
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    target: str
+    unit: str  # unit slug, rank slot "top<k>", or "global"
+    condition: str
+    seed: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.target}/{self.unit}/{self.condition}/seed{self.seed}"
+
+    @property
+    def name(self) -> str:
+        return f"unlearning run {self.path}"
+
+
+def unlearning_targets(config: dict) -> list[str]:
+    names = [b["name"] for b in config["benchmarks"]]
+    targets = config["unlearning"]["targets"]
+    if targets is None:
+        return names
+    unknown = [t for t in targets if t not in names]
+    if unknown:
+        raise CapatlasError(
+            f"config key 'unlearning.targets': {', '.join(unknown)} not among the benchmarks ({', '.join(names)})"
+        )
+    return list(targets)
+
+
+def unit_slots(config: dict) -> list[str]:
+    """The unit wildcard values of every target, known from config alone."""
+    section = config["unlearning"]
+    units = section["units"]
+    if units["select"] == "top_k":
+        return [f"top{k}" for k in range(1, units["top_k"] + 1)]
+    if units["select"] == "all":
+        return unit_slugs(section["unit"])
+    known = set(unit_slugs(section["unit"]))
+    if not units["explicit"]:
+        raise CapatlasError("config key 'unlearning.units.explicit' is empty but units.select is 'explicit'")
+    bad = [u for u in units["explicit"] if u not in known]
+    if bad:
+        raise CapatlasError(
+            f"config key 'unlearning.units.explicit': {', '.join(bad)} are not {section['unit']} slugs "
+            f"(e.g. {unit_slugs(section['unit'])[0]!r})"
+        )
+    return list(units["explicit"])
+
+
+def planned_runs(config: dict) -> list[PlannedRun]:
+    """Every (target, unit, condition, seed) run, in a stable order, from config alone."""
+    section = config["unlearning"]
+    conditions = section["forget"]["conditions"]
+    seeds = section["forget"]["seeds"]
+    runs = []
+    for target in unlearning_targets(config):
+        for unit in unit_slots(config):
+            runs.extend(
+                PlannedRun(target, unit, c, s) for c in conditions if c in UNIT_CONDITIONS for s in seeds
+            )
+        runs.extend(
+            PlannedRun(target, GLOBAL_UNIT, c, s) for c in conditions if c in GLOBAL_CONDITIONS for s in seeds
+        )
+    return runs
+
+
+def unit_scores(bin_matrix: pd.DataFrame, level: str, target: str, rank_by: str) -> pd.Series:
+    """Influence of every unit for `target` (index: unit slug), highest first; units without docs are dropped."""
+    required = {"benchmark", "bin_id", "zscore"}
+    if missing := required - set(bin_matrix.columns):
+        raise CapatlasError(f"bin matrix lacks column(s) {', '.join(sorted(missing))}")
+    wide = bin_matrix.pivot_table(index="bin_id", columns="benchmark", values="zscore", dropna=False)
+    if target not in wide.columns:
+        raise CapatlasError(
+            f"bin matrix has no rows for benchmark '{target}' (it has: {', '.join(map(str, wide.columns))})"
+        )
+    if rank_by == "contrast":
+        others = [c for c in wide.columns if c != target]
+        if not others:
+            raise CapatlasError("unlearning.units.rank_by 'contrast' needs at least two benchmarks in the bin matrix")
+        value = wide[target] - wide[others].mean(axis=1)
+    else:
+        value = wide[target]
+    units = unit_index(wide.index.to_numpy(), level)
+    # The study's marginal: the unweighted mean over the unit's non-empty bins (NaN z = empty bin).
+    per_unit = pd.Series(value.to_numpy(), index=units).groupby(level=0).mean().dropna()
+    slugs = unit_slugs(level)
+    per_unit.index = [slugs[i] for i in per_unit.index]
+    # Stable: ties keep slug order.
+    return per_unit.sort_index().sort_values(ascending=False, kind="mergesort")
+
+
+def resolve_units(config: dict, bin_matrix: pd.DataFrame | None, target: str) -> dict[str, str]:
+    """Unit slot -> unit slug for one target."""
+    section = config["unlearning"]
+    slots = unit_slots(config)
+    if section["units"]["select"] != "top_k":
+        return {slot: slot for slot in slots}
+    if bin_matrix is None:
+        raise CapatlasError("unlearning.units.select is 'top_k', which needs the bin matrix (--bin-matrix)")
+    ranked = unit_scores(bin_matrix, section["unit"], target, section["units"]["rank_by"])
+    if len(ranked) < len(slots):
+        raise CapatlasError(
+            f"benchmark '{target}': only {len(ranked)} {section['unit']}s have documents, "
+            f"fewer than unlearning.units.top_k = {len(slots)}"
+        )
+    return {slot: ranked.index[k] for k, slot in enumerate(slots)}
+
+
+# --------------------------------------------------------------- selection
+
+
+def influence_ranked(docs: pd.DataFrame, target: str, n: int) -> pd.DataFrame:
+    """The n highest-scoring documents (ties by doc_id)."""
+    ordered = docs.sort_values([target, "doc_id"], ascending=[False, True], kind="mergesort")
+    return ordered.head(n)
+
+
+def matched_random(
+    reference: pd.DataFrame,
+    candidates: pd.DataFrame,
+    rng: np.random.Generator,
+    *,
+    match_pool: int,
+    token_tolerance: float,
+) -> pd.DataFrame:
+    """Random candidates matched to `reference` in count and (approximately) in total tokens."""
+    n = len(reference)
+    if len(candidates) < n:
+        raise CapatlasError(f"{len(candidates)} candidate documents, fewer than the {n} to match")
+    cand_tokens = candidates["n_tokens"].to_numpy(dtype=np.float64)
+    log_cand = np.log1p(cand_tokens)
+    available = np.ones(len(candidates), dtype=bool)
+    chosen = []
+    for t in reference["n_tokens"].to_numpy(dtype=np.float64)[rng.permutation(n)]:
+        free = np.flatnonzero(available)
+        distance = np.abs(log_cand[free] - math.log1p(t))
+        k = min(match_pool, len(free))
+        nearest = free[np.argsort(distance, kind="stable")[:k]]
+        pick = int(rng.choice(nearest))
+        available[pick] = False
+        chosen.append(pick)
+    chosen_arr = np.array(chosen, dtype=np.int64)
+    target_total = float(reference["n_tokens"].sum())
+    # Swaps: replace a chosen document by an unused one whose length moves the total
+    # towards the reference total, until within tolerance or no swap helps.
+    for _ in range(4 * n):
+        total = cand_tokens[chosen_arr].sum()
+        gap = total - target_total
+        if target_total == 0 or abs(gap) <= token_tolerance * target_total:
+            break
+        free = np.flatnonzero(available)
+        if not len(free):
+            break
+        order = np.argsort(cand_tokens[free], kind="stable")
+        free_sorted, free_tokens = free[order], cand_tokens[free][order]
+        best = (abs(gap), -1, -1)
+        for slot, index in enumerate(chosen_arr):
+            ideal = cand_tokens[index] - gap
+            pos = int(np.searchsorted(free_tokens, ideal))
+            for p in (pos - 1, pos):
+                if 0 <= p < len(free_tokens):
+                    new_gap = abs(gap - cand_tokens[index] + free_tokens[p])
+                    if new_gap < best[0]:
+                        best = (new_gap, slot, int(free_sorted[p]))
+        if best[1] < 0:
+            break
+        available[chosen_arr[best[1]]] = True
+        available[best[2]] = False
+        chosen_arr[best[1]] = best[2]
+    return candidates.iloc[np.sort(chosen_arr)]
+
+
+def run_rng(seed: int, *parts: str) -> np.random.Generator:
+    return np.random.default_rng([seed, *(stable_hash(p) for p in parts)])
+
+
+@dataclass
+class ForgetSet:
+    run: PlannedRun
+    unit: str  # the resolved unit slug, or "global"
+    docs: pd.DataFrame  # doc_id, bin_id, topic_id, format_id, n_tokens, score
+    reference_tokens: int  # total tokens of the set this one is matched to (itself for influence sets)
+    unit_docs: int
+    level: str
+
+    @property
+    def token_mismatch(self) -> float:
+        total = int(self.docs["n_tokens"].sum())
+        return 0.0 if self.reference_tokens == 0 else (total - self.reference_tokens) / self.reference_tokens
+
+    def metadata(self) -> dict:
+        return {
+            "target": self.run.target,
+            "unit_slot": self.run.unit,
+            "unit": self.unit,
+            "level": self.level,
+            "condition": self.run.condition,
+            "seed": self.run.seed,
+            "n_docs": len(self.docs),
+            "n_tokens": int(self.docs["n_tokens"].sum()),
+            "reference_tokens": int(self.reference_tokens),
+            "token_mismatch": self.token_mismatch,
+            "unit_docs": self.unit_docs,
+        }
+
+
+def build_forget_sets(
+    config: dict, docs: pd.DataFrame, bin_matrix: pd.DataFrame | None
+) -> tuple[list[ForgetSet], dict[str, dict[str, str]]]:
+    """Every planned run's forget set (without text) and each target's slot -> unit map.
+
+    `docs`: one row per scored document: doc_id, bin_id, topic_id, format_id,
+    n_tokens and one score column per benchmark.
+    """
+    section = config["unlearning"]
+    level, n = section["unit"], section["forget"]["n_docs"]
+    match_pool, tolerance = section["forget"]["match_pool"], section["forget"]["token_tolerance"]
+    slugs = unit_slugs(level)
+    docs = docs.assign(_unit=[slugs[i] for i in unit_index(docs["bin_id"].to_numpy(), level)])
+    runs = planned_runs(config)
+    resolved = {t: resolve_units(config, bin_matrix, t) for t in dict.fromkeys(r.target for r in runs)}
+    sets: list[ForgetSet] = []
+    influence_cache: dict[tuple[str, str], pd.DataFrame] = {}
+
+    def influence_set(run: PlannedRun, unit: str, pool: pd.DataFrame) -> pd.DataFrame:
+        key = (run.target, unit)
+        if key not in influence_cache:
+            if run.target not in pool.columns:
+                raise CapatlasError(f"{run.name}: the document scores have no column '{run.target}'")
+            if pool.empty:
+                raise CapatlasError(f"{run.name}: {level} '{unit}' has no documents in the manifest")
+            if len(pool) < n:
+                raise CapatlasError(
+                    f"{run.name}: {level} '{unit}' has {len(pool)} documents, too few for a forget set of "
+                    f"unlearning.forget.n_docs = {n}"
+                )
+            influence_cache[key] = influence_ranked(pool, run.target, n)
+        return influence_cache[key]
+
+    for run in runs:
+        unit = GLOBAL_UNIT if run.unit == GLOBAL_UNIT else resolved[run.target][run.unit]
+        pool = docs if unit == GLOBAL_UNIT else docs[docs["_unit"] == unit]
+        top = influence_set(run, unit, pool)
+        if run.condition in ("influence", "global_influence"):
+            chosen, reference = top, int(top["n_tokens"].sum())
+        else:
+            others = pool[~pool["doc_id"].isin(top["doc_id"])]
+            if len(others) < n:
+                raise CapatlasError(
+                    f"{run.name}: {level} '{unit}' has {len(pool)} documents; a random set disjoint from the "
+                    f"{n} influence-ranked ones needs at least {2 * n} (lower unlearning.forget.n_docs)"
+                )
+            rng = run_rng(run.seed, run.target, unit, run.condition)
+            if section["forget"]["match_tokens"]:
+                chosen = matched_random(top, others, rng, match_pool=match_pool, token_tolerance=tolerance)
+            else:
+                chosen = others.iloc[np.sort(rng.choice(len(others), size=n, replace=False))]
+            reference = int(top["n_tokens"].sum())
+        frame = chosen.rename(columns={run.target: "score"})[
+            ["doc_id", "bin_id", "topic_id", "format_id", "n_tokens", "score"]
+        ].reset_index(drop=True)
+        forget = ForgetSet(run, unit, frame, reference, len(pool), level)
+        if section["forget"]["match_tokens"] and abs(forget.token_mismatch) > tolerance:
+            log.warning(
+                "%s: random set has %+.1f%% tokens against the influence set (tolerance %.1f%%)",
+                run.name, 100 * forget.token_mismatch, 100 * tolerance,
+            )  # fmt: skip
+        sets.append(forget)
+    return sets, resolved
+
+
+def retain_rounds(config: dict) -> int:
+    section = config["unlearning"]
+    every = section["retain"]["resample_every"]
+    return 1 if every == 0 else max(1, math.ceil(section["train"]["max_steps"] / every))
+
+
+def build_retain_pool(config: dict, docs: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """doc_id, unit, round, n_tokens: per round, docs_per_unit random documents of every unit."""
+    section = config["unlearning"]
+    level, per_unit = section["unit"], section["retain"]["docs_per_unit"]
+    slugs = unit_slugs(level)
+    units = unit_index(docs["bin_id"].to_numpy(), level)
+    frames = []
+    for round_ in range(retain_rounds(config)):
+        for u in np.unique(units):
+            members = np.flatnonzero(units == u)
+            rng = run_rng(seed, "retain", slugs[u], str(round_))
+            take = members[np.sort(rng.choice(len(members), size=min(per_unit, len(members)), replace=False))]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "doc_id": docs["doc_id"].to_numpy()[take],
+                        "unit": slugs[u],
+                        "round": round_,
+                        "n_tokens": docs["n_tokens"].to_numpy()[take],
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------- I/O
+
+
+def read_scored_docs(manifest_path: Path, score_paths: Sequence[Path], benchmarks: Sequence[str]) -> pd.DataFrame:
+    """Manifest rows joined with every shard's per-benchmark document scores."""
+    if not manifest_path.is_file():
+        raise CapatlasError(f"manifest {manifest_path} does not exist")
+    manifest = pq.read_table(manifest_path, columns=["doc_id", "bin_id", "topic_id", "format_id", "n_tokens"])
+    manifest = manifest.to_pandas()
+    if not score_paths:
+        raise CapatlasError("no document score files were given (attribution/scores/shard-*.parquet)")
+    frames = []
+    for path in score_paths:
+        if not Path(path).is_file():
+            raise CapatlasError(f"score file {path} does not exist")
+        schema = pq.read_schema(path)
+        missing = [c for c in ("doc_id", *benchmarks) if c not in schema.names]
+        if missing:
+            raise CapatlasError(f"score file {path} lacks column(s) {', '.join(missing)}")
+        frames.append(pq.read_table(path, columns=["doc_id", *benchmarks]).to_pandas())
+    scores = pd.concat(frames, ignore_index=True)
+    if scores["doc_id"].duplicated().any():
+        dup = scores.loc[scores["doc_id"].duplicated(), "doc_id"].iloc[0]
+        raise CapatlasError(f"document {dup!r} has scores in more than one score file")
+    merged = manifest.merge(scores, on="doc_id", how="inner", validate="one_to_one")
+    if len(merged) < len(manifest):
+        missing = manifest.loc[~manifest["doc_id"].isin(scores["doc_id"]), "doc_id"]
+        raise CapatlasError(
+            f"{len(missing)} manifest documents have no score (e.g. {missing.iloc[0]!r}); "
+            "are all attribution/scores shards given?"
+        )
+    return merged.sort_values("doc_id", kind="mergesort").reset_index(drop=True)
+
+
+def read_texts(shard_paths: Sequence[Path], doc_ids: set[str]) -> dict[str, str]:
+    """Texts of `doc_ids`, read from the shards (only the wanted rows are kept)."""
+    wanted = pa.array(sorted(doc_ids), pa.string())
+    texts: dict[str, str] = {}
+    for path in shard_paths:
+        if not Path(path).is_file():
+            raise CapatlasError(f"shard {path} does not exist")
+        table = pq.read_table(path, columns=["doc_id", "text"])
+        table = table.filter(pc.is_in(table["doc_id"], value_set=wanted))
+        texts.update(zip(table["doc_id"].to_pylist(), table["text"].to_pylist()))
+    if missing := doc_ids - texts.keys():
+        raise CapatlasError(f"{len(missing)} documents are in no shard (e.g. {sorted(missing)[0]!r})")
+    return texts
+
+
+def with_text(frame: pd.DataFrame, texts: dict[str, str]) -> pa.Table:
+    return pa.Table.from_pandas(frame.assign(text=[texts[d] for d in frame["doc_id"]]), preserve_index=False)
+
+
+def write_forget_set(forget: ForgetSet, table: pa.Table, path: Path) -> None:
+    meta = json.dumps(forget.metadata()).encode()
+    write_parquet(table.replace_schema_metadata({METADATA_KEY: meta}), path)
+
+
+def read_forget_set(path: str | os.PathLike, *, run_name: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """(documents with text, metadata); a missing, unreadable or empty set is an error naming the run."""
+    path = Path(path)
+    who = run_name or str(path)
+    if not path.is_file():
+        raise CapatlasError(f"{who}: forget set {path} does not exist (run capatlas forget-sets)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise CapatlasError(f"{who}: forget set {path} is not a readable parquet file: {exc}") from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    meta = json.loads(raw) if raw else {}
+    frame = table.to_pandas()
+    if "text" not in frame.columns or "doc_id" not in frame.columns:
+        raise CapatlasError(f"{who}: forget set {path} lacks the doc_id/text columns")
+    if frame.empty:
+        raise CapatlasError(f"{who}: forget set {path} is empty")
+    return frame, meta
+
+
+def write_all(config: dict, docs: pd.DataFrame, bin_matrix: pd.DataFrame | None, shards: Sequence[Path], out: Path):
+    sets, resolved = build_forget_sets(config, docs, bin_matrix)
+    seeds = config["unlearning"]["forget"]["seeds"]
+    pools = {seed: build_retain_pool(config, docs, seed) for seed in seeds}
+    needed = {d for s in sets for d in s.docs["doc_id"]} | {d for p in pools.values() for d in p["doc_id"]}
+    texts = read_texts(shards, needed)
+    level = config["unlearning"]["unit"]
+    for forget in sets:
+        write_forget_set(forget, with_text(forget.docs, texts), out / forget.run.path / "forget_set.parquet")
+    for seed, pool in pools.items():
+        write_parquet(with_text(pool, texts), out / "retain" / f"seed{seed}.parquet")
+    write_json(
+        {
+            "level": level,
+            "units": resolved,
+            "runs": [{**s.metadata(), "path": s.run.path} for s in sets],
+            "retain_rounds": retain_rounds(config),
+        },
+        out / "forget_sets.json",
+    )
+    return sets
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="capatlas config (keys benchmarks, unlearning)")
+    parser.add_argument("--manifest", required=True, help="manifest/manifest.parquet")
+    parser.add_argument("--scores", nargs="+", required=True, help="attribution/scores/shard-*.parquet")
+    parser.add_argument("--shards", nargs="+", required=True, help="shards/shard-*.parquet (texts)")
+    parser.add_argument("--bin-matrix", default=None, help="influence/bin_matrix.parquet (needed for top_k units)")
+    parser.add_argument("--out", required=True, help="the unlearning/ directory")
+
+
+def run(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    benchmarks = [b["name"] for b in config["benchmarks"]]
+    docs = read_scored_docs(Path(args.manifest), [Path(p) for p in args.scores], benchmarks)
+    bin_matrix = None
+    if args.bin_matrix:
+        if not Path(args.bin_matrix).is_file():
+            raise CapatlasError(f"bin matrix {args.bin_matrix} does not exist")
+        bin_matrix = pd.read_parquet(args.bin_matrix)
+    sets = write_all(config, docs, bin_matrix, [Path(p) for p in args.shards], Path(args.out))
+    log.info("wrote %d forget sets and %d retain pools", len(sets), len(config["unlearning"]["forget"]["seeds"]))

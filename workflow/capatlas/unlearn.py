@@ -1,0 +1,542 @@
+"""`capatlas unlearn`: one unlearning run (target, unit, condition, seed) and its evaluation.
+
+The model forgets the documents of one forget set while a retain set keeps
+the rest of its behaviour. Methods (``unlearning.method``), all on the
+mean next-token cross-entropy CE of a batch:
+
+- ``ga``: gradient ascent, loss = -CE(forget);
+- ``graddiff``: gradient difference, loss = -CE(forget) + w CE(retain);
+- ``ngdiff``: normalised gradient difference (the study's method): the
+  update direction is g = g_retain/|g_retain| - g_forget/|g_forget| with
+  g = grad CE and |.| the global norm over the trained parameters, so
+  neither objective dominates by scale;
+- ``npo``: negative preference optimisation,
+  loss = -(2/beta) mean log sigmoid(-beta (log p(x) - log p_ref(x))) over the
+  forget sequences (log p = summed token log-likelihood, p_ref = the model
+  before unlearning, computed once up front), + w CE(retain) when
+  ``retain_weight`` > 0.
+
+Parameters: LoRA adapters (peft; r, alpha, dropout, target modules) or the
+full model. Documents are cut into chunks of ``train.max_length`` tokens
+(after the evaluation prefix token); a step averages ``grad_accum``
+micro-batches of ``batch_size`` chunks. Retain chunks come from the retain
+pool of the run's seed, round ``step // resample_every``, minus the run's
+unit and forget documents.
+
+Stopping: ``train.max_steps``; the utility guard (every ``guard_every``
+steps the guard benchmark is evaluated; below ``guard_fraction`` x its
+baseline the run stops and keeps the parameters of the last check that
+passed); an optional forget-loss threshold (stop once the step's forget CE
+reaches it). On CPU the run is deterministic given the seed.
+
+Outputs in ``--out`` (``unlearning/<target>/<unit>/<condition>/seed<s>/``):
+``adapter/`` (LoRA) or ``checkpoint/`` (full), ``train_log.csv`` and
+``eval.json`` (every benchmark, as ``capatlas evaluate``, plus the run's
+identity, steps and stop reason), written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import apply_offline, load_config
+from .errors import CapatlasError
+from .evaluate import (
+    default_world,
+    evaluate_prepared,
+    load_model,
+    load_tokenizer,
+    model_max_length,
+    prefix_id,
+    prepare_benchmarks,
+    resolve_device,
+)
+from .forget_sets import GLOBAL_UNIT, read_forget_set
+from .io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ga", "graddiff", "ngdiff", "npo")
+IGNORE_INDEX = -100
+LOG_COLUMNS = (
+    "step", "loss", "forget_loss", "retain_loss", "forget_grad_norm", "retain_grad_norm", "lr", "guard", "retain_round",
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------ data
+
+
+def chunk_documents(tokenizer, texts: Sequence[str], max_length: int, prefix: int | None) -> list[list[int]]:
+    """Each document as [prefix] + tokens, cut into chunks of at most max_length (chunks of 1 token dropped)."""
+    chunks = []
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        ids = ([prefix] if prefix is not None else []) + list(ids)
+        chunks.extend(c for start in range(0, len(ids), max_length) if len(c := ids[start : start + max_length]) > 1)
+    return chunks
+
+
+def collate(chunks: Sequence[Sequence[int]]):
+    """input_ids, attention_mask, labels (-100 on padding), right-padded."""
+    import torch
+
+    width = max(len(c) for c in chunks)
+    ids = torch.zeros((len(chunks), width), dtype=torch.long)
+    mask = torch.zeros((len(chunks), width), dtype=torch.long)
+    for row, chunk in enumerate(chunks):
+        ids[row, : len(chunk)] = torch.tensor(chunk)
+        mask[row, : len(chunk)] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sequence_logprobs(model, batch) -> "torch.Tensor":  # noqa: F821
+    """Summed log-likelihood of each sequence's tokens (positions 1..), shape [batch]."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+    targets = batch["labels"][:, 1:]
+    valid = targets != IGNORE_INDEX
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * valid).sum(dim=1)
+
+
+def mean_ce(model, batch) -> "torch.Tensor":  # noqa: F821
+    """Mean next-token cross-entropy over the batch's real tokens (the HF loss)."""
+    return model(**batch).loss
+
+
+class ChunkSampler:
+    """Batches of chunks in seeded epochs: every chunk once per epoch before any repeats."""
+
+    def __init__(self, chunks: list[list[int]], batch_size: int, rng: np.random.Generator):
+        if not chunks:
+            raise CapatlasError("no chunks to sample")
+        self.chunks, self.batch_size, self.rng = chunks, batch_size, rng
+        self.order: list[int] = []
+
+    def next(self) -> list[list[int]]:
+        while len(self.order) < self.batch_size:
+            self.order.extend(self.rng.permutation(len(self.chunks)).tolist())
+        take, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return [self.chunks[i] for i in take]
+
+
+# ---------------------------------------------------------------- methods
+
+
+def trainable(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def grad_norm(grads: Sequence) -> float:
+    return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
+
+
+def _accumulate(model, loss_fn, micro_batches) -> tuple[list, float]:
+    """Gradient of the mean of loss_fn over micro-batches, and that mean (grads left zeroed)."""
+    import torch
+
+    params = trainable(model)
+    for p in params:
+        p.grad = None
+    total = 0.0
+    for batch in micro_batches:
+        loss = loss_fn(batch) / len(micro_batches)
+        loss.backward()
+        total += float(loss.detach())
+    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p in params:
+        p.grad = None
+    return grads, total
+
+
+def npo_loss(logp: "torch.Tensor", ref_logp: "torch.Tensor", beta: float) -> "torch.Tensor":  # noqa: F821
+    import torch.nn.functional as F
+
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
+
+
+@dataclass
+class StepResult:
+    loss: float
+    forget_loss: float
+    retain_loss: float = float("nan")
+    forget_grad_norm: float = float("nan")
+    retain_grad_norm: float = float("nan")
+
+
+def compute_update(
+    model,
+    method: str,
+    forget_batches: Sequence[dict],
+    retain_batches: Sequence[dict],
+    *,
+    retain_weight: float = 1.0,
+    npo_beta: float = 0.1,
+    ref_logps: Sequence | None = None,
+) -> StepResult:
+    """Set `.grad` of the trained parameters to the method's descent direction; return the losses.
+
+    An optimizer step then moves the parameters against `.grad`: up the
+    forget loss, down the retain loss.
+    """
+    if method not in METHODS:
+        raise CapatlasError(f"unknown unlearning.method '{method}' (one of {', '.join(METHODS)})")
+    params = trainable(model)
+    g_forget, ce_forget = _accumulate(model, lambda b: mean_ce(model, b), forget_batches)
+    result = StepResult(loss=float("nan"), forget_loss=ce_forget, forget_grad_norm=grad_norm(g_forget))
+    needs_retain = method == "ngdiff" or (method in ("graddiff", "npo") and retain_weight > 0)
+    if needs_retain:
+        if not retain_batches:
+            raise CapatlasError(f"unlearning.method '{method}' needs retain data, and the retain set is empty")
+        g_retain, ce_retain = _accumulate(model, lambda b: mean_ce(model, b), retain_batches)
+        result.retain_loss, result.retain_grad_norm = ce_retain, grad_norm(g_retain)
+    if method == "ga":
+        direction = [-g for g in g_forget]
+        result.loss = -ce_forget
+    elif method == "graddiff":
+        direction = [-gf + retain_weight * gr for gf, gr in zip(g_forget, g_retain)] if needs_retain else [
+            -g for g in g_forget
+        ]
+        result.loss = -ce_forget + (retain_weight * result.retain_loss if needs_retain else 0.0)
+    elif method == "ngdiff":
+        nf, nr = max(result.forget_grad_norm, 1e-12), max(result.retain_grad_norm, 1e-12)
+        direction = [gr / nr - gf / nf for gf, gr in zip(g_forget, g_retain)]
+        result.loss = result.retain_loss - ce_forget
+    else:  # npo
+        if ref_logps is None or len(ref_logps) != len(forget_batches):
+            raise CapatlasError("npo needs the reference log-likelihood of every forget micro-batch")
+        pairs = list(zip(forget_batches, ref_logps))
+        g_npo, loss_npo = _accumulate(
+            model, lambda pair: npo_loss(sequence_logprobs(model, pair[0]), pair[1], npo_beta), pairs
+        )
+        direction = (
+            [gn + retain_weight * gr for gn, gr in zip(g_npo, g_retain)] if needs_retain else g_npo
+        )
+        result.loss = loss_npo + (retain_weight * result.retain_loss if needs_retain else 0.0)
+    for p, d in zip(params, direction):
+        p.grad = d.to(p.dtype)
+    return result
+
+
+# ----------------------------------------------------------------- model
+
+
+def attach_lora(model, lora_cfg: dict):
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in lora_cfg["target_modules"] if m not in names]
+    if missing:
+        raise CapatlasError(
+            f"config key 'unlearning.lora.target_modules': the model has no module(s) named {', '.join(missing)}"
+        )
+    config = LoraConfig(
+        r=lora_cfg["r"],
+        lora_alpha=lora_cfg["alpha"],
+        lora_dropout=lora_cfg["dropout"],
+        target_modules=list(lora_cfg["target_modules"]),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def prepare_model(model, section: dict):
+    """LoRA adapters on a frozen base, or every parameter trainable."""
+    if section["lora"]["enabled"]:
+        return attach_lora(model, section["lora"])
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def make_optimizer(model, train_cfg: dict):
+    import torch
+
+    params = trainable(model)
+    if train_cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+    return torch.optim.AdamW(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+
+
+# ------------------------------------------------------------------- run
+
+
+@dataclass
+class RunData:
+    forget_chunks: list[list[int]]
+    retain_rounds: list[list[list[int]]]  # chunks per resampling round
+    forget_docs: int
+    forget_tokens: int
+
+
+def retain_texts(pool: pd.DataFrame, exclude_unit: str | None, exclude_docs: set[str]) -> dict[int, list[str]]:
+    keep = ~pool["doc_id"].isin(exclude_docs)
+    if exclude_unit is not None:
+        keep &= pool["unit"] != exclude_unit
+    kept = pool[keep]
+    return {int(r): list(g["text"]) for r, g in kept.groupby("round", sort=True)}
+
+
+def load_run_data(
+    tokenizer, forget: pd.DataFrame, meta: dict, pool: pd.DataFrame, *, max_length: int, prefix, run_name: str
+) -> RunData:
+    unit = meta.get("unit")
+    rounds = retain_texts(pool, None if unit in (None, GLOBAL_UNIT) else unit, set(forget["doc_id"]))
+    forget_chunks = chunk_documents(tokenizer, list(forget["text"]), max_length, prefix)
+    if not forget_chunks:
+        raise CapatlasError(f"{run_name}: the forget set's documents have no tokens to train on")
+    retain_chunks = [chunk_documents(tokenizer, rounds[r], max_length, prefix) for r in sorted(rounds)]
+    return RunData(forget_chunks, retain_chunks, len(forget), int(forget.get("n_tokens", pd.Series([0])).sum()))
+
+
+@dataclass
+class TrainOutcome:
+    steps: int
+    stop_reason: str
+    rows: list[dict] = field(default_factory=list)
+
+
+def train_unlearning(model, data: RunData, section: dict, seed: int, *, guard=None, run_name: str = "run"):
+    """Run the method until a stop criterion; `guard(model) -> bool` says whether utility is still acceptable."""
+    import torch
+    from tqdm import tqdm
+
+    train_cfg, stop = section["train"], section["stop"]
+    method = section["method"]
+    rng = np.random.default_rng([seed, 7])
+    forget_sampler = ChunkSampler(data.forget_chunks, train_cfg["batch_size"], rng)
+    retain_samplers = [
+        ChunkSampler(chunks, train_cfg["batch_size"], rng) if chunks else None for chunks in data.retain_rounds
+    ]
+    needs_retain = method == "ngdiff" or (method in ("graddiff", "npo") and section["retain_weight"] > 0)
+    if needs_retain and not any(retain_samplers):
+        raise CapatlasError(f"{run_name}: the retain set is empty after removing the run's unit and forget documents")
+    device = next(model.parameters()).device
+    ref_cache: dict[tuple[int, ...], torch.Tensor] = {}
+    if method == "npo":
+        # The reference model is the model before unlearning: log-likelihoods taken once, now.
+        with torch.no_grad():
+            model.eval()
+            for chunk in data.forget_chunks:
+                ref_cache[tuple(chunk)] = sequence_logprobs(model, _to(collate([chunk]), device))[0]
+    model.train()
+    optimizer = make_optimizer(model, train_cfg)
+    every = section["retain"]["resample_every"]
+    outcome = TrainOutcome(steps=0, stop_reason="max_steps")
+    snapshot = [p.detach().clone() for p in trainable(model)]
+    for step in tqdm(range(train_cfg["max_steps"]), desc=run_name, file=sys.stderr, mininterval=2.0):
+        round_ = min(step // every if every else 0, len(retain_samplers) - 1)
+        forget_batches = [_to(collate(forget_sampler.next()), device) for _ in range(train_cfg["grad_accum"])]
+        retain_batches = []
+        if needs_retain and retain_samplers[round_] is not None:
+            retain_batches = [
+                _to(collate(retain_samplers[round_].next()), device) for _ in range(train_cfg["grad_accum"])
+            ]
+        ref = None
+        if method == "npo":
+            ref = [torch.stack([ref_cache[tuple(_unpad(row, m))] for row, m in _rows(b)]) for b in forget_batches]
+        result = compute_update(
+            model,
+            method,
+            forget_batches,
+            retain_batches,
+            retain_weight=section["retain_weight"],
+            npo_beta=section["npo_beta"],
+            ref_logps=ref,
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        outcome.steps = step + 1
+        row = {
+            "step": step + 1,
+            "loss": result.loss,
+            "forget_loss": result.forget_loss,
+            "retain_loss": result.retain_loss,
+            "forget_grad_norm": result.forget_grad_norm,
+            "retain_grad_norm": result.retain_grad_norm,
+            "lr": train_cfg["lr"],
+            "guard": float("nan"),
+            "retain_round": round_,
+        }
+        outcome.rows.append(row)
+        if not all(math.isfinite(row[k]) for k in ("forget_loss", "loss")):
+            raise CapatlasError(f"{run_name}: the loss became {row['loss']} at step {step + 1} (lower the lr)")
+        if guard is not None and (step + 1) % stop["guard_every"] == 0:
+            value, ok = guard(model)
+            row["guard"] = value
+            if not ok:
+                with torch.no_grad():
+                    for p, saved in zip(trainable(model), snapshot):
+                        p.copy_(saved)
+                outcome.stop_reason = "guard"
+                log.info("%s: guard fell to %.4f at step %d; parameters of the last passing check kept",
+                         run_name, value, step + 1)  # fmt: skip
+                break
+            snapshot = [p.detach().clone() for p in trainable(model)]
+        threshold = stop["forget_loss_threshold"]
+        if threshold is not None and result.forget_loss >= threshold:
+            outcome.stop_reason = "forget_loss"
+            break
+    model.eval()
+    return outcome
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _rows(batch: dict):
+    return zip(batch["input_ids"].cpu(), batch["attention_mask"].cpu())
+
+
+def _unpad(row, mask) -> list[int]:
+    return row[mask.bool()].tolist()
+
+
+def write_train_log(rows: Sequence[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(LOG_COLUMNS))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def read_baseline(path: Path, run_name: str) -> dict:
+    if not path.is_file():
+        raise CapatlasError(f"{run_name}: baseline evaluation {path} does not exist (run capatlas evaluate)")
+    return json.loads(path.read_text())["benchmarks"]
+
+
+def run_unlearning(
+    config: dict,
+    model_path: str,
+    forget_path: Path,
+    retain_path: Path,
+    baseline_path: Path,
+    out: Path,
+    *,
+    world_dir: str | None = None,
+) -> dict:
+    import torch
+
+    section = config["unlearning"]
+    run_name = f"unlearning run {'/'.join(Path(out).parts[-4:])}"
+    forget, meta = read_forget_set(forget_path, run_name=run_name)
+    seed = int(meta.get("seed", 0))
+    if not retain_path.is_file():
+        raise CapatlasError(f"{run_name}: retain pool {retain_path} does not exist (run capatlas forget-sets)")
+    pool = pd.read_parquet(retain_path)
+    baseline = read_baseline(baseline_path, run_name)
+
+    started = time.perf_counter()
+    torch.set_num_threads(section["threads"])
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(section["device"])
+    tokenizer = load_tokenizer(model_path)
+    base = load_model(model_path, device=device, precision=section["precision"])
+    prefix = prefix_id(tokenizer, config["evaluation"]["prefix_token"])
+    max_length = min(section["train"]["max_length"], model_max_length(base, None) or section["train"]["max_length"])
+    data = load_run_data(tokenizer, forget, meta, pool, max_length=max_length, prefix=prefix, run_name=run_name)
+    prepared = prepare_benchmarks(config, tokenizer, world_dir=world_dir)
+    eval_cfg = config["evaluation"]
+    eval_len = model_max_length(base, eval_cfg["max_length"])
+    model = prepare_model(base, section)
+
+    guard = None
+    stop = section["stop"]
+    if stop["guard_benchmark"] is not None:
+        guarded = [p for p in prepared if p.name == stop["guard_benchmark"]]
+        if not guarded:
+            raise CapatlasError(f"config key 'unlearning.stop.guard_benchmark': '{stop['guard_benchmark']}' is not a benchmark")
+        if stop["guard_benchmark"] not in baseline:
+            raise CapatlasError(f"{run_name}: baseline {baseline_path} has no '{stop['guard_benchmark']}'")
+        floor = stop["guard_fraction"] * baseline[stop["guard_benchmark"]][stop["guard_metric"]]
+
+        def guard(m):
+            value = evaluate_prepared(m, guarded, batch_size=eval_cfg["batch_size"], max_length=eval_len)[
+                stop["guard_benchmark"]
+            ][stop["guard_metric"]]
+            return value, value >= floor
+
+    outcome = train_unlearning(model, data, section, seed, guard=guard, run_name=run_name)
+    results = evaluate_prepared(model, prepared, batch_size=eval_cfg["batch_size"], max_length=eval_len)
+    model_dir = out / ("adapter" if section["lora"]["enabled"] else "checkpoint")
+    with atomic_path(model_dir, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        if not section["lora"]["enabled"]:
+            tokenizer.save_pretrained(tmp)
+    write_train_log(outcome.rows, out / "train_log.csv")
+    summary = {
+        "run": {
+            "target": meta.get("target"),
+            "unit_slot": meta.get("unit_slot"),
+            "unit": meta.get("unit"),
+            "level": meta.get("level"),
+            "condition": meta.get("condition"),
+            "seed": seed,
+        },
+        "model": str(model_path),
+        "adapter": str(model_dir) if section["lora"]["enabled"] else None,
+        "checkpoint": None if section["lora"]["enabled"] else str(model_dir),
+        "method": section["method"],
+        "steps": outcome.steps,
+        "stop_reason": outcome.stop_reason,
+        "forget_docs": data.forget_docs,
+        "forget_tokens": data.forget_tokens,
+        "forget_chunks": len(data.forget_chunks),
+        "final_forget_loss": outcome.rows[-1]["forget_loss"] if outcome.rows else None,
+        "seconds": time.perf_counter() - started,
+        "benchmarks": results,
+        "baseline": {name: baseline.get(name) for name in results},
+    }
+    write_json(summary, out / "eval.json")
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="capatlas config (keys unlearning, evaluation, benchmarks)")
+    parser.add_argument("--model", required=True, help="base model directory")
+    parser.add_argument("--forget-set", required=True, help="the run's forget_set.parquet")
+    parser.add_argument("--retain-pool", required=True, help="unlearning/retain/seed<s>.parquet")
+    parser.add_argument("--baseline", required=True, help="eval/base.json (guard baseline)")
+    parser.add_argument("--world", default=None, help="demo world directory (default: the run's)")
+    parser.add_argument("--out", required=True, help="the run's directory unlearning/<target>/<unit>/<condition>/seed<s>")
+
+
+def run(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    apply_offline(config)
+    summary = run_unlearning(
+        config,
+        args.model,
+        Path(args.forget_set),
+        Path(args.retain_pool),
+        Path(args.baseline),
+        Path(args.out),
+        world_dir=default_world(config, args.world),
+    )
+    target = summary["run"]["target"]
+    after = summary["benchmarks"].get(target, {})
+    before = summary["baseline"].get(target) or {}
+    log.info(
+        "%s: %d steps (%s); %s logprob %.4f -> %.4f, acc %.3f -> %.3f",
+        args.out, summary["steps"], summary["stop_reason"], target,
+        before.get("logprob", float("nan")), after.get("logprob", float("nan")),
+        before.get("acc", float("nan")), after.get("acc", float("nan")),
+    )  # fmt: skip

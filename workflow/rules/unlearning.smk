@@ -1,0 +1,170 @@
+# Benchmark evaluation, forget sets, one unlearning job per (target, unit,
+# condition, seed) and the paired statistics. Runs are enumerated from the
+# config when the DAG is planned; top-k units are rank slots (top1, ...)
+# that the forget_sets job resolves from the bin matrix (no checkpoint).
+from capatlas.forget_sets import planned_runs, unlearning_targets
+
+UNLEARNING = f"{RUN}/unlearning"
+EVAL_DIR = f"{RUN}/eval"
+UNLEARN_CFG = config["unlearning"]
+UNLEARN_MODEL_DIR = "adapter" if UNLEARN_CFG["lora"]["enabled"] else "checkpoint"
+WORLD_ARG = f"--world {DEMO_WORLD}" if DEMO else ""
+
+try:
+    UNLEARN_RUNS = planned_runs(config)
+    UNLEARN_TARGETS = unlearning_targets(config)
+except CapatlasError as exc:
+    raise WorkflowError(str(exc)) from None
+
+FINAL_TARGETS.append(f"{EVAL_DIR}/base.json")
+if UNLEARN_CFG["enabled"]:
+    FINAL_TARGETS.extend(
+        [
+            f"{UNLEARNING}/summary.parquet",
+            f"{UNLEARNING}/paired_stats.parquet",
+            *expand(
+                f"{RUN}/figures/unlearning_{{kind}}_{{metric}}.png",
+                kind=["paired", "damage"],
+                metric=UNLEARN_CFG["stats"]["metrics"],
+            ),
+        ]
+    )
+
+
+rule evaluate_base:
+    input:
+        unpack(world_input),
+        model=document_model(),
+    output:
+        evaluation=f"{EVAL_DIR}/base.json",
+    log:
+        f"{RUN}/logs/eval/base.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/base.tsv"
+    conda:
+        "../../envs/unlearning.yaml"
+    threads: config["evaluation"]["threads"]
+    resources:
+        **attempt_resources("gpu"),
+    params:
+        config=RESOLVED_CONFIG,
+        section=config_section("seed", "benchmarks", "evaluation"),
+        world=WORLD_ARG,
+    shell:
+        "capatlas evaluate --config {params.config} --model {input.model}"
+        " {params.world} --out {output.evaluation} > {log} 2>&1"
+
+
+rule forget_sets:
+    input:
+        unpack(forget_set_inputs),
+    output:
+        forget=[f"{UNLEARNING}/{r.path}/forget_set.parquet" for r in UNLEARN_RUNS],
+        retain=expand(
+            f"{UNLEARNING}/retain/seed{{seed}}.parquet",
+            seed=UNLEARN_CFG["forget"]["seeds"],
+        ),
+        summary=f"{UNLEARNING}/forget_sets.json",
+    log:
+        f"{RUN}/logs/unlearning/forget_sets.log",
+    benchmark:
+        f"{RUN}/benchmarks/unlearning/forget_sets.tsv"
+    conda:
+        "../../envs/unlearning.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        config=RESOLVED_CONFIG,
+        section=config_section("seed", "benchmarks", "unlearning"),
+        bin_matrix=lambda wildcards, input: (
+            f"--bin-matrix {input.bin_matrix}" if "bin_matrix" in input.keys() else ""
+        ),
+        out=directory_of("output", "summary"),
+    shell:
+        "capatlas forget-sets --config {params.config} --manifest {input.manifest}"
+        " --scores {input.scores} --shards {input.shards} {params.bin_matrix}"
+        " --out {params.out} > {log} 2>&1"
+
+
+rule unlearn:
+    input:
+        unpack(world_input),
+        model=document_model(),
+        forget=f"{UNLEARNING}/{{target}}/{{unit}}/{{condition}}/seed{{seed}}/forget_set.parquet",
+        retain=f"{UNLEARNING}/retain/seed{{seed}}.parquet",
+        baseline=rules.evaluate_base.output.evaluation,
+    output:
+        model=directory(
+            f"{UNLEARNING}/{{target}}/{{unit}}/{{condition}}/seed{{seed}}/{UNLEARN_MODEL_DIR}"
+        ),
+        train_log=f"{UNLEARNING}/{{target}}/{{unit}}/{{condition}}/seed{{seed}}/train_log.csv",
+        evaluation=f"{UNLEARNING}/{{target}}/{{unit}}/{{condition}}/seed{{seed}}/eval.json",
+    log:
+        f"{RUN}/logs/unlearning/{{target}}/{{unit}}/{{condition}}/seed{{seed}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/unlearning/{{target}}/{{unit}}/{{condition}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        target="|".join(UNLEARN_TARGETS) or "NONE",
+        unit="[^/]+",
+        condition="influence|random|global_influence|global_random",
+        seed=r"\d+",
+    conda:
+        "../../envs/unlearning.yaml"
+    threads: UNLEARN_CFG["threads"]
+    resources:
+        **attempt_resources("gpu"),
+    params:
+        config=RESOLVED_CONFIG,
+        section=config_section("seed", "benchmarks", "evaluation", "unlearning"),
+        world=WORLD_ARG,
+        out=directory_of("output", "evaluation"),
+    shell:
+        "capatlas unlearn --config {params.config} --model {input.model}"
+        " --forget-set {input.forget} --retain-pool {input.retain}"
+        " --baseline {input.baseline} {params.world} --out {params.out} > {log} 2>&1"
+
+
+rule unlearning_summary:
+    input:
+        baseline=rules.evaluate_base.output.evaluation,
+        runs=[f"{UNLEARNING}/{r.path}/eval.json" for r in UNLEARN_RUNS],
+    output:
+        summary=f"{UNLEARNING}/summary.parquet",
+        paired=f"{UNLEARNING}/paired_stats.parquet",
+        overview=f"{UNLEARNING}/summary.json",
+        paired_figures=report(
+            expand(
+                f"{RUN}/figures/unlearning_paired_{{metric}}.png",
+                metric=UNLEARN_CFG["stats"]["metrics"],
+            ),
+            caption="../report/unlearning/paired.rst",
+            category="Unlearning",
+            subcategory="paired differences",
+        ),
+        damage_figures=report(
+            expand(
+                f"{RUN}/figures/unlearning_damage_{{metric}}.png",
+                metric=UNLEARN_CFG["stats"]["metrics"],
+            ),
+            caption="../report/unlearning/damage.rst",
+            category="Unlearning",
+            subcategory="target vs off-target damage",
+        ),
+    log:
+        f"{RUN}/logs/unlearning/summary.log",
+    benchmark:
+        f"{RUN}/benchmarks/unlearning/summary.tsv"
+    conda:
+        "../../envs/unlearning.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        config=RESOLVED_CONFIG,
+        section=config_section("seed", "unlearning"),
+        unlearning_dir=directory_of("output", "summary"),
+        figures=directory_of("output", "paired_figures"),
+    shell:
+        "capatlas unlearning-summary --config {params.config} --baseline {input.baseline}"
+        " --unlearning-dir {params.unlearning_dir} --figures {params.figures} > {log} 2>&1"
