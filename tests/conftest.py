@@ -71,6 +71,12 @@ def run_snakemake(repo_root, venv_bin, workdir, *extra, check=True):
 
 @pytest.fixture(scope="session")
 def demo_run(repo_root, venv_bin, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo")
+    """The default demo DAG, run once per session in a scratch directory.
+
+    CAPATLAS_DEMO_WORKDIR=DIR reuses (and brings up to date) the demo run in
+    DIR instead: handy when iterating on the end-to-end tests.
+    """
+    reuse = os.environ.get("CAPATLAS_DEMO_WORKDIR")
+    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("demo")
     run_snakemake(repo_root, venv_bin, workdir)
     return workdir / "results" / "demo"

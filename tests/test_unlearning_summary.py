@@ -158,3 +158,13 @@ def test_missing_eval_or_adapter_names_the_run(tmp_path):
     fake_runs(other, config, skip_adapter="bench_a/top1/influence/seed0")
     with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0: its adapter .* is missing"):
         us.summarise(config, other / "base.json", other / "unlearning", other / "figures")
+
+
+def test_constant_differences_up_to_rounding_are_not_significant():
+    from capatlas.unlearning_summary import cohens_dz, ttest_greater
+
+    # Two cells whose accuracy differences are both 2/24 - 0/24, computed two ways.
+    d = np.array([2 / 24 - 0 / 24, (1 / 24 + 1 / 24) - 0.0])
+    assert np.isnan(cohens_dz(d))
+    assert np.isnan(ttest_greater(d))
+    assert cohens_dz(np.array([0.1, 0.3])) == pytest.approx(0.2 / np.std([0.1, 0.3], ddof=1))

@@ -244,6 +244,16 @@ def load_tokenizer(path: str):
         raise CapatlasError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {exc}") from exc
 
 
+def check_tokenizer_fits(tokenizer, model, model_path: str) -> None:
+    """A tokenizer whose ids run past the model's embedding rows would crash deep in torch."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise CapatlasError(
+            f"the tokenizer ({len(tokenizer)} tokens) does not match the model {model_path} "
+            f"({rows} embedding rows): point the model and tokenizer at the same checkpoint"
+        )
+
+
 def torch_dtype(precision: str):
     import torch
 
@@ -288,6 +298,7 @@ def evaluate_model(
     device = resolve_device(settings["device"])
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, adapter=adapter, device=device, precision=settings["precision"])
+    check_tokenizer_fits(tokenizer, model, model_path)
     prepared = prepare_benchmarks(config, tokenizer, world_dir=world_dir, names=names)
     max_length = model_max_length(model, settings["max_length"])
     results = evaluate_prepared(model, prepared, batch_size=settings["batch_size"], max_length=max_length)

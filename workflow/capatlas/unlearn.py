@@ -56,6 +56,7 @@ from .errors import CapatlasError
 from .evaluate import (
     default_world,
     evaluate_prepared,
+    check_tokenizer_fits,
     load_model,
     load_tokenizer,
     model_max_length,
@@ -450,6 +451,7 @@ def run_unlearning(
     device = resolve_device(section["device"])
     tokenizer = load_tokenizer(model_path)
     base = load_model(model_path, device=device, precision=section["precision"])
+    check_tokenizer_fits(tokenizer, base, model_path)
     prefix = prefix_id(tokenizer, config["evaluation"]["prefix_token"])
     max_length = min(section["train"]["max_length"], model_max_length(base, None) or section["train"]["max_length"])
     data = load_run_data(tokenizer, forget, meta, pool, max_length=max_length, prefix=prefix, run_name=run_name)

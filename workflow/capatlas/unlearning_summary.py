@@ -117,9 +117,15 @@ def wilcoxon_greater(d: np.ndarray) -> float:
     return float(stats.wilcoxon(d, alternative="greater").pvalue)
 
 
+def _constant(values: np.ndarray) -> bool:
+    # Accuracy differences such as 2/24 - 1/24 repeat up to rounding; an sd of
+    # 1e-17 would turn into a t of 1e15 and a p of 1e-16.
+    return bool(np.ptp(values) <= 1e-9 * max(1.0, float(np.abs(values).max())))
+
+
 def ttest_greater(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2 or np.std(values) == 0:
+    if len(values) < 2 or _constant(values):
         return float("nan")
     return float(stats.ttest_1samp(values, 0.0, alternative="greater").pvalue)
 
@@ -128,8 +134,9 @@ def cohens_dz(d: np.ndarray) -> float:
     d = np.asarray(d, dtype=np.float64)
     if len(d) < 2:
         return float("nan")
-    sd = np.std(d, ddof=1)
-    return float(np.mean(d) / sd) if sd > 0 else float("nan")
+    if _constant(d):
+        return float("nan")
+    return float(np.mean(d) / np.std(d, ddof=1))
 
 
 def median_ci(d: np.ndarray, *, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:

@@ -26,9 +26,27 @@ rule influence:
             f"{RUN}/attribution/binsums/shard-{{shard}}.npz", shard=SHARD_IDS
         ),
     output:
-        matrix=f"{INFLUENCE}/bin_matrix.parquet",
-        topics=f"{INFLUENCE}/topic_marginals.parquet",
-        formats=f"{INFLUENCE}/format_marginals.parquet",
+        matrix=report(
+            f"{INFLUENCE}/bin_matrix.parquet",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="influence",
+            labels={"table": "bin matrix"},
+        ),
+        topics=report(
+            f"{INFLUENCE}/topic_marginals.parquet",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="influence",
+            labels={"table": "topic marginals"},
+        ),
+        formats=report(
+            f"{INFLUENCE}/format_marginals.parquet",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="influence",
+            labels={"table": "format marginals"},
+        ),
         bootstrap=f"{INFLUENCE}/bin_bootstrap.npz",
     log:
         f"{RUN}/logs/influence.log",
@@ -54,10 +72,28 @@ rule contrast:
         matrix=rules.influence.output.matrix,
         bootstrap=rules.influence.output.bootstrap,
     output:
-        summary=f"{CONTRAST}/summary.json",
+        summary=report(
+            f"{CONTRAST}/summary.json",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="contrast",
+            labels={"table": "contrast summary"},
+        ),
         interaction=f"{CONTRAST}/interaction.parquet",
-        topics=f"{CONTRAST}/topic_contrast.parquet",
-        formats=f"{CONTRAST}/format_contrast.parquet",
+        topics=report(
+            f"{CONTRAST}/topic_contrast.parquet",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="contrast",
+            labels={"table": "topic contrasts"},
+        ),
+        formats=report(
+            f"{CONTRAST}/format_contrast.parquet",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="contrast",
+            labels={"table": "format contrasts"},
+        ),
         loo=f"{CONTRAST}/leave_one_bin_out.parquet",
         recovery=[f"{CONTRAST}/demo_recovery.json"] if DEMO else [],
     log:

@@ -130,8 +130,20 @@ rule unlearning_summary:
         baseline=rules.evaluate_base.output.evaluation,
         runs=[f"{UNLEARNING}/{r.path}/eval.json" for r in UNLEARN_RUNS],
     output:
-        summary=f"{UNLEARNING}/summary.parquet",
-        paired=f"{UNLEARNING}/paired_stats.parquet",
+        summary=report(
+            f"{UNLEARNING}/summary.parquet",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="unlearning",
+            labels={"table": "unlearning runs"},
+        ),
+        paired=report(
+            f"{UNLEARNING}/paired_stats.parquet",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="unlearning",
+            labels={"table": "paired statistics"},
+        ),
         overview=f"{UNLEARNING}/summary.json",
         paired_figures=report(
             expand(

@@ -1,0 +1,150 @@
+"""Aggregation: time and peak memory of `capatlas influence` (bin matrix + bootstraps) at paper scale.
+
+Writes synthetic score-shard outputs (not timed): N shards of document
+scores (distinct doc ids, 4 benchmarks) and per-shard bin sums over Q
+queries split like the study's four benchmarks, then times the real
+``capatlas.influence.compute_influence`` + ``write_influence`` on them:
+streaming the shards, Chan-merged bin statistics, the Poisson bootstrap
+over documents and the bootstrap over queries.
+
+Every shard's bin sums are one file hard-linked under each shard's name
+(the per-bin counts of every synthetic shard are the same), so the disk
+holds 87 MB instead of 87 GB at 1,000 shards x 9,400 queries; the reads
+come from the page cache, so the figure leaves out disk bandwidth (a real
+run reads 2 x 576 x Q x 8 bytes per shard from storage).
+
+Prints one parseable last line:
+
+    bench_aggregation shards=S docs=D queries=Q bootstrap=B seconds=T peak_rss_mb=M ...
+
+Usage: python bench/bench_aggregation.py --shards 1000 --docs 5700000 --queries 9400 --bootstrap 1000
+(the defaults are a small run; --profile prints where the time goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# tqdm reads TQDM_* defaults when imported; one progress line per shard would swamp stderr.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from _common import Stopwatch, machine, peak_rss_mb
+
+from capatlas.attribution import canonical_json  # noqa: E402
+from capatlas.attribution_score import PROVENANCE_KEY  # noqa: E402
+from capatlas.influence import ShardFiles, compute_influence, write_influence  # noqa: E402
+from capatlas.taxonomy import N_BINS  # noqa: E402
+
+# The study's query sets: SocialIQA validation, MMLU social sciences and STEM
+# test, ARC-Challenge test (reference/benchmarks.md); scaled to --queries.
+BENCHMARK_SHARES = {"socialiqa": 1954, "mmlu_social_sciences": 3077, "arc_challenge": 1172, "mmlu_stem": 3197}
+
+
+def query_split(total: int) -> dict[str, int]:
+    weights = np.array(list(BENCHMARK_SHARES.values()), dtype=np.float64)
+    sizes = np.maximum(1, np.floor(weights / weights.sum() * total)).astype(int)
+    sizes[-1] += total - sizes.sum()
+    return dict(zip(BENCHMARK_SHARES, sizes.tolist()))
+
+
+def write_inputs(root: Path, n_shards: int, n_docs: int, n_queries: int, seed: int) -> list[ShardFiles]:
+    rng = np.random.default_rng(seed)
+    split = query_split(n_queries)
+    provenance = {
+        "stage": "score-shard",
+        "identity": {"model": {"sha256": "0" * 64}, "bergson": "2.5.1", "settings": {"synthetic": True}},
+        "preconditioner": {"provenance_sha256": "1" * 64},
+        "benchmarks": [
+            {"name": n, "provenance_sha256": "2" * 64, "query_set_sha256": "3" * 64, "n_queries": q}
+            for n, q in split.items()
+        ],
+    }
+    text = canonical_json(provenance)
+    per_shard = -(-n_docs // n_shards)
+    # One bin sequence for every shard, so one bin-sums file fits them all.
+    bins = rng.integers(0, N_BINS, size=per_shard).astype(np.int32)
+    counts = np.bincount(bins, minlength=N_BINS).astype(np.int64)
+    arrays = {"benchmarks": np.array(list(split), dtype=str), "provenance": np.array(text)}
+    for name, q in split.items():
+        sums = rng.normal(0.0, 0.01, size=(N_BINS, q)) * counts[:, None]
+        arrays[f"{name}/sum"] = sums
+        arrays[f"{name}/sumsq"] = sums**2
+        arrays[f"{name}/count"] = counts
+        arrays[f"{name}/item_ids"] = np.array([f"{name}-{i}" for i in range(q)], dtype=str)
+    shared_binsums = root / "binsums.npz"
+    with open(shared_binsums, "wb") as handle:
+        np.savez(handle, **arrays)
+    (root / "scores").mkdir()
+    (root / "binsums").mkdir()
+    shards = []
+    for k in range(n_shards):
+        key = f"shard-{k:05d}"
+        columns = {
+            "doc_id": pa.array([f"doc-{k * per_shard + i}" for i in range(per_shard)], pa.string()),
+            "bin_id": pa.array(bins, pa.int32()),
+        }
+        for name in split:
+            columns[name] = pa.array(rng.normal(0.0, 0.01, size=per_shard).astype(np.float32), pa.float32())
+        table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: text.encode()})
+        scores = root / "scores" / f"{key}.parquet"
+        pq.write_table(table, scores, compression="zstd")
+        binsums = root / "binsums" / f"{key}.npz"
+        os.link(shared_binsums, binsums)
+        shards.append(ShardFiles(key, scores, binsums))
+    return shards
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=20)
+    parser.add_argument("--docs", type=int, default=114_000, help="documents in all shards together")
+    parser.add_argument("--queries", type=int, default=9400, help="queries of the four benchmarks together")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--tmp", default=None, help="directory for the synthetic shards (default: system temp)")
+    parser.add_argument("--profile", action="store_true", help="run under cProfile; top functions to stderr")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        root = Path(tmp)
+        with Stopwatch() as setup:
+            shards = write_inputs(root, args.shards, args.docs, args.queries, args.seed)
+        print(f"wrote {len(shards)} synthetic shards in {setup.seconds:.1f} s", file=sys.stderr)
+        profiler = cProfile.Profile() if args.profile else None
+        with Stopwatch() as watch:
+            if profiler:
+                profiler.enable()
+            result = compute_influence(shards, n_bootstrap=args.bootstrap, seed=args.seed)
+            write_influence(result, root / "influence")
+            if profiler:
+                profiler.disable()
+        n_docs = result.provenance["n_docs"]
+    if profiler:
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(15)
+        print(stream.getvalue(), file=sys.stderr)
+    figures = {
+        "shards": args.shards,
+        "docs": n_docs,
+        "queries": args.queries,
+        "bootstrap": args.bootstrap,
+        "seconds": round(watch.seconds, 2),
+        "cpu_s": round(watch.cpu, 2),
+        "docs_per_s": round(n_docs / watch.seconds),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
+    print("bench_aggregation " + " ".join(f"{k}={v}" for k, v in figures.items()) + " " + machine())
+
+
+if __name__ == "__main__":
+    main()

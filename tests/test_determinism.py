@@ -1,0 +1,93 @@
+"""Determinism on CPU: two clean runs agree to the byte; 4 and 8 shards give the same bin matrix.
+
+The runs are reduced demos (helpers_runs): the reference run is shared with
+test_reruns; a second one is built from scratch here, and an 8-shard run
+re-shards the reference's working set (same demo world, model and manifest)
+the way a user changes `shards.count` and reruns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from helpers_runs import (
+    BIN_MATRIX,
+    Run,
+    cached_run,
+    clean_run,  # noqa: F401  (fixture)
+    copy_run,
+    job_stats,
+    read_matrix,
+    reduced_config,
+    run_snakemake,
+    runs_dir,  # noqa: F401  (fixture)
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+SHARDS = ["00000", "00001", "00002", "00003"]
+
+
+@pytest.fixture(scope="module")
+def second_run(runs_dir) -> Run:
+    return cached_run("clean-again", runs_dir)
+
+
+@pytest.fixture(scope="module")
+def eight_shards(clean_run, runs_dir) -> Run:
+    run = copy_run(clean_run, runs_dir / "eight-shards")
+    config_path = write_config(runs_dir / "eight-shards-config", reduced_config(shards=8))
+    result = run_snakemake(run.workdir, config_path, BIN_MATRIX)
+    return Run(run.workdir, config_path, result.stdout + result.stderr)
+
+
+def test_two_clean_runs_write_the_same_manifest_bytes(clean_run, second_run):
+    for name in ("manifest.parquet", "bin_summary.csv"):
+        first = (clean_run.results / "manifest" / name).read_bytes()
+        assert first == (second_run.results / "manifest" / name).read_bytes(), name
+
+
+def test_two_clean_runs_give_identical_scores(clean_run, second_run):
+    for shard in SHARDS:
+        first = pq.read_table(clean_run.results / "attribution" / "scores" / f"shard-{shard}.parquet")
+        again = pq.read_table(second_run.results / "attribution" / "scores" / f"shard-{shard}.parquet")
+        # Data only: the provenance metadata names each run's own directory.
+        assert first.equals(again), f"scores of shard {shard} differ"
+        with (
+            np.load(clean_run.results / "attribution" / "binsums" / f"shard-{shard}.npz") as a,
+            np.load(second_run.results / "attribution" / "binsums" / f"shard-{shard}.npz") as b,
+        ):
+            assert sorted(a.files) == sorted(b.files)
+            for key in a.files:
+                if key != "provenance":
+                    np.testing.assert_array_equal(a[key], b[key], err_msg=f"shard {shard}: {key}")
+
+
+def test_two_clean_runs_give_identical_bin_matrices(clean_run, second_run):
+    pd.testing.assert_frame_equal(read_matrix(clean_run.results), read_matrix(second_run.results), check_exact=True)
+
+
+def test_four_and_eight_shards_give_the_same_bin_matrix(clean_run, eight_shards):
+    # The 8-shard run really rescored eight shards of the same documents.
+    assert job_stats(eight_shards.output)["score_shard"] == 8
+    eight_docs = pd.concat(
+        pd.read_parquet(eight_shards.results / "shards" / f"shard-{k:05d}.parquet", columns=["doc_id"])
+        for k in range(8)
+    )
+    four_docs = pd.read_parquet(clean_run.results / "manifest" / "manifest.parquet", columns=["doc_id"])
+    assert sorted(eight_docs["doc_id"]) == sorted(four_docs["doc_id"])
+
+    four, eight = read_matrix(clean_run.results), read_matrix(eight_shards.results)
+    assert list(four.columns) == list(eight.columns)
+    np.testing.assert_array_equal(four[["benchmark", "bin_id"]].to_numpy(), eight[["benchmark", "bin_id"]].to_numpy())
+    np.testing.assert_array_equal(four["n_docs"], eight["n_docs"])
+    tolerance = 1e-6 * np.nanmax(np.abs(four["mean"]))
+    for column in ("mean", "sd", "sem", "ci_low", "ci_high", "query_ci_low", "query_ci_high"):
+        np.testing.assert_allclose(four[column], eight[column], rtol=0, atol=tolerance, equal_nan=True, err_msg=column)
+    np.testing.assert_allclose(
+        four["zscore"], eight["zscore"], rtol=0, atol=1e-6 * np.nanmax(np.abs(four["zscore"])), equal_nan=True
+    )
