@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import helpers_runs
 from slurm_cluster import ensure_installed, start_cluster
 
 RUN = "slurm_check"
@@ -45,21 +46,10 @@ def slurm(request):
 
 
 @pytest.fixture(scope="module")
-def reduced_config(repo_root, tmp_path_factory):
-    """The demo config, shrunk to a few seconds per job, with resources distinct from the defaults."""
-    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+def reduced_config(tmp_path_factory):
+    """The reduced demo config of the rerun tests, 2 shards, with resources distinct from the defaults."""
+    config = helpers_runs.reduced_config(shards=2)
     config["run"] = RUN
-    config["demo"].update(n_files=2, docs_per_bin=2, items_per_benchmark=4)
-    config["demo"]["model"] = {
-        "vocab_size": 300,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-    }
-    config["demo"]["train"] = {"steps": 5, "batch_size": 4, "seq_len": 32, "warmup_steps": 1, "threads": 1}
-    config["manifest"]["docs_per_bin"] = 1
-    config["shards"]["count"] = 2
     config["resources"]["cpu"] = {"threads": 1, "mem_mb": 1500, "runtime": 20}
     path = tmp_path_factory.mktemp("slurm_config") / "reduced.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
