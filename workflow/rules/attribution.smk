@@ -69,12 +69,13 @@ rule preconditioner:
         section=ATTRIBUTION_SECTION,
         revision=revision_flag("document"),
         optimizer_state=OPTIMIZER_FLAG,
+        shards=SHARD_FILES,
         queries=lambda wildcards, input: " ".join(
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.queries)
         ),
     shell:
         "capatlas preconditioner --config {params.config} --model {input.model} {params.revision}"
-        " --shards {input.shards} --queries {params.queries} {params.optimizer_state}"
+        " --shards {params.shards} --queries {params.queries} {params.optimizer_state}"
         " --threads {threads} --out {output.preconditioner} > {log} 2>&1"
 
 
@@ -110,8 +111,7 @@ rule query_gradients:
 
 rule score_shard:
     input:
-        unpack(attribution_inputs("model", "query_model", "query_indices")),
-        shard=f"{RUN}/shards/shard-{{shard}}.parquet",
+        unpack(attribution_inputs("model", "query_model", "query_indices", "shards")),
         preconditioner=f"{ATTRIBUTION}/preconditioner",
     output:
         scores=f"{ATTRIBUTION}/scores/shard-{{shard}}.parquet",
@@ -138,12 +138,15 @@ rule score_shard:
             else ""
         ),
         optimizer_state=OPTIMIZER_FLAG,
+        # The shard file itself is not a declared output of `shards` (see
+        # SHARDS_SUMMARY): the job depends on shards.json and reads this path.
+        shard=f"{RUN}/shards/shard-{{shard}}.parquet",
         indices=lambda wildcards, input: " ".join(
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.query_indices)
         ),
     shell:
         "capatlas score-shard --config {params.config} --model {input.model} {params.revision}"
-        " {params.query_model} --shard {input.shard}"
+        " {params.query_model} --shard {params.shard}"
         " --preconditioner {input.preconditioner} --query-index {params.indices}"
         " {params.optimizer_state} --threads {threads}"
         " --out-scores {output.scores} --out-binsums {output.binsums} > {log} 2>&1"

@@ -5,7 +5,7 @@ FINAL_TARGETS.extend(
     [
         f"{RUN}/manifest/manifest.parquet",
         f"{RUN}/manifest/bin_summary.csv",
-        *expand(f"{RUN}/shards/shard-{{shard}}.parquet", shard=SHARD_IDS),
+        SHARDS_SUMMARY,
     ]
 )
 
@@ -74,9 +74,10 @@ rule shards:
     input:
         manifest=rules.manifest.output.manifest,
         locations=rules.manifest.output.locations,
+    # The shard files (SHARD_FILES) are written beside shards.json, in one
+    # atomic directory swap, but only the summary is declared (see SHARDS_SUMMARY).
     output:
-        shards=expand(f"{RUN}/shards/shard-{{shard}}.parquet", shard=SHARD_IDS),
-        summary=f"{RUN}/shards/shards.json",
+        summary=SHARDS_SUMMARY,
     log:
         f"{RUN}/logs/shards.log",
     benchmark:

@@ -80,10 +80,12 @@ rule forget_sets:
         bin_matrix=lambda wildcards, input: (
             f"--bin-matrix {input.bin_matrix}" if "bin_matrix" in input.keys() else ""
         ),
+        # Texts come from every shard; the input is shards.json (SHARDS_SUMMARY).
+        shards=SHARD_FILES,
         out=directory_of("output", "summary"),
     shell:
         "capatlas forget-sets --config {params.config} --manifest {input.manifest}"
-        " --scores {input.scores} --shards {input.shards} {params.bin_matrix}"
+        " --scores {input.scores} --shards {params.shards} {params.bin_matrix}"
         " --out {params.out} > {log} 2>&1"
 
 
