@@ -1,21 +1,27 @@
 """Aggregation: time and peak memory of `capatlas influence` (bin matrix + bootstraps) at paper scale.
 
-Writes synthetic score-shard outputs (not timed): N shards of document
-scores (distinct doc ids, 4 benchmarks) and per-shard bin sums over Q
-queries split like the study's four benchmarks, then times the real
+Writes synthetic score-shard outputs: N shards of document scores
+(distinct doc ids, 4 benchmarks) and per-shard bin sums over Q queries
+split like the study's four benchmarks, with the shard's part of the
+document bootstrap, then times the real
 ``capatlas.influence.compute_influence`` + ``write_influence`` on them:
-streaming the shards, Chan-merged bin statistics, the Poisson bootstrap
-over documents and the bootstrap over queries.
+streaming the shards, Chan-merged bin statistics, adding the shards'
+bootstrap sums and the bootstrap over queries.
+
+The document bootstrap is drawn in the score-shard jobs, so its cost is
+timed apart, as a score job pays it: ``shard_bootstrap`` on the first
+shard's documents (``per_shard_bootstrap_s``, ``per_shard_bootstrap_cpu_s``).
 
 Every shard's bin sums are one file hard-linked under each shard's name
-(the per-bin counts of every synthetic shard are the same), so the disk
-holds 87 MB instead of 87 GB at 1,000 shards x 9,400 queries; the reads
-come from the page cache, so the figure leaves out disk bandwidth (a real
-run reads 2 x 576 x Q x 8 bytes per shard from storage).
+(the per-bin counts of every synthetic shard are the same; its bootstrap
+sums are the first shard's), so the disk holds ~100 MB instead of ~100 GB
+at 1,000 shards x 9,400 queries; the reads come from the page cache, so
+the figure leaves out disk bandwidth (a real run reads about
+576 x (Q + 12 B) x 8 bytes per shard, sumsq left unread, from storage).
 
 Prints one parseable last line:
 
-    bench_aggregation shards=S docs=D queries=Q bootstrap=B seconds=T peak_rss_mb=M ...
+    bench_aggregation shards=S docs=D queries=Q bootstrap=B seconds=T peak_rss_mb=M per_shard_bootstrap_s=P ...
 
 Usage: python bench/bench_aggregation.py --shards 1000 --docs 5700000 --queries 9400 --bootstrap 1000
 (the defaults are a small run; --profile prints where the time goes to stderr).
@@ -43,6 +49,7 @@ from _common import Stopwatch, machine, peak_rss_mb
 
 from capatlas.attribution import canonical_json  # noqa: E402
 from capatlas.attribution_score import PROVENANCE_KEY  # noqa: E402
+from capatlas.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap  # noqa: E402
 from capatlas.influence import ShardFiles, compute_influence, write_influence  # noqa: E402
 from capatlas.taxonomy import N_BINS  # noqa: E402
 
@@ -58,7 +65,10 @@ def query_split(total: int) -> dict[str, int]:
     return dict(zip(BENCHMARK_SHARES, sizes.tolist()))
 
 
-def write_inputs(root: Path, n_shards: int, n_docs: int, n_queries: int, seed: int) -> list[ShardFiles]:
+def write_inputs(
+    root: Path, n_shards: int, n_docs: int, n_queries: int, n_bootstrap: int, seed: int
+) -> tuple[list[ShardFiles], Stopwatch]:
+    """The synthetic shards, and the stopwatch of one shard's document bootstrap."""
     rng = np.random.default_rng(seed)
     split = query_split(n_queries)
     provenance = {
@@ -69,19 +79,28 @@ def write_inputs(root: Path, n_shards: int, n_docs: int, n_queries: int, seed: i
             {"name": n, "provenance_sha256": "2" * 64, "query_set_sha256": "3" * 64, "n_queries": q}
             for n, q in split.items()
         ],
+        "document_bootstrap": {"n_bootstrap": n_bootstrap, "seed": seed, "weights": WEIGHTS_SCHEME},
     }
     text = canonical_json(provenance)
     per_shard = -(-n_docs // n_shards)
     # One bin sequence for every shard, so one bin-sums file fits them all.
     bins = rng.integers(0, N_BINS, size=per_shard).astype(np.int32)
     counts = np.bincount(bins, minlength=N_BINS).astype(np.int64)
+    shard_scores = [rng.normal(0.0, 0.01, size=(per_shard, len(split))).astype(np.float32) for _ in range(n_shards)]
+    # What score-shard adds to its outputs, timed as that job pays it.
+    with Stopwatch() as bootstrap:
+        boot_sum, boot_weight = shard_bootstrap(
+            [f"doc-{i}" for i in range(per_shard)], bins, shard_scores[0].astype(np.float64), n_bootstrap, seed
+        )
     arrays = {"benchmarks": np.array(list(split), dtype=str), "provenance": np.array(text)}
-    for name, q in split.items():
+    for j, (name, q) in enumerate(split.items()):
         sums = rng.normal(0.0, 0.01, size=(N_BINS, q)) * counts[:, None]
         arrays[f"{name}/sum"] = sums
         arrays[f"{name}/sumsq"] = sums**2
         arrays[f"{name}/count"] = counts
         arrays[f"{name}/item_ids"] = np.array([f"{name}-{i}" for i in range(q)], dtype=str)
+        arrays[f"{name}/boot_sum"] = boot_sum[j]
+        arrays[f"{name}/boot_weight"] = boot_weight[j]
     shared_binsums = root / "binsums.npz"
     with open(shared_binsums, "wb") as handle:
         np.savez(handle, **arrays)
@@ -94,15 +113,15 @@ def write_inputs(root: Path, n_shards: int, n_docs: int, n_queries: int, seed: i
             "doc_id": pa.array([f"doc-{k * per_shard + i}" for i in range(per_shard)], pa.string()),
             "bin_id": pa.array(bins, pa.int32()),
         }
-        for name in split:
-            columns[name] = pa.array(rng.normal(0.0, 0.01, size=per_shard).astype(np.float32), pa.float32())
+        for j, name in enumerate(split):
+            columns[name] = pa.array(shard_scores[k][:, j], pa.float32())
         table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: text.encode()})
         scores = root / "scores" / f"{key}.parquet"
         pq.write_table(table, scores, compression="zstd")
         binsums = root / "binsums" / f"{key}.npz"
         os.link(shared_binsums, binsums)
         shards.append(ShardFiles(key, scores, binsums))
-    return shards
+    return shards, bootstrap
 
 
 def main() -> None:
@@ -118,7 +137,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
         with Stopwatch() as setup:
-            shards = write_inputs(root, args.shards, args.docs, args.queries, args.seed)
+            shards, bootstrap = write_inputs(root, args.shards, args.docs, args.queries, args.bootstrap, args.seed)
         print(f"wrote {len(shards)} synthetic shards in {setup.seconds:.1f} s", file=sys.stderr)
         profiler = cProfile.Profile() if args.profile else None
         with Stopwatch() as watch:
@@ -142,6 +161,8 @@ def main() -> None:
         "cpu_s": round(watch.cpu, 2),
         "docs_per_s": round(n_docs / watch.seconds),
         "peak_rss_mb": round(peak_rss_mb()),
+        "per_shard_bootstrap_s": round(bootstrap.seconds, 3),
+        "per_shard_bootstrap_cpu_s": round(bootstrap.cpu, 3),
     }
     print("bench_aggregation " + " ".join(f"{k}={v}" for k, v in figures.items()) + " " + machine())
 

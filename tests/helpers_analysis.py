@@ -4,7 +4,8 @@ A `SyntheticScores` holds per-document, per-query cosines for a few
 benchmarks; `write_shards` splits the same documents into any number of
 shards and writes ``scores/shard-*.parquet`` (float32 document means,
 provenance in the schema metadata) and ``binsums/shard-*.npz`` (float64
-per-bin, per-query sums, sums of squares and counts).
+per-bin, per-query sums, sums of squares and counts, and the shard's
+document-bootstrap sums, drawn by the same function as score-shard's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from capatlas.attribution_score import PROVENANCE_KEY
+from capatlas.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
 from capatlas.taxonomy import N_BINS
 
 BENCHMARKS = ("socialiqa", "mmlu_social_sciences", "arc_challenge", "mmlu_stem")
@@ -99,9 +101,19 @@ def make_scores(
 
 
 def write_shards(
-    data: SyntheticScores, root: Path, n_shards: int, *, provenance_edits: dict[int, dict] | None = None
+    data: SyntheticScores,
+    root: Path,
+    n_shards: int,
+    *,
+    n_bootstrap: int = 0,
+    seed: int = 42,
+    provenance_edits: dict[int, dict] | None = None,
 ) -> tuple[list[Path], list[Path]]:
-    """Split the documents round-robin into `n_shards` shards; return (score files, bin-sum files)."""
+    """Split the documents round-robin into `n_shards` shards; return (score files, bin-sum files).
+
+    The document bootstrap is drawn with `n_bootstrap` replicates and `seed`,
+    as score-shard does with analysis.bootstrap and seed.
+    """
     root = Path(root)
     (root / "scores").mkdir(parents=True, exist_ok=True)
     (root / "binsums").mkdir(parents=True, exist_ok=True)
@@ -110,6 +122,7 @@ def write_shards(
         rows = np.arange(k, len(data.bins), n_shards)
         provenance = copy.deepcopy(data.provenance)
         provenance["shard"] = {"path": f"/run/shards/shard-{k:05d}.parquet", "n_docs": int(len(rows))}
+        provenance["document_bootstrap"] = {"n_bootstrap": n_bootstrap, "seed": seed, "weights": WEIGHTS_SCHEME}
         for key, value in (provenance_edits or {}).get(k, {}).items():
             target = provenance
             *path, last = key.split(".")
@@ -123,9 +136,14 @@ def write_shards(
         }
         arrays = {"benchmarks": np.array(data.benchmarks, dtype=str), "provenance": np.array(text)}
         bins = data.bins[rows]
-        for name in data.benchmarks:
+        doc_scores = np.column_stack([data.per_query[name][rows].mean(axis=1) for name in data.benchmarks])
+        doc_scores = doc_scores.astype(np.float32)
+        boot_sum, boot_weight = shard_bootstrap(
+            columns["doc_id"].to_pylist(), bins, doc_scores.astype(np.float64), n_bootstrap, seed
+        )
+        for j, name in enumerate(data.benchmarks):
             values = data.per_query[name][rows]
-            columns[name] = pa.array(values.mean(axis=1).astype(np.float32), pa.float32())
+            columns[name] = pa.array(doc_scores[:, j], pa.float32())
             scored = np.isfinite(values).all(axis=1)
             s = np.zeros((N_BINS, values.shape[1]))
             ss = np.zeros((N_BINS, values.shape[1]))
@@ -135,6 +153,8 @@ def write_shards(
             arrays[f"{name}/sumsq"] = ss
             arrays[f"{name}/count"] = np.bincount(bins[scored], minlength=N_BINS).astype(np.int64)
             arrays[f"{name}/item_ids"] = np.array([f"{name}-{q}" for q in range(values.shape[1])], dtype=str)
+            arrays[f"{name}/boot_sum"] = boot_sum[j]
+            arrays[f"{name}/boot_weight"] = boot_weight[j]
         table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: text.encode()})
         score_path = root / "scores" / f"shard-{k:05d}.parquet"
         binsum_path = root / "binsums" / f"shard-{k:05d}.npz"

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from capatlas import attribution_precondition, attribution_queries, attribution_score
+from capatlas import attribution_precondition, attribution_queries, attribution_score, doc_bootstrap
 from capatlas.attribution import (
     PROVENANCE_FILE,
     AttributionSettings,
@@ -401,6 +401,31 @@ def test_binsums_reproduce_per_query_means(world, reference):
     assert json.loads(read_scores(world["outputs"][(4, 0)][0]).schema.metadata[PROVENANCE_KEY]) == provenance
 
 
+def test_binsums_carry_the_document_bootstrap_of_the_scores(world):
+    """boot_sum/boot_weight are the Poisson bootstrap of the float32 scores the parquet holds."""
+    n_bootstrap, seed = world["config"]["analysis"]["bootstrap"], world["config"]["seed"]
+    scores_path, binsums_path = world["outputs"][(4, 0)]
+    table = read_scores(scores_path)
+    sums = read_binsums(binsums_path)
+    assert sums["provenance"]["document_bootstrap"] == {
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "weights": doc_bootstrap.WEIGHTS_SCHEME,
+    }
+    values = np.column_stack([table.column(name).to_numpy().astype(np.float64) for name in BENCHMARKS])
+    keys = doc_bootstrap.document_keys(table.column("doc_id").to_pylist(), seed)
+    weights = doc_bootstrap.poisson_weights(keys, n_bootstrap)  # [docs, B]
+    bins = table.column("bin_id").to_numpy()
+    for j, name in enumerate(BENCHMARKS):
+        entry = sums[name]
+        assert entry["boot_sum"].shape == entry["boot_weight"].shape == (n_bootstrap, N_BINS)
+        assert entry["boot_sum"].dtype == np.float64 and entry["boot_weight"].dtype == np.uint32
+        onehot = np.eye(N_BINS)[bins]  # [docs, 576]
+        np.testing.assert_array_equal(entry["boot_weight"], weights.T @ onehot)
+        np.testing.assert_allclose(entry["boot_sum"], (weights * values[:, j : j + 1]).T @ onehot, rtol=1e-12)
+        assert entry["boot_weight"].sum() > 0
+
+
 def test_document_equal_to_query_scores_highest(world, tmp_path):
     # Each document alone in a bin: the bin sums are then the full per-document, per-query scores.
     docs = [d for d in world["docs"] if d["planted"]] + [d for d in world["docs"] if not d["planted"]][:12]
@@ -452,6 +477,14 @@ def test_scores_do_not_depend_on_sharding(world):
             for count in (4, 8)
         }
         np.testing.assert_allclose(totals[8], totals[4], rtol=1e-6, atol=1e-6)
+        # So are the document bootstrap's: weights follow the documents, not the shards.
+        for key, rtol in (("boot_weight", 0), ("boot_sum", 1e-5)):
+            totals = {
+                count: sum(read_binsums(world["outputs"][(count, k)][1])[name][key].astype(np.float64)
+                           for k in range(count))
+                for count in (4, 8)
+            }  # fmt: skip
+            np.testing.assert_allclose(totals[8], totals[4], rtol=rtol, atol=rtol * np.abs(totals[4]).max())
 
 
 def test_rerun_is_bit_identical(world, tmp_path):

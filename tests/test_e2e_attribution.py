@@ -120,6 +120,9 @@ def test_every_shard_is_scored_with_provenance(demo):
         assert provenance["attribution"] == pre["attribution"]
         assert provenance["shard"]["path"] == str(shard.resolve()) and provenance["shard"]["n_docs"] == scores.num_rows
         assert [b["name"] for b in provenance["benchmarks"]] == demo["benchmarks"]
+        # The shard's part of the document bootstrap, drawn with the run's settings (influence checks them).
+        assert provenance["document_bootstrap"]["n_bootstrap"] == demo["config"]["analysis"]["bootstrap"]
+        assert provenance["document_bootstrap"]["seed"] == demo["config"]["seed"]
 
 
 def bergson_reference(demo, shard: Path, benchmark: str, run_dir: Path) -> np.ndarray:

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from capatlas import doc_bootstrap
 from capatlas import influence as inf
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, TOPIC_SLUGS
@@ -28,7 +29,7 @@ def data():
 @pytest.fixture(scope="module")
 def result(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("shards3")
-    scores, binsums = write_shards(data, root, 3)
+    scores, binsums = write_shards(data, root, 3, n_bootstrap=50, seed=5)
     return inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=50, seed=5, ci_level=0.9)
 
 
@@ -79,7 +80,7 @@ def test_marginals_match_brute_force(data, result):
 def test_document_bootstrap_is_the_poisson_bootstrap_of_each_bin(data, result):
     name = data.benchmarks[1]
     frame = brute_frame(data, name)
-    weights = inf.poisson_weights(inf.document_keys(frame["doc_id"].tolist(), 5), 50)
+    weights = doc_bootstrap.poisson_weights(doc_bootstrap.document_keys(frame["doc_id"].tolist(), 5), 50)
     expected = np.full((50, N_BINS), np.nan)
     for b, rows in frame.groupby("bin_id").indices.items():
         w = weights[rows]
@@ -119,7 +120,7 @@ def test_query_bootstrap_resamples_queries_of_the_bin_sums(data, result):
 def test_sharding_does_not_change_the_matrix_and_runs_repeat_exactly(data, tmp_path):
     results = {}
     for n_shards in (4, 8):
-        scores, binsums = write_shards(data, tmp_path / f"s{n_shards}", n_shards)
+        scores, binsums = write_shards(data, tmp_path / f"s{n_shards}", n_shards, n_bootstrap=40, seed=3)
         shards = inf.pair_shards(scores, binsums)
         results[n_shards] = inf.compute_influence(shards, n_bootstrap=40, seed=3)
         if n_shards == 4:
@@ -149,6 +150,54 @@ def test_a_shard_from_another_attribution_run_is_refused_by_name(data, tmp_path)
         inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=0)
 
 
+def test_a_shard_with_other_bootstrap_settings_is_refused_by_name(data, tmp_path):
+    scores, binsums = write_shards(data, tmp_path / "a", 3, n_bootstrap=30, seed=5)
+    shards = inf.pair_shards(scores, binsums)
+    with pytest.raises(CapatlasError, match=r"shard-00000\.npz.*n_bootstrap is 30 there but 40 here"):
+        inf.compute_influence(shards, n_bootstrap=40, seed=5)
+    with pytest.raises(CapatlasError, match=r"shard-00000\.npz.*seed is 5 there but 6 here"):
+        inf.compute_influence(shards, n_bootstrap=30, seed=6)
+    # Without replicates the seed is irrelevant, but a shard drawn with some still differs in count.
+    with pytest.raises(CapatlasError, match=r"n_bootstrap is 30 there but 0 here"):
+        inf.compute_influence(shards, n_bootstrap=0, seed=5)
+    # One shard of the run rescored with another config.
+    scores, binsums = write_shards(
+        data, tmp_path / "b", 3, n_bootstrap=30, seed=5, provenance_edits={1: {"document_bootstrap.seed": 9}}
+    )
+    with pytest.raises(CapatlasError, match=r"shard-00001\.npz.*seed is 9 there but 5 here"):
+        inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=30, seed=5)
+    # Outputs of a score-shard from before the bootstrap moved into it.
+    scores, binsums = write_shards(
+        data, tmp_path / "c", 2, n_bootstrap=30, seed=5, provenance_edits={0: {"document_bootstrap": None}}
+    )
+    with pytest.raises(CapatlasError, match=r"shard-00000\.npz carries no document bootstrap.*older"):
+        inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=30, seed=5)
+
+
+def test_bin_sums_reader_reads_what_np_load_reads_and_refuses_damaged_files(data, tmp_path):
+    _, binsums = write_shards(data, tmp_path, 1, n_bootstrap=7, seed=5)
+    buffers: dict = {}
+    fast = inf.read_bin_sums(binsums[0], buffers)
+    with np.load(binsums[0]) as reference:
+        for name in data.benchmarks:
+            for key in inf.BIN_SUM_KEYS:
+                expected = reference[f"{name}/{key}"]
+                assert fast[name][key].dtype == expected.dtype
+                np.testing.assert_array_equal(fast[name][key], expected)
+    assert fast[data.benchmarks[0]]["boot_weight"].shape == (7, N_BINS)
+    # The buffers are reused by the next read of the same layout.
+    again = inf.read_bin_sums(binsums[0], buffers)
+    assert again[data.benchmarks[0]]["sum"] is fast[data.benchmarks[0]]["sum"]
+    # A file cut short is refused, naming it.
+    truncated = tmp_path / "binsums" / "shard-00009.npz"
+    truncated.write_bytes(binsums[0].read_bytes()[:-5000])
+    scores, _ = write_shards(data, tmp_path / "other", 1, n_bootstrap=7, seed=5)
+    renamed = scores[0].with_name("shard-00009.parquet")
+    scores[0].rename(renamed)
+    with pytest.raises(CapatlasError, match=r"shard-00009\.npz is not a readable bin-sums file"):
+        inf.compute_influence(inf.pair_shards([renamed], [truncated]), n_bootstrap=7, seed=5)
+
+
 def test_unpaired_or_mismatched_shard_files_are_refused(data, tmp_path):
     scores, binsums = write_shards(data, tmp_path / "a", 3)
     with pytest.raises(CapatlasError, match="shard-00001 has no bin sums"):
@@ -159,9 +208,10 @@ def test_unpaired_or_mismatched_shard_files_are_refused(data, tmp_path):
 
 
 def test_cli_writes_all_outputs_and_exits_2_on_bad_input(data, tmp_path, repo_root):
-    scores, binsums = write_shards(data, tmp_path / "shards", 2)
+    scores, binsums = write_shards(data, tmp_path / "shards", 2, n_bootstrap=20, seed=42)
     config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
     config["analysis"] = {"bootstrap": 20, "permutations": 20}
+    config["seed"] = 42
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = [

@@ -20,14 +20,21 @@ Outputs (each written to a temporary name and renamed when both are done):
     doc_id, bin_id, and one float32 column per benchmark = the mean of
     the document's cosines over that benchmark's queries. A document with
     fewer than 2 tokens has nothing to predict and scores NaN.
-``--out-binsums`` (npz), per benchmark ``<b>``:
+``--out-binsums`` (npz, uncompressed), per benchmark ``<b>``:
     ``<b>/sum``, ``<b>/sumsq``: float64 [576, n_queries], per bin and query
     the sum and sum of squares of the documents' cosines;
     ``<b>/count``: int64 [576], scored documents per bin;
-    ``<b>/item_ids``: the queries' item ids (column order).
+    ``<b>/item_ids``: the queries' item ids (column order);
+    ``<b>/boot_sum``: float64 [n_bootstrap, 576] and ``<b>/boot_weight``:
+    uint32 [n_bootstrap, 576], the shard's part of the document bootstrap
+    (`capatlas.doc_bootstrap`): per replicate and bin, the sum of Poisson
+    weight x document score (the float32 score of the parquet) and the sum
+    of weights, with ``analysis.bootstrap`` replicates and weights keyed by
+    (``seed``, doc_id), so `capatlas influence` only adds them up.
     Also ``benchmarks`` (names in column order) and ``provenance`` (JSON).
 Both carry the provenance JSON (parquet: schema metadata key
-``capatlas.provenance``).
+``capatlas.provenance``); its ``document_bootstrap`` entry records the
+replicate count, seed and weight scheme.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ from .attribution import (
     tokenize_documents,
 )
 from .attribution_queries import check_preconditioner
+from .doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
 from .errors import CapatlasError
 from .io import atomic_path, file_sha256
 from .taxonomy import N_BINS
@@ -312,6 +320,11 @@ def accumulate(
     return means, sums, sumsq, counts
 
 
+def bootstrap_settings(config: Mapping) -> dict:
+    """The document-bootstrap settings a shard's bin sums are drawn with (recorded in its provenance)."""
+    return {"n_bootstrap": int(config["analysis"]["bootstrap"]), "seed": int(config["seed"]), "weights": WEIGHTS_SCHEME}
+
+
 def score_shard(
     config: Mapping,
     *,
@@ -399,9 +412,11 @@ def score_shard(
             sumsq = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
             counts = np.zeros(N_BINS, dtype=np.int64)
 
+        bootstrap = bootstrap_settings(config)
         provenance = base_provenance(
             STAGE,
             job,
+            document_bootstrap=bootstrap,
             shard={
                 "path": str(shard),
                 "sha256": file_sha256(shard),
@@ -437,14 +452,22 @@ def score_shard(
             "benchmarks": np.array([q.name for q in indices], dtype=str),
             "provenance": np.array(provenance_text),
         }
-        for q, mean, s, ss in zip(indices, means, sums, sumsq):
-            full = np.full(n_docs, np.nan, dtype=np.float32)
-            full[scored] = mean.astype(np.float32)
-            columns[q.name] = pa.array(full, pa.float32())
+        doc_scores = np.full((n_docs, len(indices)), np.nan, dtype=np.float32)
+        for j, mean in enumerate(means):
+            doc_scores[scored, j] = mean
+        # The bootstrap weighs the float32 scores the parquet holds, so it is
+        # exactly what a pass over the score files would give.
+        boot_sum, boot_weight = shard_bootstrap(
+            doc_ids, bins, doc_scores.astype(np.float64), bootstrap["n_bootstrap"], bootstrap["seed"]
+        )
+        for j, (q, s, ss) in enumerate(zip(indices, sums, sumsq)):
+            columns[q.name] = pa.array(doc_scores[:, j], pa.float32())
             arrays[f"{q.name}/sum"] = s
             arrays[f"{q.name}/sumsq"] = ss
             arrays[f"{q.name}/count"] = counts
             arrays[f"{q.name}/item_ids"] = np.array(q.item_ids, dtype=str)
+            arrays[f"{q.name}/boot_sum"] = boot_sum[j]
+            arrays[f"{q.name}/boot_weight"] = boot_weight[j]
         result = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: provenance_text.encode()})
 
         with atomic_path(out_scores) as tmp_scores, atomic_path(out_binsums) as tmp_binsums:
@@ -454,12 +477,15 @@ def score_shard(
     return provenance
 
 
+BINSUMS_KEYS = ("sum", "sumsq", "count", "item_ids", "boot_sum", "boot_weight")
+
+
 def read_binsums(path: str | os.PathLike) -> dict:
-    """{benchmark: {sum, sumsq, count, item_ids}} plus 'provenance' (dict) from a binsums npz."""
+    """{benchmark: {sum, sumsq, count, item_ids, boot_sum, boot_weight}} plus 'provenance' (dict) from a binsums npz."""
     with np.load(path, allow_pickle=False) as data:
         out: dict = {"provenance": json.loads(str(data["provenance"]))}
         for name in data["benchmarks"].tolist():
-            out[name] = {key: data[f"{name}/{key}"] for key in ("sum", "sumsq", "count", "item_ids")}
+            out[name] = {key: data[f"{name}/{key}"] for key in BINSUMS_KEYS}
     return out
 
 

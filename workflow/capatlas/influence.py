@@ -15,9 +15,12 @@ Per benchmark and bin (576 bins, empty ones kept with n_docs = 0):
   ddof = 1, as in the study; empty bins get NaN and do not count;
 * ``ci_low``/``ci_high``: percentile CI of the bin mean from a Poisson
   bootstrap over documents. Each document gets a Poisson(1) weight per
-  replicate, drawn from a counter-based hash of (seed, doc_id, replicate),
-  so the replicates do not depend on shard count, shard order or row order
-  and need no second pass over the documents;
+  replicate, drawn from a counter-based hash of (seed, doc_id, replicate)
+  (`capatlas.doc_bootstrap`), so the replicates do not depend on shard
+  count, shard order or row order. Every score-shard job has already summed
+  weight x score and the weights per replicate and bin for its documents
+  (``<b>/boot_sum``, ``<b>/boot_weight``); this stage adds those up, so it
+  never draws a weight itself;
 * ``query_ci_low``/``query_ci_high``: percentile CI from resampling the
   benchmark's queries with replacement, computed from the bin sums.
 
@@ -32,21 +35,23 @@ query-level CIs on every statistic it derives.
 
 All shards must come from one attribution run: the same model, Bergson
 version and attribution settings, the same preconditioner and the same
-query sets; a shard that differs is refused by name.
+query sets; and their document bootstrap must have been drawn with this
+stage's ``analysis.bootstrap`` and ``seed``. A shard that differs is
+refused by name.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import re
+import struct
 import warnings
+import zipfile
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +59,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy import stats
 from tqdm import tqdm
 
 from .attribution import canonical_json, identity_differences
 from .attribution_score import PROVENANCE_KEY
+from .doc_bootstrap import WEIGHTS_SCHEME
 from .errors import CapatlasError
 from .io import atomic_path, write_parquet
 from .taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS
@@ -75,15 +80,6 @@ METADATA_KEY = b"capatlas.influence"
 BIN_TOPIC = np.arange(N_BINS) // N_FORMATS
 BIN_FORMAT = np.arange(N_BINS) % N_FORMATS
 
-# Poisson(1) CDF; weights above 20 have probability < 1e-19.
-_POISSON_CDF = stats.poisson.cdf(np.arange(21), 1.0)
-# The CDF on the 53-bit grid the uniforms live on: u = m / 2**53 >= cdf[k]
-# exactly when the integer m >= ceil(cdf[k] * 2**53) (scaling by a power of
-# two is exact), so integer comparisons give the float draws' weights bit
-# for bit without converting 5.7e9 draws to float.
-_POISSON_THRESHOLDS = np.ceil(_POISSON_CDF * float(1 << 53)).astype(np.uint64)
-# Cells (documents x replicates) drawn at a time.
-_CHUNK_CELLS = 1 << 22
 _SHARD_NAME = re.compile(r"(shard-\d+)")
 
 
@@ -165,90 +161,117 @@ def check_same_run(reference: dict, reference_source: Path, signature: dict, sou
         )
 
 
-def read_bin_sums(path: Path) -> dict:
-    """{benchmark: {sum, count, item_ids}} plus 'provenance' from a bin-sums npz.
+def _stored_member(handle, info: zipfile.ZipInfo, buffers: dict | None) -> np.ndarray:
+    """One uncompressed .npy member of an open npz, read straight into an array.
+
+    np.load reads npz members through zipfile, which CRC-checks every byte
+    and copies it twice; at paper scale that is 1,000 shards x ~70 MB. Here
+    the member's data are located from its local header and read once, into
+    a buffer of `buffers` reused from the previous shard when the shape and
+    dtype agree. A size check stands in for the CRC: outputs are written
+    atomically, so what can go wrong is a truncated or foreign file.
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"member {info.filename} is compressed (expected np.savez, not savez_compressed)")
+    handle.seek(info.header_offset)
+    local = handle.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise ValueError(f"member {info.filename} has no valid local header")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    handle.seek(start)
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename} holds Python objects")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if handle.tell() - start + nbytes != info.file_size:
+        raise ValueError(f"member {info.filename} is {info.file_size} bytes, not the {nbytes} its header implies")
+    stored_shape = tuple(reversed(shape)) if fortran else tuple(shape)
+    array = None if buffers is None else buffers.get(info.filename)
+    if array is None or array.shape != stored_shape or array.dtype != dtype:
+        array = np.empty(stored_shape, dtype=dtype)
+        if buffers is not None:
+            buffers[info.filename] = array
+    if nbytes and handle.readinto(array.reshape(-1).view(np.uint8)) != nbytes:
+        raise ValueError(f"member {info.filename} is truncated")
+    return array.T if fortran else array
+
+
+BIN_SUM_KEYS = ("sum", "count", "item_ids", "boot_sum", "boot_weight")
+
+
+def read_bin_sums(path: Path, buffers: dict | None = None) -> dict:
+    """{benchmark: {sum, count, item_ids, boot_sum, boot_weight}} plus 'provenance' from a bin-sums npz.
 
     Like ``attribution_score.read_binsums`` but without ``sumsq``, which this
-    stage does not use: at paper scale (576 x 9,400 float64 per shard) that
-    halves what 1,000 shards make it read.
+    stage does not use (at paper scale that halves what 1,000 shards make it
+    read), and with `_stored_member`'s single-copy reads. With `buffers`,
+    the arrays returned are overwritten by the next call that passes the
+    same dict.
     """
-    with np.load(path, allow_pickle=False) as data:
-        out: dict = {"provenance": json.loads(str(data["provenance"]))}
-        for name in data["benchmarks"].tolist():
-            out[name] = {key: data[f"{name}/{key}"] for key in ("sum", "count", "item_ids")}
+    with open(path, "rb") as handle:
+        with zipfile.ZipFile(handle) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+
+        def member(key: str) -> np.ndarray:
+            info = members.get(f"{key}.npy")
+            if info is None:
+                raise KeyError(f"no array {key!r}")
+            return _stored_member(handle, info, buffers)
+
+        out: dict = {"provenance": json.loads(str(member("provenance")))}
+        for name in member("benchmarks").tolist():
+            out[name] = {key: member(f"{name}/{key}") for key in BIN_SUM_KEYS}
     return out
 
 
-# --------------------------------------------------------------------------- bootstrap weights
-
-
-def _splitmix64(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
-    # uint64 arithmetic wraps modulo 2**64, which is what splitmix64 wants; in
-    # place, because at paper scale each pass touches gigabytes.
-    with np.errstate(over="ignore"):
-        z = x if inplace else x.copy()
-        z += np.uint64(0x9E3779B97F4A7C15)
-        z ^= z >> np.uint64(30)
-        z *= np.uint64(0xBF58476D1CE4E5B9)
-        z ^= z >> np.uint64(27)
-        z *= np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-        return z
-
-
-def document_keys(doc_ids: Sequence[str], seed: int) -> np.ndarray:
-    """A 64-bit key per document from (seed, doc_id): a document's bootstrap weights follow it across shards."""
-    prefix = f"{seed}\0".encode()
-    return np.array(
-        [int.from_bytes(hashlib.blake2b(prefix + str(d).encode(), digest_size=8).digest(), "little") for d in doc_ids],
-        dtype=np.uint64,
-    )
-
-
-def poisson_weights(keys: np.ndarray, n_replicates: int, dtype=np.float64) -> np.ndarray:
-    """[len(keys), n_replicates] Poisson(1) weights, a pure function of (key, replicate).
-
-    The uniform draw is the top 53 bits of splitmix64(key ^ replicate key);
-    the weight is how many CDF steps it passes.
-    """
-    replicate_keys = _splitmix64(np.arange(n_replicates, dtype=np.uint64) * np.uint64(0x2545F4914F6CDD1D))
-    bits = _splitmix64(keys[:, None] ^ replicate_keys[None, :], inplace=True)
-    bits >>= np.uint64(11)
-    return np.searchsorted(_POISSON_THRESHOLDS, bits, side="right").astype(dtype)
+def check_bootstrap_settings(provenance: dict, source: Path, n_bootstrap: int, seed: int) -> None:
+    """Refuse a shard whose document bootstrap was drawn with other settings than this stage's."""
+    recorded = provenance.get("document_bootstrap")
+    if not isinstance(recorded, dict):
+        raise CapatlasError(
+            f"{source} carries no document bootstrap (provenance key 'document_bootstrap'): it was scored by an "
+            "older `capatlas score-shard`; rescore it (e.g. `snakemake --forcerun score_shard`)"
+        )
+    expected = {"n_bootstrap": n_bootstrap, "seed": seed, "weights": WEIGHTS_SCHEME}
+    if not n_bootstrap:
+        # No replicate is used, so the seed and scheme they were drawn with do not matter.
+        expected = {"n_bootstrap": 0}
+    differences = [
+        f"{key} is {recorded.get(key, '<missing>')!r} there but {value!r} here"
+        for key, value in expected.items()
+        if recorded.get(key) != value
+    ]
+    if differences:
+        raise CapatlasError(
+            f"{source}: its document bootstrap was drawn with other settings than this stage's "
+            f"(config keys analysis.bootstrap and seed): {'; '.join(differences)}. Rescore the shard with this "
+            "config (score_shard reruns when either key changes), or run influence with the shards' config"
+        )
 
 
 # --------------------------------------------------------------------------- accumulation
 
 
-def default_threads() -> int:
-    """The cores this process may use (SLURM and cgroups set the affinity), at most 8."""
-    try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not on Linux
-        return max(1, min(8, os.cpu_count() or 1))
-
-
 class BinAccumulator:
-    """Per benchmark and bin: count, mean, M2 (Chan merge) and bootstrap sums, in float64."""
+    """Per benchmark and bin: count, mean, M2 (Chan merge) and the shards' bootstrap sums, in float64."""
 
-    def __init__(self, benchmarks: Sequence[str], n_bootstrap: int, seed: int, threads: int | None = None):
+    def __init__(self, benchmarks: Sequence[str], n_bootstrap: int):
         self.benchmarks = list(benchmarks)
         self.n_bootstrap = n_bootstrap
-        self.seed = seed
-        self.threads = threads or default_threads()
         nb = len(self.benchmarks)
         self.count = np.zeros((nb, N_BINS), dtype=np.int64)
         self.mean = np.zeros((nb, N_BINS))
         self.m2 = np.zeros((nb, N_BINS))
-        # Stored bin-major so that adding a chunk's [bins, replicates] block writes whole rows;
-        # boot_sum and boot_weight are [nb, B, 576] views of them.
-        self._boot_sum = np.zeros((nb, N_BINS, n_bootstrap))
-        self._boot_weight = np.zeros((nb, N_BINS, n_bootstrap))
-        self.boot_sum = self._boot_sum.transpose(0, 2, 1)
-        self.boot_weight = self._boot_weight.transpose(0, 2, 1)
+        self.boot_sum = np.zeros((nb, n_bootstrap, N_BINS))
+        self.boot_weight = np.zeros((nb, n_bootstrap, N_BINS))
 
-    def add(self, doc_ids: Sequence[str], bins: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Add documents (values: [n_docs, n_benchmarks], NaN = unscored); returns per-bin scored counts."""
+    def add(self, bins: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Add one shard's documents (values: [n_docs, n_benchmarks], NaN = unscored); returns per-bin scored counts."""
         bins = np.asarray(bins, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
         scored_counts = np.zeros((len(self.benchmarks), N_BINS), dtype=np.int64)
@@ -271,71 +294,12 @@ class BinAccumulator:
                     has, self.m2[j] + m2 + delta**2 * self.count[j] * n / np.maximum(total, 1), self.m2[j]
                 )
             self.mean[j], self.m2[j], self.count[j] = new_mean, new_m2, total
-        if self.n_bootstrap:
-            self._add_bootstrap(doc_ids, bins, values)
         return scored_counts
 
-    def _bootstrap_chunk(self, keys: np.ndarray, bins: np.ndarray, values: np.ndarray) -> list:
-        """Per benchmark (present bins, [n_present, B] weighted sums, [n_present, B] weight sums) of one chunk.
-
-        A pure function of its inputs, so chunks can run in parallel; the
-        caller adds them in chunk order, which keeps every sum bit for bit
-        what one sequential pass gives.
-        """
-        # Weights are small integers: uint8 keeps the matrix 8x smaller, and
-        # uint8 * float64 and integer sums are exact, so nothing changes.
-        weights = poisson_weights(keys, self.n_bootstrap, dtype=np.uint8)
-        out = []
-        previous = None  # benchmarks scored on the same documents share the sort, gather and weight sums
-        for j in range(len(self.benchmarks)):
-            x = values[:, j]
-            ok = np.isfinite(x)
-            if not ok.any():
-                out.append(None)
-                continue
-            if previous is not None and np.array_equal(ok, previous[0]):
-                _, order, starts, present, w, weight_sums = previous
-            else:
-                b = bins[ok]
-                order = np.argsort(b, kind="stable")
-                sorted_bins = b[order]
-                starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
-                present = sorted_bins[starts]
-                w = weights[ok][order]
-                weight_sums = np.add.reduceat(w, starts, axis=0, dtype=np.float64)
-                previous = (ok, order, starts, present, w, weight_sums)
-            sums = np.add.reduceat(w * x[ok][order][:, None], starts, axis=0)
-            out.append((present, sums, weight_sums))
-        return out
-
-    def _add_bootstrap(self, doc_ids: Sequence[str], bins: np.ndarray, values: np.ndarray) -> None:
-        keys = document_keys(doc_ids, self.seed)
-        step = max(1, _CHUNK_CELLS // self.n_bootstrap)
-        starts = range(0, len(keys), step)
-
-        def chunk(a: int) -> list:
-            return self._bootstrap_chunk(keys[a : a + step], bins[a : a + step], values[a : a + step])
-
-        if self.threads > 1 and len(starts) > 1:
-            # numpy releases the GIL in these kernels; at most `threads` chunks are in flight.
-            with ThreadPoolExecutor(self.threads) as pool:
-                pending = [pool.submit(chunk, a) for a in starts[: self.threads]]
-                for a in starts[self.threads :]:
-                    self._merge(pending.pop(0).result())
-                    pending.append(pool.submit(chunk, a))
-                for future in pending:
-                    self._merge(future.result())
-        else:
-            for a in starts:
-                self._merge(chunk(a))
-
-    def _merge(self, parts: list) -> None:
-        for j, part in enumerate(parts):
-            if part is None:
-                continue
-            present, sums, weight_sums = part
-            self._boot_sum[j][present] += sums
-            self._boot_weight[j][present] += weight_sums
+    def add_bootstrap(self, j: int, boot_sum: np.ndarray, boot_weight: np.ndarray) -> None:
+        """Add one shard's [n_bootstrap, 576] bootstrap sums of benchmark j (weight sums are exact integers)."""
+        self.boot_sum[j] += boot_sum
+        self.boot_weight[j] += boot_weight
 
     def bin_stats(self) -> dict[str, np.ndarray]:
         n = self.count
@@ -415,11 +379,12 @@ def compute_influence(
     bin_counts: dict[str, np.ndarray] = {}
     item_ids: dict[str, np.ndarray] = {}
     n_docs_total = 0
+    buffers: dict = {}  # the bin sums' arrays, reused shard after shard
     for shard in tqdm(shards, desc="influence: shards", unit="shard"):
         provenance = read_score_provenance(shard.scores)
         try:
-            sums = read_bin_sums(shard.binsums)
-        except (OSError, ValueError, KeyError) as exc:
+            sums = read_bin_sums(shard.binsums, buffers)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise CapatlasError(f"{shard.binsums} is not a readable bin-sums file: {exc}") from None
         if canonical_json(sums["provenance"]) != canonical_json(provenance):
             raise CapatlasError(
@@ -431,16 +396,18 @@ def compute_influence(
             reference = (signature, shard.scores, provenance)
         else:
             check_same_run(reference[0], reference[1], signature, shard.scores)
+        check_bootstrap_settings(provenance, shard.binsums, n_bootstrap, seed)
         benchmarks = [b["name"] for b in provenance.get("benchmarks") or []]
         if not benchmarks:
             raise CapatlasError(f"{shard.scores}: its provenance lists no benchmarks; rerun `capatlas score-shard`")
         if accumulator is None:
-            accumulator = BinAccumulator(benchmarks, n_bootstrap, seed)
+            accumulator = BinAccumulator(benchmarks, n_bootstrap)
         names = pq.read_schema(shard.scores).names
         missing = [c for c in ("doc_id", "bin_id", *benchmarks) if c not in names]
         if missing:
             raise CapatlasError(f"{shard.scores} lacks column(s) {', '.join(missing)}")
-        table = pq.read_table(shard.scores, columns=["doc_id", "bin_id", *benchmarks])
+        # doc_id is not read: the document bootstrap comes summed in the bin sums.
+        table = pq.read_table(shard.scores, columns=["bin_id", *benchmarks])
         bins = table.column("bin_id").to_numpy(zero_copy_only=False).astype(np.int64)
         if len(bins) and (bins.min() < 0 or bins.max() >= N_BINS):
             raise CapatlasError(f"{shard.scores}: bin_id outside 0..{N_BINS - 1}")
@@ -449,10 +416,9 @@ def compute_influence(
             if len(bins)
             else np.zeros((0, len(benchmarks)))
         )
-        doc_ids = [str(d) for d in table.column("doc_id").to_pylist()]
         del table
-        scored = accumulator.add(doc_ids, bins, values)
-        n_docs_total += len(doc_ids)
+        scored = accumulator.add(bins, values)
+        n_docs_total += len(bins)
         for j, name in enumerate(benchmarks):
             if name not in sums:
                 raise CapatlasError(f"{shard.binsums} holds no bin sums for benchmark {name!r}; rescore {shard.key}")
@@ -471,6 +437,14 @@ def compute_influence(
                 raise CapatlasError(f"{shard.binsums}: the queries of {name!r} differ from those of earlier shards")
             bin_sums[name] += entry["sum"]
             bin_counts[name] += entry["count"]
+            boot_shape = (n_bootstrap, N_BINS)
+            for key in ("boot_sum", "boot_weight"):
+                if entry[key].shape != boot_shape:
+                    raise CapatlasError(
+                        f"{shard.binsums}: {name}/{key} has shape {entry[key].shape}, not {boot_shape}; "
+                        f"rescore {shard.key}"
+                    )
+            accumulator.add_bootstrap(j, entry["boot_sum"], entry["boot_weight"])
     assert accumulator is not None and reference is not None
 
     names = accumulator.benchmarks
@@ -550,7 +524,8 @@ def compute_influence(
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "ci_level": ci_level,
-        "bootstrap": "Poisson(1) weights per (seed, doc_id, replicate); queries resampled from bin sums",
+        "bootstrap": "Poisson(1) weights per (seed, doc_id, replicate), summed per shard by score-shard; "
+        "queries resampled from bin sums",
         "attribution_run": run_signature(upstream),
         "model": upstream.get("model"),
         "benchmarks": {n: {"n_queries": int(bin_sums[n].shape[1])} for n in names},

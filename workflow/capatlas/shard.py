@@ -13,6 +13,11 @@ doc_id. Every text read back must still hash to the manifest's
 text_sha256, so a corpus changed since the manifest is caught, naming the
 file and row. Texts are spilled per shard to disk while files are read, so
 memory stays at about one shard.
+
+The workflow declares only ``shards.json`` as the rule's output (one
+output instead of N keeps Snakemake's planning linear in the shard
+count); the shard files are written in the same atomic directory swap, so
+they exist exactly when it does.
 """
 
 from __future__ import annotations

@@ -130,6 +130,8 @@ rule score_shard:
     params:
         config=RESOLVED_CONFIG,
         section=ATTRIBUTION_SECTION,
+        # The job draws its documents' part of the bootstrap (seed is in the section).
+        bootstrap=config["analysis"]["bootstrap"],
         revision=revision_flag("document"),
         # Only a query model of its own is named: hashing a 7B model twice per shard is waste.
         query_model=(
