@@ -214,6 +214,32 @@ def test_answer_words_never_in_filler_vocabulary():
     assert not demo_text.answer_words() & demo_text.filler_words()
 
 
+def test_distractors_are_decoys_no_document_states(world, records):
+    # An item must be answerable from its benchmark's planted material as a
+    # whole: distractors are never another item's answer, and never in the corpus.
+    out, _, truth = world
+    corpus = "\n".join(r["text"] for r in all_records(records))
+    assert not demo_text.decoy_words() & (demo_text.filler_words() | demo_text.answer_words())
+    siqa = read_jsonl(out / "benchmarks/social_i_qa/validation.jsonl")
+    mmlu = read_jsonl(out / "benchmarks/mmlu/test.jsonl")
+    arc = read_jsonl(out / "benchmarks/ai2_arc/ARC-Challenge/test.jsonl")
+    wrong = {
+        "socialiqa": [row["answer" + k] for row in siqa for k in "ABC" if k != "ABC"[int(row["label"]) - 1]],
+        "arc_challenge": [
+            t for row in arc for t, lab in zip(row["choices"]["text"], row["choices"]["label"]) if lab != row["answerKey"]
+        ],
+        "mmlu": [c for row in mmlu for i, c in enumerate(row["choices"]) if i != row["answer"]],
+    }
+    decoys = {name: set(entry["decoys"]) for name, entry in truth["benchmarks"].items()}
+    assert set(wrong["socialiqa"]) <= decoys["socialiqa"]
+    assert set(wrong["arc_challenge"]) <= decoys["arc_challenge"]
+    assert set(wrong["mmlu"]) <= decoys["mmlu_social_sciences"] | decoys["mmlu_stem"]
+    answers = {f["answer"] for entry in truth["benchmarks"].values() for f in entry["facts"]}
+    for choice in {c for values in wrong.values() for c in values}:
+        assert choice not in answers
+        assert choice.split()[-1] not in corpus, choice
+
+
 def test_items_follow_the_real_schemas(world):
     out, config, truth = world
     n_items = config["demo"]["items_per_benchmark"]

@@ -582,6 +582,24 @@ def pseudo_word(rng: random.Random, syllables: int) -> str:
     return "".join(parts).capitalize()
 
 
+# Distractors: answers of the same kind that no document ever states. With
+# other items' answers as distractors, an item is only answerable once its
+# own fact is memorised, and a memorised fact leaves its benchmark's queries
+# pushing against each other's answers (each query's residual probability
+# sits on its siblings' answers), which cancels the benchmark-wide
+# attribution signal. With decoys the model needs only what the planted
+# documents teach as a whole, and can stay short of memorising them.
+DECOY_REACTIONS = (
+    "bored", "sleepy", "hungry", "calm", "curious", "confused", "jealous", "relieved",
+    "nervous", "annoyed", "amused", "shy", "puzzled", "restless", "gloomy", "cheerful",
+)
+DECOY_OUTCOMES = (
+    "it explodes", "it wilts", "it hums", "it rots", "it shrinks", "it glitters",
+    "it bends", "it smokes", "it fades", "it wobbles", "it bounces", "it tilts",
+    "it drips", "it flickers", "it swells", "it crumbles",
+)
+
+
 def filler_words() -> set[str]:
     """Every word the filler vocabularies, frames and templates can emit."""
     words: set[str] = set()
@@ -599,3 +617,8 @@ def answer_words() -> set[str]:
     for rule in PHYSICAL_RULES:
         words.update(rule.outcome.split()[1:2])  # the verb: "melts", "sinks", ...
     return words
+
+
+def decoy_words() -> set[str]:
+    """Words that carry a decoy answer; none may appear in any document."""
+    return set(DECOY_REACTIONS) | {outcome.split()[1] for outcome in DECOY_OUTCOMES}

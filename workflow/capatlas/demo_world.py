@@ -269,20 +269,22 @@ def fact_sentence(bench: DemoBenchmark, fact: dict, rng: random.Random) -> str:
 # --------------------------------------------------------------------- items
 
 
-def _make_items(bench: DemoBenchmark, facts: list[dict], seed: int, n_items: int) -> list[dict]:
+def _decoys(bench: DemoBenchmark, seed: int, taken: set[str]) -> list[str]:
+    """Answers of the benchmark's kind that no document states (see demo_text.DECOY_REACTIONS)."""
+    if bench.kind == "social":
+        return list(text.DECOY_REACTIONS)
+    if bench.kind == "physical":
+        return list(text.DECOY_OUTCOMES)
+    return _pseudo_words(_stream(seed, "decoys", bench.name), 16, taken)
+
+
+def _make_items(bench: DemoBenchmark, facts: list[dict], seed: int, n_items: int, decoys: list[str]) -> list[dict]:
     rng = _stream(seed, "items", bench.name)
     positions = _balanced_positions(rng, n_items, bench.n_choices)
     items = []
     for i in range(n_items):
         fact = facts[i % len(facts)]
-        others = sorted({f["answer"] for f in facts if f["answer"] != fact["answer"]})
-        if bench.kind == "knowledge":
-            # Distractors of the same kind: answers of the same relation first.
-            same = sorted({f["answer"] for f in facts if f["subject"] == fact["subject"]} - {fact["answer"]})
-            pool = same if len(same) >= bench.n_choices - 1 else others
-        else:
-            pool = others
-        choices = _place(fact["answer"], rng.sample(pool, bench.n_choices - 1), positions[i])
+        choices = _place(fact["answer"], rng.sample(decoys, bench.n_choices - 1), positions[i])
         if bench.kind == "social":
             name = rng.choice(text.SOCIAL_ITEM_NAMES)
             items.append(
@@ -514,7 +516,11 @@ def build_world(config: dict, out_dir: Path) -> dict:
 
     taken: set[str] = set()
     facts = {bench.name: _make_facts(bench, seed, n_items, taken) for bench in DEMO_BENCHMARKS}
-    items = {bench.name: _make_items(bench, facts[bench.name], seed, n_items) for bench in DEMO_BENCHMARKS}
+    decoys = {bench.name: _decoys(bench, seed, taken) for bench in DEMO_BENCHMARKS}
+    items = {
+        bench.name: _make_items(bench, facts[bench.name], seed, n_items, decoys[bench.name])
+        for bench in DEMO_BENCHMARKS
+    }
     mmlu_dev = [row for bench in DEMO_BENCHMARKS if bench.kind == "knowledge" for row in _make_mmlu_dev(bench, seed, taken)]
     docs, counts = _make_docs(demo, seed, planted, facts)
 
@@ -545,6 +551,7 @@ def build_world(config: dict, out_dir: Path) -> dict:
             "planted_doc_ids": sorted(doc.id for doc in bench_docs),
             "fact_kind": "pattern" if bench.capability == "reasoning" else "fact",
             "facts": facts[bench.name],
+            "decoys": decoys[bench.name],
         }
         if bench.kind == "knowledge":
             entry["subjects"] = [r.subject for r in bench.relations]
