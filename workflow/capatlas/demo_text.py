@@ -485,28 +485,28 @@ class PhysicalRule:
     material: str  # "wax"
     active: str  # third person, takes the object: "heats {m}"
     passive: str  # "is heated"
-    outcome: str  # the answer: "it melts"
+    outcome: str  # the answer, one verb: "melts" (sentences say "it melts")
 
 
 PHYSICAL_RULES: tuple[PhysicalRule, ...] = (
     # One-word outcomes and a verb of its own per rule, so an item can only be
     # answered through its material and cause, not a shared surface cue.
-    PhysicalRule("wax", "heats some {m}", "is heated", "it melts"),
-    PhysicalRule("pond water", "cools the {m} far below zero", "is cooled far below zero", "it freezes"),
-    PhysicalRule("iron nail", "leaves an {m} out in the rain", "is left out in the rain", "it rusts"),
-    PhysicalRule("thin filament", "passes a strong current through a {m}", "carries a strong current", "it glows"),
-    PhysicalRule("granite pebble", "drops a {m} into a lake", "is dropped into a lake", "it sinks"),
-    PhysicalRule("cork stopper", "places a {m} in a full bathtub", "is placed in a full bathtub", "it floats"),
-    PhysicalRule("balloon air", "warms the {m}", "is warmed", "it expands"),
-    PhysicalRule("sugar cube", "stirs a {m} into warm tea", "is stirred into warm tea", "it dissolves"),
-    PhysicalRule("glass jar", "throws a {m} against a brick wall", "is thrown against a brick wall", "it shatters"),
-    PhysicalRule("bean seed", "plants a {m} in moist soil", "is planted in moist soil", "it sprouts"),
-    PhysicalRule("soap bubble", "pokes a {m} with a pin", "is poked with a pin", "it pops"),
-    PhysicalRule("steel spring", "squeezes a {m} and lets go", "is squeezed and released", "it recoils"),
-    PhysicalRule("clay pot", "bakes a {m} in a kiln", "is baked in a kiln", "it hardens"),
-    PhysicalRule("puddle", "exposes a {m} to strong sunlight", "is exposed to strong sunlight", "it evaporates"),
-    PhysicalRule("plastic comb", "rubs a {m} on a wool sweater", "is rubbed on a wool sweater", "it crackles"),
-    PhysicalRule("silver bell", "strikes a {m} with a hammer", "is struck with a hammer", "it rings"),
+    PhysicalRule("wax", "heats some {m}", "is heated", "melts"),
+    PhysicalRule("pond water", "cools the {m} far below zero", "is cooled far below zero", "freezes"),
+    PhysicalRule("iron nail", "leaves an {m} out in the rain", "is left out in the rain", "rusts"),
+    PhysicalRule("thin filament", "passes a strong current through a {m}", "carries a strong current", "glows"),
+    PhysicalRule("granite pebble", "drops a {m} into a lake", "is dropped into a lake", "sinks"),
+    PhysicalRule("cork stopper", "places a {m} in a full bathtub", "is placed in a full bathtub", "floats"),
+    PhysicalRule("balloon air", "warms the {m}", "is warmed", "expands"),
+    PhysicalRule("sugar cube", "stirs a {m} into warm tea", "is stirred into warm tea", "dissolves"),
+    PhysicalRule("glass jar", "throws a {m} against a brick wall", "is thrown against a brick wall", "shatters"),
+    PhysicalRule("bean seed", "plants a {m} in moist soil", "is planted in moist soil", "sprouts"),
+    PhysicalRule("soap bubble", "pokes a {m} with a pin", "is poked with a pin", "pops"),
+    PhysicalRule("steel spring", "squeezes a {m} and lets go", "is squeezed and released", "recoils"),
+    PhysicalRule("clay pot", "bakes a {m} in a kiln", "is baked in a kiln", "hardens"),
+    PhysicalRule("puddle", "exposes a {m} to strong sunlight", "is exposed to strong sunlight", "evaporates"),
+    PhysicalRule("plastic comb", "rubs a {m} on a wool sweater", "is rubbed on a wool sweater", "crackles"),
+    PhysicalRule("silver bell", "strikes a {m} with a hammer", "is struck with a hammer", "rings"),
 )
 
 ARC_AGENTS = ("A student", "A teacher", "A scientist", "A farmer", "A child", "An engineer", "A camper", "A cook")
@@ -518,9 +518,9 @@ ARC_QUESTIONS = (
 # Rule sentences as they appear in planted documents; the last one reads like
 # an item with its answer, so attribution can match queries to it.
 ARC_DOC_FRAMES = (
-    "When {m_the} {passive}, {outcome}.",
-    "If someone {active}, {outcome}.",
-    "{agent} {active} {setting}, and {outcome}.",
+    "When {m_the} {passive}, it {outcome}.",
+    "If someone {active}, it {outcome}.",
+    "{agent} {active} {setting}, and it {outcome}.",
     "{agent} {active} {setting}. {question}\nAnswer: {outcome}.",
 )
 
@@ -594,9 +594,8 @@ DECOY_REACTIONS = (
     "nervous", "annoyed", "amused", "shy", "puzzled", "restless", "gloomy", "cheerful",
 )
 DECOY_OUTCOMES = (
-    "it explodes", "it wilts", "it hums", "it rots", "it shrinks", "it glitters",
-    "it bends", "it smokes", "it fades", "it wobbles", "it bounces", "it tilts",
-    "it drips", "it flickers", "it swells", "it crumbles",
+    "explodes", "wilts", "hums", "rots", "shrinks", "glitters", "bends", "smokes",
+    "fades", "wobbles", "bounces", "tilts", "drips", "flickers", "swells", "crumbles",
 )
 
 
@@ -615,10 +614,10 @@ def answer_words() -> set[str]:
     """Words that carry a planted answer; none may appear in filler text."""
     words = {p.reaction for p in SOCIAL_PATTERNS}
     for rule in PHYSICAL_RULES:
-        words.update(rule.outcome.split()[1:2])  # the verb: "melts", "sinks", ...
+        words.add(rule.outcome)
     return words
 
 
 def decoy_words() -> set[str]:
     """Words that carry a decoy answer; none may appear in any document."""
-    return set(DECOY_REACTIONS) | {outcome.split()[1] for outcome in DECOY_OUTCOMES}
+    return set(DECOY_REACTIONS) | set(DECOY_OUTCOMES)

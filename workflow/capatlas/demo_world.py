@@ -204,7 +204,7 @@ def _make_facts(bench: DemoBenchmark, seed: int, n_items: int, taken: set[str]) 
                 "material": r.material,
                 "cause": r.passive,
                 "answer": r.outcome,
-                "pattern": f"When the {r.material} {r.passive}, {r.outcome}.",
+                "pattern": f"When the {r.material} {r.passive}, it {r.outcome}.",
             }
             for i, r in enumerate(chosen)
         ]
