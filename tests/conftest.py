@@ -44,6 +44,17 @@ def demo_config():
     return load_config(REPO_ROOT / "config" / "config.yaml")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's in-process model work (use with pytestmark usefixtures)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_snakemake(repo_root, venv_bin, workdir, *extra, check=True):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(

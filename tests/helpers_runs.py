@@ -58,7 +58,7 @@ def write_config(directory: Path, config: dict) -> Path:
     return path
 
 
-def snakemake_command(workdir: Path, config_path: Path, *extra: str) -> list[str]:
+def snakemake_command(workdir: Path, config_path: Path, *extra: str, cores: int = 2) -> list[str]:
     return [
         str(SNAKEMAKE),
         "--snakefile",
@@ -68,7 +68,7 @@ def snakemake_command(workdir: Path, config_path: Path, *extra: str) -> list[str
         "--configfile",
         str(config_path),
         "--cores",
-        "2",
+        str(cores),
         *extra,
     ]
 

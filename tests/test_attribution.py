@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,10 @@ from capatlas.attribution_score import FAIL_SHARDS_ENV, PROVENANCE_KEY, injected
 from capatlas.config import validate_config
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import N_BINS
+from helpers_attribution import bergson_score_cli
+
+# Tiny models: a second torch thread only adds synchronisation (and spins on a busy CPU).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 COMMON = (
     "the a of and to in is was for on that with as by at from it river music court market engine prayer "
@@ -198,17 +200,6 @@ def cli_run(module, argv: list[str]) -> None:
     module.run(parser.parse_args(argv))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: a second torch thread only adds synchronisation (and spins on a busy CPU)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from transformers import AutoTokenizer
@@ -300,52 +291,15 @@ def world(tmp_path_factory):
 
 
 def bergson_reference(world, shard: Path, benchmark: str, run_dir: Path) -> np.ndarray:
-    """[docs, queries] cosines from the `bergson score` CLI, which tokenises the shard's text itself."""
-    from bergson.data import load_scores
-
-    texts = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
-    docs_file = run_dir.parent / f"{run_dir.name}-docs.jsonl"
-    docs_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    a = world["config"]["attribution"]
-    cmd = [
-        str(Path(sys.executable).parent / "bergson"),
-        "score",
-        str(run_dir),
-        "--model",
-        str(world["model"]),
-        "--dataset",
-        str(docs_file),
-        "--prompt_column",
-        "text",
-        "--truncation",
-        "true",
-        "--token_batch_size",
-        str(a["token_batch_size"]),
-        "--projection_dim",
-        str(a["projection_dim"]),
-        "--index_cfg.precision",
-        a["precision"],
-        "--query_path",
-        str(world["query_indices"][benchmark] / "index"),
-        "--hessian_path",
-        str(world["preconditioner"] / "hessian"),
-        "--unit_normalize",
-        "true",
-        "--score",
-        "individual",
-        "--nproc_per_node",
-        "1",
-    ]
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return np.asarray(load_scores(run_dir)[:], dtype=np.float64)
+    return bergson_score_cli(
+        model=world["model"],
+        shard=shard,
+        query_index=world["query_indices"][benchmark] / "index",
+        hessian=world["preconditioner"] / "hessian",
+        attribution=world["config"]["attribution"],
+        run_dir=run_dir,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,9 +24,7 @@ import yaml
 from capatlas import cli
 from helpers_analysis import make_scores, write_shards
 from helpers_corpus import build_tokenizer, make_records, write_records
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+from helpers_runs import snakemake_command
 
 
 @dataclass
@@ -45,18 +42,7 @@ def snakemake_dry_run(workdir: Path, config: dict) -> Failure:
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     done = subprocess.run(
-        [
-            str(SNAKEMAKE),
-            "--snakefile",
-            str(REPO_ROOT / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(config_path),
-            "--cores",
-            "1",
-            "-n",
-        ],
+        snakemake_command(workdir, config_path, "-n", cores=1),
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},

@@ -5,10 +5,7 @@ equivalence, bin sums, a planted document, sharding independence and the fault s
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +17,11 @@ import yaml
 from capatlas.attribution import PROVENANCE_FILE, bergson_version, provenance_sha256
 from capatlas.attribution_score import FAIL_SHARDS_ENV, PROVENANCE_KEY, read_binsums, score_shard
 from capatlas.taxonomy import N_BINS
+from helpers_attribution import bergson_score_cli
 from conftest import run_snakemake
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Score in this process with one thread, as the demo's attribution jobs do (attribution.threads)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Scoring in this process with one thread, as the demo's attribution jobs do (attribution.threads).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -126,55 +114,15 @@ def test_every_shard_is_scored_with_provenance(demo):
 
 
 def bergson_reference(demo, shard: Path, benchmark: str, run_dir: Path) -> np.ndarray:
-    """[docs, queries] cosines from Bergson's own `bergson score` CLI over the shard's text."""
-    from bergson.data import load_scores
-
-    texts = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
-    docs_file = run_dir.parent / f"{run_dir.name}-docs.jsonl"
-    docs_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    a = demo["config"]["attribution"]
-    cmd = [
-        str(Path(sys.executable).parent / "bergson"),
-        "score",
-        str(run_dir),
-        "--model",
-        str(demo["model"].resolve()),
-        "--dataset",
-        str(docs_file),
-        "--prompt_column",
-        "text",
-        "--truncation",
-        "true",
-        "--token_batch_size",
-        str(a["token_batch_size"]),
-        "--projection_dim",
-        str(a["projection_dim"]),
-        "--index_cfg.precision",
-        a["precision"],
-        "--optimizer_state",
-        str(demo["optimizer_state"].resolve()),
-        "--query_path",
-        str((demo["query_indices"][benchmark] / "index").resolve()),
-        "--hessian_path",
-        str((demo["preconditioner"] / "hessian").resolve()),
-        "--unit_normalize",
-        "true",
-        "--score",
-        "individual",
-        "--nproc_per_node",
-        "1",
-    ]
-    # One thread, as the demo's attribution jobs: a tiny model gains nothing from more.
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return np.asarray(load_scores(run_dir)[:], dtype=np.float64)
+    return bergson_score_cli(
+        model=demo["model"],
+        shard=shard,
+        query_index=demo["query_indices"][benchmark] / "index",
+        hessian=demo["preconditioner"] / "hessian",
+        attribution=demo["config"]["attribution"],
+        run_dir=run_dir,
+        optimizer_state=demo["optimizer_state"],
+    )
 
 
 def test_demo_scores_and_bin_sums_equal_bergson_score(demo, tmp_path):
