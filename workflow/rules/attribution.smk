@@ -142,7 +142,7 @@ rule score_shard:
         optimizer_state=OPTIMIZER_FLAG,
         # The shard file itself is not a declared output of `shards` (see
         # SHARDS_SUMMARY): the job depends on shards.json and reads this path.
-        shard=f"{RUN}/shards/shard-{{shard}}.parquet",
+        shard=SHARD_PATTERN,
         indices=lambda wildcards, input: " ".join(
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.query_indices)
         ),

@@ -130,7 +130,8 @@ SHARD_IDS = [f"{k:05d}" for k in range(config["shards"]["count"])]
 # made Snakemake's producer lookup (every output of a rule, per requested
 # file) N x N: 94 s of planning at 5,000 shards (docs/PERFORMANCE.md, 5).
 SHARDS_SUMMARY = f"{RUN}/shards/shards.json"
-SHARD_FILES = expand(f"{RUN}/shards/shard-{{shard}}.parquet", shard=SHARD_IDS)
+SHARD_PATTERN = f"{RUN}/shards/shard-{{shard}}.parquet"
+SHARD_FILES = expand(SHARD_PATTERN, shard=SHARD_IDS)
 
 
 # Each rules file appends what `snakemake` with no target should build.
