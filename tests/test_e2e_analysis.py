@@ -24,7 +24,6 @@ def test_bin_matrix_covers_every_bin_of_every_benchmark(demo_run):
         assert part["zscore"].std(ddof=1) == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(reason="open (issue 4): precision 1.0 for ARC and both MMLU benchmarks; SocialIQA's fourth planted bin ranks 5th; see the issue notes", strict=False)
 def test_planted_bins_are_recovered(demo_run):
     recovery = json.loads((demo_run / "contrast" / "demo_recovery.json").read_text())
     truth = json.loads((demo_run / "demo" / "world" / "ground_truth.json").read_text())

@@ -44,7 +44,7 @@ def test_planned_runs_enumerate_targets_slots_conditions_and_seeds(tmp_path):
         fs.planned_runs(make_config(entries, targets=["nope"]))
 
 
-def test_unit_scores_are_mean_bin_z_or_the_contrast():
+def test_unit_scores_are_mean_or_max_bin_z_or_the_contrast():
     rows = []
     for b, (za, zb) in {bin_id(0, 0): (3.0, 1.0), bin_id(0, 1): (1.0, 0.0), bin_id(1, 0): (2.5, 3.0),
                         bin_id(2, 5): (np.nan, np.nan)}.items():  # fmt: skip
@@ -58,6 +58,12 @@ def test_unit_scores_are_mean_bin_z_or_the_contrast():
     assert contrast[TOPIC_SLUGS[0]] == pytest.approx(((3 - 1) + (1 - 0)) / 2)
     bins = fs.unit_scores(matrix, "bin", "bench_b", "zscore")
     assert bins.index[0] == bin_slug(bin_id(1, 0)) and bins.iloc[0] == 3.0
+    # By its strongest bin, topic 0 (one bin at 3.0) outranks topic 1 (2.5), against the mean's order.
+    peak = fs.unit_scores(matrix, "topic", "bench_a", "zscore", aggregate="max")
+    assert list(peak.index) == [TOPIC_SLUGS[0], TOPIC_SLUGS[1]] and peak.iloc[0] == 3.0
+    assert fs.unit_scores(matrix, "topic", "bench_a", "contrast", aggregate="max")[TOPIC_SLUGS[0]] == 2.0
+    with pytest.raises(CapatlasError, match="aggregate"):
+        fs.unit_scores(matrix, "topic", "bench_a", "zscore", aggregate="median")
 
 
 def test_influence_and_random_sets(config):

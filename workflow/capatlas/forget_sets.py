@@ -5,9 +5,12 @@ slug (``literature``, ``customer_support``, ``literature__customer_support``).
 Per target benchmark the units come from ``unlearning.units``:
 
 - ``top_k``: the k units with the highest influence, ranked by the bin
-  z-score (topics/formats: the unweighted mean z of their non-empty bins,
-  the study's marginal) or by the *contrast* z(target) - mean z(other
-  benchmarks), which prefers units specific to the target. The runs are
+  z-score or by the *contrast* z(target) - mean z(other benchmarks), which
+  prefers units specific to the target. A topic or format aggregates its
+  non-empty bins by ``aggregate``: ``mean`` (the study's unweighted
+  marginal: a unit whose whole extent leans towards the target) or ``max``
+  (its strongest bin: a unit that holds one region carrying the target,
+  which a mean over 24 bins dilutes below broad, weak leanings). The runs are
   enumerated from config before the influence matrix exists, so they are
   named by rank slots ``top1`` .. ``topk``; the unit a slot resolved to is
   recorded in every forget set and in the summary;
@@ -169,7 +172,9 @@ def planned_runs(config: dict) -> list[PlannedRun]:
     return runs
 
 
-def unit_scores(bin_matrix: pd.DataFrame, level: str, target: str, rank_by: str) -> pd.Series:
+def unit_scores(
+    bin_matrix: pd.DataFrame, level: str, target: str, rank_by: str, aggregate: str = "mean"
+) -> pd.Series:
     """Influence of every unit for `target` (index: unit slug), highest first; units without docs are dropped."""
     required = {"benchmark", "bin_id", "zscore"}
     if missing := required - set(bin_matrix.columns):
@@ -187,8 +192,10 @@ def unit_scores(bin_matrix: pd.DataFrame, level: str, target: str, rank_by: str)
     else:
         value = wide[target]
     units = unit_index(wide.index.to_numpy(), level)
-    # The study's marginal: the unweighted mean over the unit's non-empty bins (NaN z = empty bin).
-    per_unit = pd.Series(value.to_numpy(), index=units).groupby(level=0).mean().dropna()
+    if aggregate not in ("mean", "max"):
+        raise CapatlasError(f"unlearning.units.aggregate must be 'mean' or 'max', not {aggregate!r}")
+    # Over the unit's non-empty bins (NaN z = empty bin); mean is the study's unweighted marginal.
+    per_unit = pd.Series(value.to_numpy(), index=units).groupby(level=0).agg(aggregate).dropna()
     slugs = unit_slugs(level)
     per_unit.index = [slugs[i] for i in per_unit.index]
     # Stable: ties keep slug order.
@@ -203,7 +210,8 @@ def resolve_units(config: dict, bin_matrix: pd.DataFrame | None, target: str) ->
         return {slot: slot for slot in slots}
     if bin_matrix is None:
         raise CapatlasError("unlearning.units.select is 'top_k', which needs the bin matrix (--bin-matrix)")
-    ranked = unit_scores(bin_matrix, section["unit"], target, section["units"]["rank_by"])
+    units = section["units"]
+    ranked = unit_scores(bin_matrix, section["unit"], target, units["rank_by"], units["aggregate"])
     if len(ranked) < len(slots):
         raise CapatlasError(
             f"benchmark '{target}': only {len(ranked)} {section['unit']}s have documents, "
