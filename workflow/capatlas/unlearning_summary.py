@@ -245,16 +245,28 @@ def plot_paired(cells: pd.DataFrame, metric: str, path: Path, confidence: float)
         units = list(dict.fromkeys(group["unit"]))
         for x, unit in enumerate(units):
             d = group.loc[group["unit"] == unit, "d"].to_numpy()
-            ax.scatter(np.full(len(d), x) + np.linspace(-0.08, 0.08, len(d)), d, s=14, color="0.55", zorder=2)
+            # Seeds in a short strip left of the mean, so neither hides the other.
+            ax.scatter(np.full(len(d), x - 0.2) + np.linspace(-0.05, 0.05, len(d)), d, s=14, color="0.55", zorder=2)
             mean = d.mean()
             half = (
                 stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0
             )
             ax.errorbar(x, mean, yerr=half, fmt="o", color="C3", capsize=4, zorder=3)
         ax.axhline(0, color="black", lw=0.8)
+        # Without explicit limits one unit's axis spans only its seed strip.
+        ax.set_xlim(-0.6, len(units) - 0.4)
         ax.set_xticks(range(len(units)), units, rotation=45, ha="right", fontsize=7)
         ax.set_title(target, fontsize=9)
-    axes[0][0].set_ylabel(f"d = gamma(influence) - gamma(random)\n{METRIC_LABELS[metric]}")
+    axes[0][0].set_ylabel(f"d = gamma(influence)\n- gamma(random)\n{METRIC_LABELS[metric]}")
+    if targets:
+        axes[0][-1].legend(
+            handles=[
+                plt.Line2D([], [], ls="", marker="o", ms=4, color="0.55", label="seeds"),
+                plt.Line2D([], [], ls="-", marker="o", color="C3", label=f"mean, {confidence:.0%} CI"),
+            ],
+            fontsize=7,
+            loc="best",
+        )
     if not targets:
         axes[0][0].text(0.5, 0.5, "no paired runs", ha="center", va="center", transform=axes[0][0].transAxes)
     fig.tight_layout()
