@@ -41,6 +41,7 @@ import yaml
 
 from _common import REPO, Stopwatch, machine
 
+from capatlas.attribution import bergson_score_command  # noqa: E402
 from capatlas.attribution_score import QueryIndex, combine_query_indices  # noqa: E402
 
 
@@ -108,43 +109,15 @@ def ours_command(inputs: dict, out: Path, threads: int) -> list[str]:
 
 
 def bare_command(inputs: dict, docs: Path, queries: Path, out: Path) -> list[str]:
-    a = inputs["config"]["attribution"]
-    command = [
-        str(Path(sys.executable).parent / "bergson"),
-        "score",
-        str(out / "bergson"),
-        "--model",
-        str(inputs["model"]),
-        "--dataset",
-        str(docs),
-        "--prompt_column",
-        "text",
-        "--truncation",
-        str(bool(a["truncation"])).lower(),
-        "--token_batch_size",
-        str(a["token_batch_size"]),
-        "--projection_dim",
-        str(a["projection_dim"]),
-        "--index_cfg.precision",
-        a["precision"],
-        "--query_path",
-        str(queries),
-        "--hessian_path",
-        str(inputs["preconditioner"] / "hessian"),
-        "--unit_normalize",
-        "true",
-        "--score",
-        "individual",
-        "--nproc_per_node",
-        "1",
-        "--overwrite",
-        "true",
-    ]
-    if a.get("max_batch_size", 1) is not None:
-        command += ["--max_batch_size", str(a.get("max_batch_size", 1))]
-    if inputs["optimizer_state"]:
-        command += ["--optimizer_state", inputs["optimizer_state"]]
-    return command
+    return bergson_score_command(
+        out / "bergson",
+        model=inputs["model"],
+        dataset=docs,
+        query_index=queries,
+        hessian=inputs["preconditioner"] / "hessian",
+        attribution=inputs["config"]["attribution"],
+        optimizer_state=inputs["optimizer_state"],
+    )
 
 
 BARE_API = """

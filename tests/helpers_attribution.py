@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from capatlas.attribution import bergson_score_command
 
 
 def bergson_score_cli(
@@ -23,46 +24,21 @@ def bergson_score_cli(
     optimizer_state: Path | None = None,
     timeout: int = 600,
 ) -> np.ndarray:
-    """[docs, queries] cosines from the `bergson score` CLI, which tokenises the shard's text itself.
-
-    Absolute paths throughout: Bergson looks a relative path that resembles a
-    hub id up online.
-    """
+    """[docs, queries] cosines from the `bergson score` CLI, which tokenises the shard's text itself."""
     from bergson.data import load_scores
 
     texts = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
     docs_file = run_dir.parent / f"{run_dir.name}-docs.jsonl"
     docs_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    cmd = [
-        str(Path(sys.executable).parent / "bergson"),
-        "score",
-        str(run_dir),
-        "--model",
-        str(Path(model).resolve()),
-        "--dataset",
-        str(docs_file),
-        "--prompt_column",
-        "text",
-        "--truncation",
-        "true",
-        "--token_batch_size",
-        str(attribution["token_batch_size"]),
-        "--projection_dim",
-        str(attribution["projection_dim"]),
-        "--index_cfg.precision",
-        attribution["precision"],
-        *(["--optimizer_state", str(Path(optimizer_state).resolve())] if optimizer_state else []),
-        "--query_path",
-        str(Path(query_index).resolve()),
-        "--hessian_path",
-        str(Path(hessian).resolve()),
-        "--unit_normalize",
-        "true",
-        "--score",
-        "individual",
-        "--nproc_per_node",
-        "1",
-    ]
+    cmd = bergson_score_command(
+        run_dir,
+        model=model,
+        dataset=docs_file,
+        query_index=query_index,
+        hessian=hessian,
+        attribution=attribution,
+        optimizer_state=optimizer_state,
+    )
     # One thread, as the attribution jobs under test: a tiny model gains nothing from more.
     env = {
         **os.environ,

@@ -302,6 +302,50 @@ def bergson_fixed_settings() -> dict:
     }
 
 
+def bergson_score_command(
+    run_dir: str | os.PathLike,
+    *,
+    model: str | os.PathLike,
+    dataset: str | os.PathLike,
+    query_index: str | os.PathLike,
+    hessian: str | os.PathLike,
+    attribution: Mapping[str, Any],
+    optimizer_state: str | os.PathLike | None = None,
+) -> list[str]:
+    """The `bergson score` command line that scores `dataset` (jsonl, column "text") as score-shard does.
+
+    Same TrackStar settings from the `attribution` config section, the run's
+    preconditioner (`hessian`) and one benchmark's query index; per-query
+    cosines land in `run_dir` (read them with ``bergson.data.load_scores``).
+    For reproducing a shard with Bergson's own CLI, and for the tests and
+    benches that compare against it. Paths are made absolute: Bergson looks
+    a relative path that resembles a hub id up online.
+    """
+    import sys
+
+    command = [
+        str(Path(sys.executable).parent / "bergson"), "score", str(Path(run_dir).resolve()),
+        "--model", str(Path(model).resolve()),
+        "--dataset", str(Path(dataset).resolve()),
+        "--prompt_column", "text",
+        "--truncation", str(bool(attribution["truncation"])).lower(),
+        "--token_batch_size", str(attribution["token_batch_size"]),
+        "--projection_dim", str(attribution["projection_dim"]),
+        "--index_cfg.precision", attribution["precision"],
+        "--query_path", str(Path(query_index).resolve()),
+        "--hessian_path", str(Path(hessian).resolve()),
+        "--unit_normalize", "true",
+        "--score", "individual",
+        "--nproc_per_node", "1",
+        "--overwrite", "true",
+    ]  # fmt: skip
+    if attribution.get("max_batch_size") is not None:
+        command += ["--max_batch_size", str(attribution["max_batch_size"])]
+    if optimizer_state:
+        command += ["--optimizer_state", str(Path(optimizer_state).resolve())]
+    return command
+
+
 def _cuda_count() -> int:
     import torch
 
