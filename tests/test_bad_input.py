@@ -261,3 +261,27 @@ def test_bad_input_is_named_and_leaves_no_output(name, tmp_path, capsys):
         if path.relative_to(failure.outputs).parts[1:] != ("config.yaml",)
     ]
     assert not leftovers, f"{name}: partial output {leftovers[:5]}"
+
+
+def test_a_job_stopped_with_sigterm_leaves_no_scratch_or_partial_output(tmp_path):
+    # How Snakemake cancels and SLURM times out a job: SIGTERM mid-write. The
+    # stage unwinds like any failure (exit 143), so neither Bergson's scratch
+    # directory nor a half-written output stays behind, and the default
+    # handler is back afterwards.
+    import signal
+    import time
+
+    from capatlas.attribution import bergson_workdir
+    from capatlas.io import atomic_path
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        with cli.sigterm_unwinds():
+            with bergson_workdir(tmp_path / "scores.parquet") as scratch, atomic_path(tmp_path / "binsums.npz") as tmp:
+                (scratch / "scores.bin").write_bytes(b"\0" * 64)
+                tmp.write_bytes(b"partial")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)  # the handler interrupts this
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before

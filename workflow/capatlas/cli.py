@@ -8,9 +8,13 @@ and light stages do not pay for importing torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from . import __version__
 from .errors import CapatlasError
@@ -72,11 +76,35 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        module.run(args)
+        with sigterm_unwinds():
+            module.run(args)
     except CapatlasError as exc:
         print(f"capatlas {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit(143) instead of ending the process outright.
+
+    Snakemake (on cancel) and SLURM (at the time limit) stop jobs with
+    SIGTERM, which by default ends the process without unwinding: scratch
+    directories and temporary outputs would stay behind. As an exception it
+    runs the same cleanup as any failure.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
