@@ -264,7 +264,7 @@ def test_bad_input_is_named_and_leaves_no_output(name, tmp_path, capsys):
 
 
 def test_a_job_stopped_with_sigterm_leaves_no_scratch_or_partial_output(tmp_path):
-    # How Snakemake cancels and SLURM times out a job: SIGTERM mid-write. The
+    # How SLURM stops a job at its time limit or on scancel: SIGTERM mid-write. The
     # stage unwinds like any failure (exit 143), so neither Bergson's scratch
     # directory nor a half-written output stays behind, and the default
     # handler is back afterwards.

@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 def sigterm_unwinds() -> Iterator[None]:
     """Within the block, SIGTERM raises SystemExit(143) instead of ending the process outright.
 
-    Snakemake (on cancel) and SLURM (at the time limit) stop jobs with
-    SIGTERM, which by default ends the process without unwinding: scratch
+    SLURM stops a job (time limit, scancel) with SIGTERM to each of its
+    processes, which by default ends the process without unwinding: scratch
     directories and temporary outputs would stay behind. As an exception it
-    runs the same cleanup as any failure.
+    runs the same cleanup as any failure (Ctrl-C's KeyboardInterrupt already does).
     """
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
