@@ -71,12 +71,8 @@ def summarise(results: Path) -> dict:
         summary = pd.read_parquet(summary_path)
         cells = unlearning_summary.paired_differences(summary, "logprob", "influence", "random")
         entry["d"] = {t: [round(float(v), 3) for v in g["d"]] for t, g in cells.groupby("target")}
-        influence = summary[(summary["metric"] == "logprob") & (summary["condition"] == "influence")]
-        entry["on_target_most"] = {}
-        for target, group in influence.groupby("target"):
-            on = group.loc[group["is_target"], "gamma"].mean()
-            off = group[~group["is_target"]].groupby("benchmark")["gamma"].mean()
-            entry["on_target_most"][target] = bool((on > off).all())
+        damage = unlearning_summary.mean_damage(summary, "logprob", "influence")
+        entry["on_target_most"] = {t: bool((row[t] > row.drop(t)).all()) for t, row in damage.iterrows()}
     return entry
 
 

@@ -114,6 +114,19 @@ def test_paired_statistics_against_brute_force():
     assert row["selectivity_influence"] > row["selectivity_random"]
 
 
+
+def test_mean_damage_is_each_targets_mean_gamma_per_benchmark():
+    summary = synthetic_summary({"bench_a": 1.0})
+    damage = us.mean_damage(summary, "logprob", "influence")
+    assert list(damage.index) == list(BENCHES) and list(damage.columns) == list(BENCHES)
+    for target in BENCHES:
+        for bench in BENCHES:
+            rows = summary[(summary["metric"] == "logprob") & (summary["condition"] == "influence")
+                           & (summary["target"] == target) & (summary["benchmark"] == bench)]  # fmt: skip
+            assert damage.loc[target, bench] == pytest.approx(rows["gamma"].mean())
+    # bench_a's forget sets (effect 1.0 on bench_a, noise sd 0.1 elsewhere) cost their own target most.
+    assert (damage.loc["bench_a", "bench_a"] > damage.loc["bench_a"].drop("bench_a")).all()
+
 def fake_runs(tmp_path, config, *, skip_eval=None, skip_adapter=None):
     base = {b: {m: 0.0 for m in us.METRICS} for b in ("bench_a", "bench_b")}
     (tmp_path / "base.json").write_text(json.dumps({"benchmarks": base}))

@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -321,8 +322,6 @@ def bergson_score_command(
     benches that compare against it. Paths are made absolute: Bergson looks
     a relative path that resembles a hub id up online.
     """
-    import sys
-
     command = [
         str(Path(sys.executable).parent / "bergson"), "score", str(Path(run_dir).resolve()),
         "--model", str(Path(model).resolve()),

@@ -107,6 +107,13 @@ def paired_differences(summary: pd.DataFrame, metric: str, influence: str, rando
     return joined.sort_values(keys, kind="mergesort").reset_index(drop=True)
 
 
+def mean_damage(summary: pd.DataFrame, metric: str, condition: str) -> pd.DataFrame:
+    """Mean gamma of `condition`'s runs on every benchmark (columns), per target (rows): a target's own
+    column against the others says whether its forget sets cost it most."""
+    rows = summary[(summary["metric"] == metric) & (summary["condition"] == condition)]
+    return rows.groupby(["target", "benchmark"])["gamma"].mean().unstack("benchmark")
+
+
 # ------------------------------------------------------------------ tests
 
 
