@@ -1,23 +1,34 @@
-"""Demo ground truth across world seeds: planted-bin precision at k and the unlearning contrast per seed.
+"""Demo ground truth across a grid of world seeds x demo-training threads.
 
-The shipped demo is one draw (seed 42) of a synthetic world and a tiny model
-trained on it; the e2e tests assert that draw. This script measures how far
-the result carries to other draws: for each seed it runs the default demo
-DAG with ``seed`` overridden (world, model, attribution, unlearning all
-change), then reads ``contrast/demo_recovery.json`` and
-``unlearning/summary.parquet``.
+The demo is one draw of a synthetic world and of a tiny model trained on it
+with one CPU's float path. This bench measures what carries across draws and
+float paths: for every cell (world seed, demo-training threads) it runs the
+whole default demo DAG with those two keys overridden (world, model,
+attribution, unlearning all follow), then reads
+``contrast/demo_recovery.json``, ``influence/bin_matrix.parquet`` and
+``unlearning/summary.parquet``. Threads 1 and 2 are two float paths on one
+machine: a stand-in for another CPU's kernels.
 
-Prints one table per seed to stderr and one parseable last line:
+Per cell it prints:
 
-    bench_demo_recovery seeds=[..] precision={benchmark: [p@k per seed]} d_positive={benchmark: [..]} on_target_most={benchmark: [..]} ...
+* ``p@k``: precision at k of each benchmark's planted bins;
+* ``margin``: z of the benchmark's weakest planted bin minus z of its
+  strongest filler bin (z = the bin matrix's ``zscore`` column); > 0 means
+  every planted bin outranks every filler bin;
+* ``d``: per unlearning target and unlearning seed, gamma(influence) -
+  gamma(random) on answer log-probability (nats; > 0: the influence-ranked
+  forget set costs the target more than a within-unit random one);
+* ``own`` and ``others``: the influence condition's mean damage on the
+  target against the mean over the other three benchmarks.
 
-``d_positive``: d = gamma(influence) - gamma(random) on answer log-probability
-is > 0 in every unlearning seed; ``on_target_most``: the influence-ranked
-forget set costs its target more than it costs any other benchmark.
+and then the grid's summary (worst and mean per benchmark) and one
+parseable last line. ``--markdown`` also prints the table kept in
+docs/DESIGN.md.
 
-Usage: python bench/bench_demo_recovery.py --seeds 42 43 44 [--parallel 2] [--keep DIR] [--configfile EXTRA.yaml];
-python bench/bench_demo_recovery.py --from-runs DIR ... only summarises finished runs (their results/demo).
-One demo run takes ~4 minutes on 2 idle cores; two in parallel ~9.
+Usage:
+  python bench/bench_demo_recovery.py [--seeds 42 43 44 45 46] [--threads 1 2] [--keep DIR] [--markdown]
+  python bench/bench_demo_recovery.py --from-runs DIR ... [--markdown]   (summarise finished cells)
+One cell takes ~4-5 minutes on 2 idle cores; the default 10-cell grid ~45.
 """
 
 from __future__ import annotations
@@ -28,9 +39,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from _common import REPO, machine
@@ -38,10 +50,10 @@ from _common import REPO, machine
 from capatlas import unlearning_summary
 
 
-def run_seed(seed: int, workdir: Path, cores: int, extra_configs: list[str]) -> Path:
-    workdir.mkdir(parents=True)
-    override = workdir / "seed.yaml"
-    override.write_text(yaml.safe_dump({"seed": seed}))
+def run_cell(seed: int, threads: int, workdir: Path, cores: int, extra_configs: list[str]) -> tuple[Path, float]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    override = workdir / "cell.yaml"
+    override.write_text(yaml.safe_dump({"seed": seed, "demo": {"train": {"threads": threads}}}))
     command = [
         str(Path(sys.executable).parent / "snakemake"),
         "--snakefile", str(REPO / "Snakefile"),
@@ -50,73 +62,139 @@ def run_seed(seed: int, workdir: Path, cores: int, extra_configs: list[str]) -> 
         "--configfile", str(REPO / "config" / "config.yaml"), *extra_configs, str(override),
     ]  # fmt: skip
     log = workdir / "bench_demo_recovery.log"
+    start = time.perf_counter()
     with open(log, "w") as handle:
         returncode = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
     if returncode != 0:
-        raise SystemExit(f"seed {seed}: the demo DAG failed (exit {returncode}); see {log}")
-    return workdir / "results" / "demo"
+        raise SystemExit(f"seed {seed} threads {threads}: the demo DAG failed (exit {returncode}); see {log}")
+    return workdir / "results" / "demo", time.perf_counter() - start
 
 
-def summarise(results: Path) -> dict:
-    """Precision at k per benchmark, and the unlearning contrast per target, of one finished demo run."""
+def planted_margins(results: Path, recovery: dict) -> dict[str, float]:
+    """Per benchmark: z of the weakest planted bin minus z of the strongest filler bin."""
+    matrix = pd.read_parquet(results / "influence" / "bin_matrix.parquet")
+    margins = {}
+    for name, entry in recovery["benchmarks"].items():
+        z = matrix[matrix["benchmark"] == name].set_index("bin_id")["zscore"]
+        planted = z.index.isin(entry["planted_bins"])
+        margins[name] = float(z[planted].min() - z[~planted].max())
+    return margins
+
+
+def summarise(results: Path, seconds: float | None = None) -> dict:
+    """One finished demo run's recovery and unlearning figures."""
     recovery = json.loads((results / "contrast" / "demo_recovery.json").read_text())
     config = yaml.safe_load((results / "config.yaml").read_text())
-    entry = {
-        "seed": config["seed"],
+    cell = {
+        "seed": int(config["seed"]),
+        "threads": int(config["demo"]["train"]["threads"]),
+        "seconds": seconds,
         "precision": {name: e["precision_at_k"] for name, e in recovery["benchmarks"].items()},
         "ranks": {name: sorted(e["planted_ranks"].values()) for name, e in recovery["benchmarks"].items()},
+        "margin": planted_margins(results, recovery),
     }
     summary_path = results / "unlearning" / "summary.parquet"
     if summary_path.exists():
         summary = pd.read_parquet(summary_path)
-        cells = unlearning_summary.paired_differences(summary, "logprob", "influence", "random")
-        entry["d"] = {t: [round(float(v), 3) for v in g["d"]] for t, g in cells.groupby("target")}
+        pairs = unlearning_summary.paired_differences(summary, "logprob", "influence", "random")
+        cell["d"] = {
+            target: {int(row.seed): round(float(row.d), 3) for row in group.itertuples()}
+            for target, group in pairs.groupby("target")
+        }
         damage = unlearning_summary.mean_damage(summary, "logprob", "influence")
-        entry["on_target_most"] = {t: bool((row[t] > row.drop(t)).all()) for t, row in damage.iterrows()}
-    return entry
+        cell["own"] = {t: float(row[t]) for t, row in damage.iterrows()}
+        cell["others"] = {t: float(row.drop(t).mean()) for t, row in damage.iterrows()}
+    return cell
 
 
-def report(entry: dict) -> None:
-    print(f"seed {entry['seed']}", file=sys.stderr)
-    for name, p in entry["precision"].items():
-        d = entry.get("d", {}).get(name)
-        most = entry.get("on_target_most", {}).get(name)
-        print(f"  {name:24s} p@k={p:.2f} ranks={entry['ranks'][name]} d={d} on_target_most={most}", file=sys.stderr)
+def report(cell: dict) -> None:
+    took = f" ({cell['seconds']:.0f} s)" if cell.get("seconds") else ""
+    print(f"seed {cell['seed']} threads {cell['threads']}{took}", file=sys.stderr)
+    for name, p in cell["precision"].items():
+        line = f"  {name:22s} p@k={p:.2f} ranks={cell['ranks'][name]} margin={cell['margin'][name]:+.2f}"
+        if "d" in cell:
+            line += f" d={cell['d'].get(name)} own={cell['own'][name]:.2f} others={cell['others'][name]:.2f}"
+        print(line, file=sys.stderr)
+
+
+def grid_summary(cells: list[dict]) -> dict[str, dict]:
+    """Per benchmark over the cells: worst and mean p@k, worst margin, and whether the unlearning contrast
+    held everywhere (every d > 0; own damage above the others' mean in every cell)."""
+    out = {}
+    for name in cells[0]["precision"]:
+        precision = [c["precision"][name] for c in cells]
+        entry = {
+            "p_min": min(precision),
+            "p_mean": round(float(np.mean(precision)), 3),
+            "margin_min": round(min(c["margin"][name] for c in cells), 3),
+            "margin_median": round(float(np.median([c["margin"][name] for c in cells])), 3),
+        }
+        if all("d" in c for c in cells):
+            d = [v for c in cells for v in c["d"][name].values()]
+            entry["d_min"] = min(d)
+            entry["d_positive"] = all(v > 0 for v in d)
+            entry["own_gap_min"] = round(min(c["own"][name] - c["others"][name] for c in cells), 3)
+            entry["own_most"] = entry["own_gap_min"] > 0
+        out[name] = entry
+    return out
+
+
+def markdown(cells: list[dict]) -> str:
+    names = list(cells[0]["precision"])
+    head = "| seed | threads | " + " | ".join(f"{n} p@4 (margin)" for n in names) + " | d min (all targets) | min own - others |"
+    lines = [head, "|" + "---|" * (len(names) + 4)]
+    for c in cells:
+        row = [str(c["seed"]), str(c["threads"])]
+        row += [f"{c['precision'][n]:.2f} ({c['margin'][n]:+.1f})" for n in names]
+        if "d" in c:
+            row.append(f"{min(v for n in names for v in c['d'][n].values()):+.2f}")
+            row.append(f"{min(c['own'][n] - c['others'][n] for n in names):+.2f}")
+        else:
+            row += ["-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--parallel", type=int, default=1, help="demo runs at once (each uses --cores)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="demo.train.threads values")
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--configfile", action="append", default=[], help="extra config overrides for every seed")
-    parser.add_argument("--keep", default=None, help="keep the runs under this directory (seed<N>/)")
+    parser.add_argument("--configfile", action="append", default=[], help="extra config overrides for every cell")
+    parser.add_argument("--keep", default=None, help="keep the runs under this directory (s<seed>t<threads>/)")
     parser.add_argument("--from-runs", nargs="+", default=None, help="summarise these finished run directories")
+    parser.add_argument("--markdown", action="store_true", help="also print the grid as a markdown table")
     args = parser.parse_args()
 
     if args.from_runs:
-        entries = [summarise(Path(d) / "results" / "demo") for d in args.from_runs]
+        cells = [summarise(Path(d) / "results" / "demo") for d in args.from_runs]
     else:
         base = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="capatlas-bench-recovery-"))
         extra = [str(Path(c).resolve()) for c in args.configfile]
+        cells = []
         try:
-            with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-                runs = list(pool.map(lambda s: run_seed(s, base / f"seed{s}", args.cores, extra), args.seeds))
-            entries = [summarise(results) for results in runs]
+            for seed in args.seeds:
+                for threads in args.threads:
+                    results, seconds = run_cell(seed, threads, base / f"s{seed}t{threads}", args.cores, extra)
+                    cells.append(summarise(results, seconds))
+                    report(cells[-1])
         finally:
             if not args.keep:
                 shutil.rmtree(base, ignore_errors=True)
-    for entry in entries:
-        report(entry)
-    names = list(entries[0]["precision"])
+    if args.from_runs:
+        for cell in cells:
+            report(cell)
+    summary = grid_summary(cells)
+    for name, entry in summary.items():
+        print(f"{name:22s} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()), file=sys.stderr)
+    if args.markdown:
+        print(markdown(cells), file=sys.stderr)
+    seconds = [c["seconds"] for c in cells if c.get("seconds")]
+    timing = f"cell_seconds_mean={np.mean(seconds):.0f} " if seconds else ""
     compact = lambda obj: json.dumps(obj, separators=(",", ":"))  # noqa: E731
-    d_positive = {n: [all(v > 0 for v in e.get("d", {}).get(n, [float("nan")])) for e in entries] for n in names}
     print(
-        f"bench_demo_recovery seeds={compact([e['seed'] for e in entries])} "
-        f"precision={compact({n: [e['precision'][n] for e in entries] for n in names})} "
-        f"d_positive={compact(d_positive)} "
-        f"on_target_most={compact({n: [e.get('on_target_most', {}).get(n) for e in entries] for n in names})} "
-        f"{machine()}"
+        f"bench_demo_recovery cells={compact([[c['seed'], c['threads']] for c in cells])} "
+        f"summary={compact(summary)} {timing}{machine()}"
     )
 
 

@@ -244,6 +244,7 @@ class Writer:
 # ticket numbers, list markers) but never drops or rewrites a body sentence.
 
 Template = Callable[[Writer, Sequence[str]], str]
+SENTENCES_PER_TURN = 3
 
 
 def _chunks(body: Sequence[str], n: int) -> list[list[str]]:
@@ -261,9 +262,15 @@ def _academic(w: Writer, body: Sequence[str]) -> str:
     return text + f"References: [1] {w.name()} et al. ({w.number(1990, 2024)})."
 
 
+def _turns(body: Sequence[str]) -> list[str]:
+    # Several sentences per turn, comment, answer or step: a format's chrome
+    # marks its layout without splitting every sentence from the next.
+    return [" ".join(part) for part in _chunks(body, -(-len(body) // SENTENCES_PER_TURN))]
+
+
 def _listing(w: Writer, body: Sequence[str]) -> str:
     lines = [f"Contents of the {w.noun()} section"]
-    lines += [f"{i}. {s}" for i, s in enumerate(body, start=1)]
+    lines += [f"{i}. {s}" for i, s in enumerate(_turns(body), start=1)]
     return "\n".join(lines + [f"Next page: {w.title()}"])
 
 
@@ -273,21 +280,22 @@ def _creative(w: Writer, body: Sequence[str]) -> str:
 
 def _support(w: Writer, body: Sequence[str]) -> str:
     lines = [f"Ticket #{w.number(1000, 99999)}: problem with my {w.noun()}"]
-    for i, s in enumerate(body):
+    for i, s in enumerate(_turns(body)):
         lines.append(("Customer: " if i % 2 == 0 else "Agent: ") + s)
     return "\n".join(lines + ["Status: resolved. Thank you for contacting support."])
 
 
 def _comments(w: Writer, body: Sequence[str]) -> str:
-    lines = [f"{len(body)} comments"]
-    for s in body:
+    turns = _turns(body)
+    lines = [f"{len(turns)} comments"]
+    for s in turns:
         lines.append(f"{w.name().lower()}{w.number(1, 99)} wrote: {s}")
     return "\n".join(lines)
 
 
 def _faq(w: Writer, body: Sequence[str]) -> str:
     lines = ["Frequently Asked Questions"]
-    for s in body:
+    for s in _turns(body):
         lines.append(f"Question: What should I know about the {w.noun()}?\nAnswer: {s}")
     return "\n".join(lines)
 
@@ -311,8 +319,9 @@ def _legal(w: Writer, body: Sequence[str]) -> str:
 
 
 def _listicle(w: Writer, body: Sequence[str]) -> str:
-    lines = [f"{len(body)} things to know about the {w.noun()}"]
-    lines += [f"{i}. {s}" for i, s in enumerate(body, start=1)]
+    turns = _turns(body)
+    lines = [f"{len(turns)} things to know about the {w.noun()}"]
+    lines += [f"{i}. {s}" for i, s in enumerate(turns, start=1)]
     return "\n".join(lines)
 
 
@@ -348,12 +357,13 @@ def _blog(w: Writer, body: Sequence[str]) -> str:
 
 def _product(w: Writer, body: Sequence[str]) -> str:
     lines = [f"{w.title()} - Price: ${w.number(5, 500)}.99", "Features:"]
-    lines += [f"* {s}" for s in body]
+    lines += [f"* {s}" for s in _turns(body)]
     return "\n".join(lines + ["Add to cart. Free shipping."])
 
 
 def _qa_forum(w: Writer, body: Sequence[str]) -> str:
-    head, rest = body[0], body[1:]
+    turns = _turns(body)
+    head, rest = turns[0], turns[1:]
     lines = [f"Question from user{w.number(1, 9999)}: {head}"]
     lines += [f"Answer: {s}" for s in rest]
     return "\n".join(lines + [f"Best answer chosen by {w.name()}."])
@@ -365,7 +375,7 @@ def _spam(w: Writer, body: Sequence[str]) -> str:
 
 def _structured(w: Writer, body: Sequence[str]) -> str:
     lines = [f"record: {w.number(1, 9999)} | type: {w.noun()} | grade: {w.adjective()}"]
-    lines += [f"note_{i}: {s}" for i, s in enumerate(body, start=1)]
+    lines += [f"note_{i}: {s}" for i, s in enumerate(_turns(body), start=1)]
     return "\n".join(lines)
 
 
@@ -381,14 +391,14 @@ def _documentation(w: Writer, body: Sequence[str]) -> str:
 def _transcript(w: Writer, body: Sequence[str]) -> str:
     guest = w.name().upper()
     lines = [f"TRANSCRIPT: episode {w.number(1, 300)}"]
-    for i, s in enumerate(body):
+    for i, s in enumerate(_turns(body)):
         lines.append(("HOST: " if i % 2 == 0 else f"{guest}: ") + s)
     return "\n".join(lines)
 
 
 def _tutorial(w: Writer, body: Sequence[str]) -> str:
     lines = [f"How to {w.verb()} the {w.noun()}"]
-    lines += [f"Step {i}: {s}" for i, s in enumerate(body, start=1)]
+    lines += [f"Step {i}: {s}" for i, s in enumerate(_turns(body), start=1)]
     return "\n".join(lines + ["That is all you need to do."])
 
 

@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 # them per benchmark, each fact or pattern recurs often enough for a tiny
 # model to learn it.
 SENTENCES_PER_PLANTED_DOC = 16
+# Share of a planted document's units that are worked examples (a benchmark
+# item with its answer) rather than a statement of the fact. Statements alone
+# left the reasoning benchmarks' planted bins within the filler's spread on
+# some seeds (docs/DESIGN.md, "The demo world"): the tiny model learns the
+# answer from either, but a worked example's gradient shares the item's own
+# tokens and so aligns with its query.
+WORKED_EXAMPLE_SHARE = 0.75
 FILLER_PER_PLANTED_DOC = 2
 DOC_WORDS = (60, 150)
 MMLU_DEV_PER_SUBJECT = 5
@@ -407,8 +414,33 @@ def _bin_sizes(demo: dict, seed: int, planted_bins: set[int]) -> tuple[list[int]
     return sizes, small
 
 
+def item_prompt(bench: DemoBenchmark, item: dict) -> str:
+    if bench.kind == "social":
+        return f"{item['context']} {item['question']}"
+    return item["question"]
+
+
+def item_answer(bench: DemoBenchmark, item: dict) -> str:
+    if bench.kind == "social":
+        return item["answer" + "ABC"[int(item["label"]) - 1]]
+    if bench.kind == "physical":
+        return item["choices"]["text"][item["choices"]["label"].index(item["answerKey"])]
+    return item["choices"][item["answer"]]
+
+
+def _planted_unit(bench: DemoBenchmark, fact: dict, items: list[dict], rng: random.Random) -> str:
+    if rng.random() < WORKED_EXAMPLE_SHARE:
+        item = rng.choice(items)
+        return f"{item_prompt(bench, item)}\nAnswer: {item_answer(bench, item)}."
+    return fact_sentence(bench, fact, rng)
+
+
 def _make_docs(
-    demo: dict, seed: int, planted: dict[str, list[int]], facts: dict[str, list[dict]]
+    demo: dict,
+    seed: int,
+    planted: dict[str, list[int]],
+    facts: dict[str, list[dict]],
+    items: dict[str, list[dict]],
 ) -> tuple[list[Doc], dict[str, Any]]:
     bench_by_bin = {b: bench for bench in DEMO_BENCHMARKS for b in planted[bench.name]}
     sizes, small_bins = _bin_sizes(demo, seed, set(bench_by_bin))
@@ -425,7 +457,7 @@ def _make_docs(
                 continue
             rng = _stream(seed, "fact-phrasing", b, k)
             units = [next(fact_streams[bench.name]) for _ in range(SENTENCES_PER_PLANTED_DOC)]
-            sentences = [fact_sentence(bench, unit, rng) for unit in units]
+            sentences = [_planted_unit(bench, unit, items[bench.name], rng) for unit in units]
             docs.append(Doc(doc_id, b, _planted_doc(seed, b, k, sentences), "planted", bench.name))
 
     rng = _stream(seed, "shorts-and-duplicates")
@@ -522,7 +554,7 @@ def build_world(config: dict, out_dir: Path) -> dict:
         for bench in DEMO_BENCHMARKS
     }
     mmlu_dev = [row for bench in DEMO_BENCHMARKS if bench.kind == "knowledge" for row in _make_mmlu_dev(bench, seed, taken)]
-    docs, counts = _make_docs(demo, seed, planted, facts)
+    docs, counts = _make_docs(demo, seed, planted, facts, items)
 
     files: dict[int, list[Doc]] = {i: [] for i in range(demo["n_files"])}
     for doc in docs:
