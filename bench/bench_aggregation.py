@@ -4,7 +4,7 @@ Writes synthetic score-shard outputs: N shards of document scores
 (distinct doc ids, 4 benchmarks) and per-shard bin sums over Q queries
 split like the study's four benchmarks, with the shard's part of the
 document bootstrap, then times the real
-``capatlas.influence.compute_influence`` + ``write_influence`` on them:
+``capatlas.analysis.influence.compute_influence`` + ``write_influence`` on them:
 streaming the shards, Chan-merged bin statistics, adding the shards'
 bootstrap sums and the bootstrap over queries.
 
@@ -47,10 +47,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from _common import Stopwatch, machine, peak_rss_mb
 
-from capatlas.attribution import canonical_json  # noqa: E402
-from capatlas.attribution_score import PROVENANCE_KEY  # noqa: E402
-from capatlas.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap  # noqa: E402
-from capatlas.influence import ShardFiles, compute_influence, write_influence  # noqa: E402
+
+
+from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums  # noqa: E402
+from capatlas.artifacts.provenance import PROVENANCE_KEY, canonical_json  # noqa: E402
+from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap  # noqa: E402
+from capatlas.analysis.influence import ShardFiles, compute_influence, write_influence  # noqa: E402
 from capatlas.taxonomy import N_BINS  # noqa: E402
 
 # The study's query sets: SocialIQA validation, MMLU social sciences and STEM
@@ -92,18 +94,19 @@ def write_inputs(
         boot_sum, boot_weight = shard_bootstrap(
             [f"doc-{i}" for i in range(per_shard)], bins, shard_scores[0].astype(np.float64), n_bootstrap, seed
         )
-    arrays = {"benchmarks": np.array(list(split), dtype=str), "provenance": np.array(text)}
+    bin_sums = BinSums(provenance=provenance)
     for j, (name, q) in enumerate(split.items()):
         sums = rng.normal(0.0, 0.01, size=(N_BINS, q)) * counts[:, None]
-        arrays[f"{name}/sum"] = sums
-        arrays[f"{name}/sumsq"] = sums**2
-        arrays[f"{name}/count"] = counts
-        arrays[f"{name}/item_ids"] = np.array([f"{name}-{i}" for i in range(q)], dtype=str)
-        arrays[f"{name}/boot_sum"] = boot_sum[j]
-        arrays[f"{name}/boot_weight"] = boot_weight[j]
-    shared_binsums = root / "binsums.npz"
-    with open(shared_binsums, "wb") as handle:
-        np.savez(handle, **arrays)
+        bin_sums.benchmarks[name] = BenchmarkSums(
+            item_ids=[f"{name}-{i}" for i in range(q)],
+            sum=sums,
+            sumsq=sums**2,
+            count=counts,
+            boot_sum=boot_sum[j],
+            boot_weight=boot_weight[j],
+        )
+    shared_binsums = root / "binsums.safetensors"
+    write_bin_sums(shared_binsums, bin_sums)
     (root / "scores").mkdir()
     (root / "binsums").mkdir()
     shards = []
@@ -118,7 +121,7 @@ def write_inputs(
         table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: text.encode()})
         scores = root / "scores" / f"{key}.parquet"
         pq.write_table(table, scores, compression="zstd")
-        binsums = root / "binsums" / f"{key}.npz"
+        binsums = root / "binsums" / f"{key}.safetensors"
         os.link(shared_binsums, binsums)
         shards.append(ShardFiles(key, scores, binsums))
     return shards, bootstrap

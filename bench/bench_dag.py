@@ -18,7 +18,6 @@ Usage: python bench/bench_dag.py --shards 1000 5000 --files 480
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
 import pstats
 import re

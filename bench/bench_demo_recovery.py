@@ -47,7 +47,7 @@ import pandas as pd
 import yaml
 from _common import REPO, machine
 
-from capatlas import unlearning_summary
+from capatlas.unlearning import summary as unlearning_summary
 
 
 def run_cell(seed: int, threads: int, workdir: Path, cores: int, extra_configs: list[str]) -> tuple[Path, float]:

@@ -35,7 +35,7 @@ import zstandard
 from _common import Stopwatch, machine, peak_rss_mb
 
 from capatlas.config import validate_config  # noqa: E402
-from capatlas.manifest import build_manifest  # noqa: E402
+from capatlas.corpus.manifest import build_manifest  # noqa: E402
 from capatlas.taxonomy import FORMAT_SLUGS, TOPIC_SLUGS  # noqa: E402
 
 TEXT_POOL = 4096

@@ -4,7 +4,7 @@ For each model size (a randomly initialised ``Olmo3ForCausalLM``, built
 here and saved to a temp directory with a word-level tokenizer, so a
 document of L words is exactly L tokens) and each document length, this
 fits a preconditioner and one benchmark's query gradients with the real
-stages (not timed), then times ``capatlas.attribution_score.score_shard``
+stages (not timed), then times ``capatlas.attribution.score_shard.score_shard``
 (Bergson gradient of every document, projection, R^-1/2, unit norm,
 scoring against the queries, bin sums, outputs) on a shard of D documents
 and twice on a 1-document shard (the faster of the two is the fixed cost).
@@ -145,9 +145,9 @@ def write_shard(path: Path, n_docs: int, length: int, rng: np.random.Generator) 
 
 
 def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dict:
-    from capatlas.attribution_precondition import fit_preconditioner
-    from capatlas.attribution_queries import build_query_gradients
-    from capatlas.attribution_score import score_shard
+    from capatlas.attribution.precondition import fit_preconditioner
+    from capatlas.attribution.query_gradients import build_query_gradients
+    from capatlas.attribution.score_shard import score_shard
     from capatlas.config import validate_config
 
     rng = np.random.default_rng(0)
@@ -196,7 +196,7 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
                 preconditioner=root / "preconditioner",
                 query_indices={"bench": root / "index"},
                 out_scores=root / f"{tag}.parquet",
-                out_binsums=root / f"{tag}.npz",
+                out_binsums=root / f"{tag}.safetensors",
             )
             if profiler:
                 profiler.disable()
@@ -308,7 +308,7 @@ def main() -> None:
         parser.error("--docs must be 2 or more")
     import torch
 
-    from capatlas.attribution import set_torch_threads
+    from capatlas.command import set_torch_threads
 
     set_torch_threads(args.threads)
     logging.disable(logging.INFO)  # Bergson logs every module it hooks, per call

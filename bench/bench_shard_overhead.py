@@ -41,8 +41,8 @@ import yaml
 
 from _common import REPO, Stopwatch, machine
 
-from capatlas.attribution import bergson_score_command  # noqa: E402
-from capatlas.attribution_score import QueryIndex, combine_query_indices  # noqa: E402
+from capatlas.attribution.context import bergson_score_command  # noqa: E402
+from capatlas.attribution.score_shard import QueryIndex, combine_query_indices  # noqa: E402
 
 
 def run_inputs(run: Path, shard: str) -> dict:
@@ -101,7 +101,7 @@ def ours_command(inputs: dict, out: Path, threads: int) -> list[str]:
         "--out-scores",
         str(out / "scores.parquet"),
         "--out-binsums",
-        str(out / "binsums.npz"),
+        str(out / "binsums.safetensors"),
     ]
     if inputs["optimizer_state"]:
         command += ["--optimizer-state", inputs["optimizer_state"]]

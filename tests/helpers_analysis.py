@@ -3,7 +3,7 @@
 A `SyntheticScores` holds per-document, per-query cosines for a few
 benchmarks; `write_shards` splits the same documents into any number of
 shards and writes ``scores/shard-*.parquet`` (float32 document means,
-provenance in the schema metadata) and ``binsums/shard-*.npz`` (float64
+provenance in the schema metadata) and ``binsums/shard-*.safetensors`` (float64
 per-bin, per-query sums, sums of squares and counts, and the shard's
 document-bootstrap sums, drawn by the same function as score-shard's).
 """
@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from capatlas.attribution_score import PROVENANCE_KEY
-from capatlas.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
+from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
+from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
+from capatlas.artifacts.provenance import PROVENANCE_KEY
 from capatlas.taxonomy import N_BINS
 
 BENCHMARKS = ("socialiqa", "mmlu_social_sciences", "arc_challenge", "mmlu_stem")
@@ -134,7 +135,7 @@ def write_shards(
             "doc_id": pa.array([data.doc_ids[i] for i in rows], pa.string()),
             "bin_id": pa.array(data.bins[rows].astype(np.int32), pa.int32()),
         }
-        arrays = {"benchmarks": np.array(data.benchmarks, dtype=str), "provenance": np.array(text)}
+        bin_sums = BinSums(provenance=provenance)
         bins = data.bins[rows]
         doc_scores = np.column_stack([data.per_query[name][rows].mean(axis=1) for name in data.benchmarks])
         doc_scores = doc_scores.astype(np.float32)
@@ -149,18 +150,19 @@ def write_shards(
             ss = np.zeros((N_BINS, values.shape[1]))
             np.add.at(s, bins[scored], values[scored])
             np.add.at(ss, bins[scored], values[scored] ** 2)
-            arrays[f"{name}/sum"] = s
-            arrays[f"{name}/sumsq"] = ss
-            arrays[f"{name}/count"] = np.bincount(bins[scored], minlength=N_BINS).astype(np.int64)
-            arrays[f"{name}/item_ids"] = np.array([f"{name}-{q}" for q in range(values.shape[1])], dtype=str)
-            arrays[f"{name}/boot_sum"] = boot_sum[j]
-            arrays[f"{name}/boot_weight"] = boot_weight[j]
+            bin_sums.benchmarks[name] = BenchmarkSums(
+                item_ids=[f"{name}-{q}" for q in range(values.shape[1])],
+                sum=s,
+                sumsq=ss,
+                count=np.bincount(bins[scored], minlength=N_BINS).astype(np.int64),
+                boot_sum=boot_sum[j],
+                boot_weight=boot_weight[j],
+            )
         table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: text.encode()})
         score_path = root / "scores" / f"shard-{k:05d}.parquet"
-        binsum_path = root / "binsums" / f"shard-{k:05d}.npz"
+        binsum_path = root / "binsums" / f"shard-{k:05d}.safetensors"
         pq.write_table(table, score_path)
-        with open(binsum_path, "wb") as handle:
-            np.savez(handle, **arrays)
+        write_bin_sums(binsum_path, bin_sums)
         score_files.append(score_path)
         binsum_files.append(binsum_path)
     return score_files, binsum_files

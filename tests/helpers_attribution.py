@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from capatlas.attribution import bergson_score_command
+from capatlas.attribution.context import bergson_score_command
 
 
 def bergson_score_cli(

@@ -7,7 +7,6 @@ two benchmarks of 4 queries each. Everything runs on the CPU offline.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -22,17 +21,20 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from capatlas import attribution_precondition, attribution_queries, attribution_score, doc_bootstrap
-from capatlas.attribution import (
-    PROVENANCE_FILE,
+from capatlas.command import build_parser, run_stage, set_torch_threads
+from capatlas.artifacts.provenance import PROVENANCE_FILE, PROVENANCE_KEY, provenance_sha256
+from capatlas.attribution import precondition as attribution_precondition
+from capatlas.attribution import query_gradients as attribution_queries
+from capatlas.attribution import score_shard as attribution_score
+from capatlas.artifacts import doc_bootstrap
+from capatlas.attribution.context import (
     AttributionSettings,
     load_query_set,
-    provenance_sha256,
-    set_torch_threads,
 )
-from capatlas.attribution_precondition import fit_preconditioner, sample_documents
-from capatlas.attribution_queries import build_query_gradients
-from capatlas.attribution_score import FAIL_SHARDS_ENV, PROVENANCE_KEY, injected_failure, read_binsums, score_shard
+from capatlas.attribution.precondition import fit_preconditioner, sample_documents
+from capatlas.attribution.query_gradients import build_query_gradients
+from capatlas.artifacts.binsums import read_bin_sums
+from capatlas.attribution.score_shard import FAIL_SHARDS_ENV, injected_failure, score_shard
 from capatlas.config import validate_config
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import N_BINS
@@ -195,9 +197,7 @@ def write_shards(directory: Path, docs: list[dict], count: int) -> list[Path]:
 
 
 def cli_run(module, argv: list[str]) -> None:
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    module.run(parser.parse_args(argv))
+    run_stage(module, argv)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,7 @@ def world(tmp_path_factory):
         for k, shard in enumerate(paths):
             out = (
                 results / f"scores{count}" / f"shard-{k:05d}.parquet",
-                results / f"binsums{count}" / f"shard-{k:05d}.npz",
+                results / f"binsums{count}" / f"shard-{k:05d}.safetensors",
             )
             cli_run(
                 attribution_score,
@@ -334,22 +334,22 @@ def test_scores_equal_bergson_score(world, reference):
 def test_binsums_reproduce_per_query_means(world, reference):
     shard = pq.read_table(world["shards"][4][0])
     bins = shard.column("bin_id").to_numpy()
-    sums = read_binsums(world["outputs"][(4, 0)][1])
+    sums = read_bin_sums(world["outputs"][(4, 0)][1])
     for name in BENCHMARKS:
         entry = sums[name]
         ref = reference[name]
-        assert entry["sum"].shape == entry["sumsq"].shape == (N_BINS, N_QUERIES)
-        assert entry["sum"].dtype == np.float64 and entry["count"].shape == (N_BINS,)
-        assert entry["item_ids"].tolist() == [f"{name}-{j}" for j in range(N_QUERIES)]
-        np.testing.assert_array_equal(entry["count"], np.bincount(bins, minlength=N_BINS))
+        assert entry.sum.shape == entry.sumsq.shape == (N_BINS, N_QUERIES)
+        assert entry.sum.dtype == np.float64 and entry.count.shape == (N_BINS,)
+        assert entry.item_ids == [f"{name}-{j}" for j in range(N_QUERIES)]
+        np.testing.assert_array_equal(entry.count, np.bincount(bins, minlength=N_BINS))
         for b in range(N_BINS):
             members = bins == b
             if not members.any():
-                assert not entry["sum"][b].any() and not entry["sumsq"][b].any()
+                assert not entry.sum[b].any() and not entry.sumsq[b].any()
                 continue
-            np.testing.assert_allclose(entry["sum"][b] / entry["count"][b], ref[members].mean(axis=0), atol=1e-5)
-            np.testing.assert_allclose(entry["sumsq"][b], (ref[members] ** 2).sum(axis=0), atol=1e-5)
-    provenance = sums["provenance"]
+            np.testing.assert_allclose(entry.sum[b] / entry.count[b], ref[members].mean(axis=0), atol=1e-5)
+            np.testing.assert_allclose(entry.sumsq[b], (ref[members] ** 2).sum(axis=0), atol=1e-5)
+    provenance = sums.provenance
     assert provenance["stage"] == "score-shard"
     assert [b["name"] for b in provenance["benchmarks"]] == list(BENCHMARKS)
     assert json.loads(read_scores(world["outputs"][(4, 0)][0]).schema.metadata[PROVENANCE_KEY]) == provenance
@@ -360,8 +360,8 @@ def test_binsums_carry_the_document_bootstrap_of_the_scores(world):
     n_bootstrap, seed = world["config"]["analysis"]["bootstrap"], world["config"]["seed"]
     scores_path, binsums_path = world["outputs"][(4, 0)]
     table = read_scores(scores_path)
-    sums = read_binsums(binsums_path)
-    assert sums["provenance"]["document_bootstrap"] == {
+    sums = read_bin_sums(binsums_path)
+    assert sums.provenance["document_bootstrap"] == {
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "weights": doc_bootstrap.WEIGHTS_SCHEME,
@@ -372,12 +372,12 @@ def test_binsums_carry_the_document_bootstrap_of_the_scores(world):
     bins = table.column("bin_id").to_numpy()
     for j, name in enumerate(BENCHMARKS):
         entry = sums[name]
-        assert entry["boot_sum"].shape == entry["boot_weight"].shape == (n_bootstrap, N_BINS)
-        assert entry["boot_sum"].dtype == np.float64 and entry["boot_weight"].dtype == np.uint32
+        assert entry.boot_sum.shape == entry.boot_weight.shape == (n_bootstrap, N_BINS)
+        assert entry.boot_sum.dtype == np.float64 and entry.boot_weight.dtype == np.uint32
         onehot = np.eye(N_BINS)[bins]  # [docs, 576]
-        np.testing.assert_array_equal(entry["boot_weight"], weights.T @ onehot)
-        np.testing.assert_allclose(entry["boot_sum"], (weights * values[:, j : j + 1]).T @ onehot, rtol=1e-12)
-        assert entry["boot_weight"].sum() > 0
+        np.testing.assert_array_equal(entry.boot_weight, weights.T @ onehot)
+        np.testing.assert_allclose(entry.boot_sum, (weights * values[:, j : j + 1]).T @ onehot, rtol=1e-12)
+        assert entry.boot_weight.sum() > 0
 
 
 def test_document_equal_to_query_scores_highest(world, tmp_path):
@@ -392,13 +392,13 @@ def test_document_equal_to_query_scores_highest(world, tmp_path):
         preconditioner=world["preconditioner"],
         query_indices=world["query_indices"],
         out_scores=tmp_path / "scores.parquet",
-        out_binsums=tmp_path / "binsums.npz",
+        out_binsums=tmp_path / "binsums.safetensors",
     )
-    sums = read_binsums(tmp_path / "binsums.npz")
+    sums = read_bin_sums(tmp_path / "binsums.safetensors")
     for name in BENCHMARKS:
-        matrix = sums[name]["sum"][: len(docs)]  # [docs, queries]
-        assert (sums[name]["count"][: len(docs)] == 1).all()
-        for j, item_id in enumerate(sums[name]["item_ids"].tolist()):
+        matrix = sums[name].sum[: len(docs)]  # [docs, queries]
+        assert (sums[name].count[: len(docs)] == 1).all()
+        for j, item_id in enumerate(sums[name].item_ids):
             planted = next(i for i, d in enumerate(docs) if d["planted"] == item_id)
             assert int(np.argmax(matrix[:, j])) == planted, (item_id, matrix[:, j])
         means = read_scores(tmp_path / "scores.parquet").column(name).to_numpy()
@@ -427,14 +427,14 @@ def test_scores_do_not_depend_on_sharding(world):
             np.testing.assert_array_equal(eight[name], four[name])
         # Summed over shards, the bin sums are the same whatever the shard count.
         totals = {
-            count: sum(read_binsums(world["outputs"][(count, k)][1])[name]["sum"] for k in range(count))
+            count: sum(read_bin_sums(world["outputs"][(count, k)][1])[name].sum for k in range(count))
             for count in (4, 8)
         }
         np.testing.assert_allclose(totals[8], totals[4], rtol=1e-6, atol=1e-6)
         # So are the document bootstrap's: weights follow the documents, not the shards.
         for key, rtol in (("boot_weight", 0), ("boot_sum", 1e-5)):
             totals = {
-                count: sum(read_binsums(world["outputs"][(count, k)][1])[name][key].astype(np.float64)
+                count: sum(getattr(read_bin_sums(world["outputs"][(count, k)][1])[name], key).astype(np.float64)
                            for k in range(count))
                 for count in (4, 8)
             }  # fmt: skip
@@ -451,15 +451,12 @@ def test_rerun_is_bit_identical(world, tmp_path):
         preconditioner=world["preconditioner"],
         query_indices=world["query_indices"],
         out_scores=tmp_path / "again.parquet",
-        out_binsums=tmp_path / "again.npz",
+        out_binsums=tmp_path / "again.safetensors",
     )
     assert read_scores(tmp_path / "again.parquet").equals(read_scores(first_scores))
-    with np.load(first_sums) as a, np.load(tmp_path / "again.npz") as b:
-        assert sorted(a.files) == sorted(b.files)
-        for key in a.files:
-            np.testing.assert_array_equal(a[key], b[key])
+    assert (tmp_path / "again.safetensors").read_bytes() == Path(first_sums).read_bytes()
     # Nothing but the two outputs is left beside them (Bergson's work dir is gone).
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.npz", "again.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.parquet", "again.safetensors"]
 
 
 def test_preconditioner_sample_spans_shards_and_ignores_sharding(world):
@@ -512,7 +509,7 @@ def test_preconditioner_with_other_projection_is_refused(world, tmp_path):
             preconditioner=other,
             query_indices=world["query_indices"],
             out_scores=out / "scores.parquet",
-            out_binsums=out / "binsums.npz",
+            out_binsums=out / "binsums.safetensors",
         )
     message = str(excinfo.value)
     assert str(other / PROVENANCE_FILE) in message
@@ -547,7 +544,7 @@ def test_query_index_from_another_preconditioner_is_refused(world, tmp_path):
             preconditioner=world["preconditioner"],
             query_indices={"bench_a": world["query_indices"]["bench_a"], "bench_b": forged},
             out_scores=out / "scores.parquet",
-            out_binsums=out / "binsums.npz",
+            out_binsums=out / "binsums.safetensors",
         )
     assert str(forged / PROVENANCE_FILE) in str(excinfo.value)
     assert "rerun `capatlas query-gradients`" in str(excinfo.value)
@@ -562,7 +559,7 @@ def test_query_index_from_another_preconditioner_is_refused(world, tmp_path):
             preconditioner=world["preconditioner"],
             query_indices={"bench_b": world["query_indices"]["bench_a"]},
             out_scores=out / "scores.parquet",
-            out_binsums=out / "binsums.npz",
+            out_binsums=out / "binsums.safetensors",
         )
 
 
@@ -584,7 +581,7 @@ def test_other_model_is_refused(world, tmp_path):
             preconditioner=world["preconditioner"],
             query_indices=world["query_indices"],
             out_scores=tmp_path / "out" / "scores.parquet",
-            out_binsums=tmp_path / "out" / "binsums.npz",
+            out_binsums=tmp_path / "out" / "binsums.safetensors",
         )
     assert not (tmp_path / "out").exists()
 
@@ -680,12 +677,12 @@ def test_shard_with_bad_bin_and_short_documents(world, tmp_path):
         preconditioner=world["preconditioner"],
         query_indices=world["query_indices"],
         out_scores=tmp_path / "s.parquet",
-        out_binsums=tmp_path / "b.npz",
+        out_binsums=tmp_path / "b.safetensors",
     )
     scores = read_scores(tmp_path / "s.parquet")
     # One token: nothing to predict, so no score and no count.
     assert np.isnan(scores.column("bench_a")[0].as_py()) and np.isfinite(scores.column("bench_a")[1].as_py())
-    assert read_binsums(tmp_path / "b.npz")["bench_a"]["count"][5] == 1
+    assert read_bin_sums(tmp_path / "b.safetensors")["bench_a"].count[5] == 1
 
     bad = [{"doc_id": "c", "bin_id": N_BINS, "text": "the river"}]
     (shard,) = write_shards(tmp_path / "bad", bad, 1)
@@ -697,7 +694,7 @@ def test_shard_with_bad_bin_and_short_documents(world, tmp_path):
             preconditioner=world["preconditioner"],
             query_indices=world["query_indices"],
             out_scores=tmp_path / "bad.parquet",
-            out_binsums=tmp_path / "bad.npz",
+            out_binsums=tmp_path / "bad.safetensors",
         )
 
 
@@ -710,13 +707,13 @@ def test_empty_shard_gives_empty_outputs(world, tmp_path):
         preconditioner=world["preconditioner"],
         query_indices=world["query_indices"],
         out_scores=tmp_path / "s.parquet",
-        out_binsums=tmp_path / "b.npz",
+        out_binsums=tmp_path / "b.safetensors",
     )
     scores = read_scores(tmp_path / "s.parquet")
     assert scores.num_rows == 0 and scores.column_names == ["doc_id", "bin_id", *BENCHMARKS]
-    sums = read_binsums(tmp_path / "b.npz")
+    sums = read_bin_sums(tmp_path / "b.safetensors")
     for name in BENCHMARKS:
-        assert sums[name]["sum"].shape == (N_BINS, N_QUERIES) and not sums[name]["count"].any()
+        assert sums[name].sum.shape == (N_BINS, N_QUERIES) and not sums[name].count.any()
 
 
 def test_cli_reports_mismatch_without_traceback(world, tmp_path, monkeypatch, capsys):
@@ -726,9 +723,9 @@ def test_cli_reports_mismatch_without_traceback(world, tmp_path, monkeypatch, ca
     extra = tuple(
         entry
         for entry in (
-            ("preconditioner", "capatlas.attribution_precondition", "fit R"),
-            ("query-gradients", "capatlas.attribution_queries", "query index"),
-            ("score-shard", "capatlas.attribution_score", "score a shard"),
+            ("preconditioner", "capatlas.attribution.precondition", "fit R"),
+            ("query-gradients", "capatlas.attribution.query_gradients", "query index"),
+            ("score-shard", "capatlas.attribution.score_shard", "score a shard"),
         )
         if entry[0] not in stages
     )
@@ -750,7 +747,7 @@ def test_cli_reports_mismatch_without_traceback(world, tmp_path, monkeypatch, ca
             "--out-scores",
             str(tmp_path / "out" / "s.parquet"),
             "--out-binsums",
-            str(tmp_path / "out" / "b.npz"),
+            str(tmp_path / "out" / "b.safetensors"),
         ]
     )
     assert code == 2
@@ -781,7 +778,7 @@ def test_fault_injection_names_the_shard_and_writes_nothing(world, tmp_path, mon
         "--out-scores",
         str(tmp_path / "out" / "s.parquet"),
         "--out-binsums",
-        str(tmp_path / "out" / "b.npz"),
+        str(tmp_path / "out" / "b.safetensors"),
     ]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
@@ -794,7 +791,7 @@ def test_fault_injection_names_the_shard_and_writes_nothing(world, tmp_path, mon
     with pytest.raises(CapatlasError, match=r"lists shard numbers such as 00002,5, not 'shard-1'"):
         injected_failure(world["shards"][4][0], {FAIL_SHARDS_ENV: "shard-1"})
     # The switch is not part of any output: the world's shard 1 was scored without it.
-    provenance = read_binsums(world["outputs"][(4, 1)][1])["provenance"]
+    provenance = read_bin_sums(world["outputs"][(4, 1)][1]).provenance
     assert FAIL_SHARDS_ENV not in json.dumps(provenance)
 
 
@@ -803,9 +800,7 @@ def test_threads_flag_bounds_torch(world, tmp_path):
 
     before = torch.get_num_threads()
     try:
-        parser = argparse.ArgumentParser()
-        attribution_score.add_arguments(parser)
-        args = parser.parse_args(
+        args = build_parser(attribution_score).parse_args(
             ["--config", "c", "--model", "m", "--shard", "s", "--preconditioner", "p"]
             + ["--query-index", "a=b", "--out-scores", "o", "--out-binsums", "b", "--threads", "1"]
         )

@@ -170,7 +170,7 @@ def invalid_benchmark_answer(tmp, capsys):
 def tokenizer_not_matching_model(tmp, capsys):
     from helpers_unlearning import arc_items, sentences, tiny_model_dir
 
-    from capatlas.demo_model import train_tokenizer
+    from capatlas.demo.model import train_tokenizer
 
     model = tiny_model_dir(tmp / "model_dir")
     # A user's model directory with another model's tokenizer: ids past the embedding.
@@ -271,13 +271,13 @@ def test_a_job_stopped_with_sigterm_leaves_no_scratch_or_partial_output(tmp_path
     import signal
     import time
 
-    from capatlas.attribution import bergson_workdir
-    from capatlas.io import atomic_path
+    from capatlas.attribution.context import bergson_workdir
+    from capatlas.fileio import atomic_path
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
         with cli.sigterm_unwinds():
-            with bergson_workdir(tmp_path / "scores.parquet") as scratch, atomic_path(tmp_path / "binsums.npz") as tmp:
+            with bergson_workdir(tmp_path / "scores.parquet") as scratch, atomic_path(tmp_path / "binsums.safetensors") as tmp:
                 (scratch / "scores.bin").write_bytes(b"\0" * 64)
                 tmp.write_bytes(b"partial")
                 os.kill(os.getpid(), signal.SIGTERM)

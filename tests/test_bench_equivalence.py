@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from capatlas import doc_bootstrap as boot
-from capatlas import influence as inf
+from capatlas.artifacts import doc_bootstrap as boot
+from capatlas.analysis import influence as inf
 from capatlas.taxonomy import N_BINS
 from helpers_analysis import make_scores, write_shards
 
@@ -150,26 +150,3 @@ def test_influence_from_per_shard_sums_equals_the_original_bootstrap(monkeypatch
     else:
         np.testing.assert_allclose(result.document_replicates, expected, rtol=1e-12, atol=0)
         assert not np.array_equal(result.document_replicates, np.zeros_like(expected))
-
-
-def test_bin_sums_reader_matches_the_score_stage_reader(tmp_path):
-    from capatlas.attribution_score import read_binsums
-
-    rng = np.random.default_rng(0)
-    arrays = {"benchmarks": np.array(["a", "b"]), "provenance": np.array('{"stage": "score-shard"}')}
-    for name, q in (("a", 3), ("b", 5)):
-        arrays[f"{name}/sum"] = rng.normal(size=(N_BINS, q))
-        arrays[f"{name}/sumsq"] = rng.normal(size=(N_BINS, q)) ** 2
-        arrays[f"{name}/count"] = rng.integers(0, 9, size=N_BINS)
-        arrays[f"{name}/item_ids"] = np.array([f"{name}{i}" for i in range(q)])
-        arrays[f"{name}/boot_sum"] = rng.normal(size=(4, N_BINS))
-        # Fortran order: the fast reader must honour the header's layout flag.
-        arrays[f"{name}/boot_weight"] = np.asfortranarray(rng.integers(0, 9, size=(4, N_BINS)).astype(np.uint32))
-    path = tmp_path / "shard-00000.npz"
-    np.savez(path, **arrays)
-    full, lean = read_binsums(path), inf.read_bin_sums(path)
-    assert lean["provenance"] == full["provenance"]
-    for name in ("a", "b"):
-        assert set(lean[name]) == {"sum", "count", "item_ids", "boot_sum", "boot_weight"}
-        for key in lean[name]:
-            np.testing.assert_array_equal(lean[name][key], full[name][key])

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from capatlas import benchmarks as bm
+from capatlas.benchmarks import items as bm
 from capatlas.errors import CapatlasError
 
 SIQA_ROWS = [

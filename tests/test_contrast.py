@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from capatlas import analysis_figures, contrast
+from capatlas.analysis import figures as analysis_figures
+from capatlas.analysis import contrast
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import FORMAT_NAMES, FORMAT_SLUGS, N_BINS, TOPIC_SLUGS
 

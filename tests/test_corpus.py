@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers_corpus import make_records, write_records
 
-from capatlas.corpus import (
+from capatlas.corpus.readers import (
     LabelResolver,
     corpus_stem,
     expand_paths,
@@ -22,7 +22,7 @@ from capatlas.corpus import (
     topic_from_dolma_path,
 )
 from capatlas.errors import CapatlasError
-from capatlas.io import file_sha256
+from capatlas.fileio import file_sha256
 from capatlas.taxonomy import FORMAT, TOPIC
 
 FORMATS = [".jsonl", ".json", ".jsonl.gz", ".jsonl.zst", ".parquet"]

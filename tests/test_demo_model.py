@@ -11,7 +11,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from capatlas import demo_model, demo_world
+from capatlas.demo import model as demo_model
+from capatlas.demo import world as demo_world
 from capatlas.cli import main as cli_main
 from capatlas.config import load_config
 from capatlas.errors import CapatlasError

@@ -11,7 +11,9 @@ import pytest
 import yaml
 import zstandard
 
-from capatlas import demo_text, demo_world, taxonomy
+from capatlas.demo import text as demo_text
+from capatlas.demo import world as demo_world
+from capatlas import taxonomy
 from capatlas.cli import main as cli_main
 from capatlas.config import load_config
 

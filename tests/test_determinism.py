@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from capatlas.artifacts.binsums import ARRAYS, read_bin_sums
+
 from helpers_runs import (
     BIN_MATRIX,
     Run,
@@ -57,14 +59,13 @@ def test_two_clean_runs_give_identical_scores(clean_run, second_run):
         again = pq.read_table(second_run.results / "attribution" / "scores" / f"shard-{shard}.parquet")
         # Data only: the provenance metadata names each run's own directory.
         assert first.equals(again), f"scores of shard {shard} differ"
-        with (
-            np.load(clean_run.results / "attribution" / "binsums" / f"shard-{shard}.npz") as a,
-            np.load(second_run.results / "attribution" / "binsums" / f"shard-{shard}.npz") as b,
-        ):
-            assert sorted(a.files) == sorted(b.files)
-            for key in a.files:
-                if key != "provenance":
-                    np.testing.assert_array_equal(a[key], b[key], err_msg=f"shard {shard}: {key}")
+        a = read_bin_sums(clean_run.results / "attribution" / "binsums" / f"shard-{shard}.safetensors")
+        b = read_bin_sums(second_run.results / "attribution" / "binsums" / f"shard-{shard}.safetensors")
+        assert list(a.benchmarks) == list(b.benchmarks)
+        for name in a.benchmarks:
+            assert a[name].item_ids == b[name].item_ids
+            for key in ARRAYS:
+                np.testing.assert_array_equal(getattr(a[name], key), getattr(b[name], key), err_msg=f"shard {shard}: {name}/{key}")
 
 
 def test_two_clean_runs_give_identical_bin_matrices(clean_run, second_run):

@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from capatlas.attribution import PROVENANCE_FILE, bergson_version, provenance_sha256
-from capatlas.attribution_score import FAIL_SHARDS_ENV, PROVENANCE_KEY, read_binsums, score_shard
+from capatlas.artifacts.provenance import PROVENANCE_FILE, PROVENANCE_KEY, provenance_sha256
+from capatlas.artifacts.binsums import read_bin_sums
+from capatlas.attribution.context import bergson_version
+from capatlas.attribution.score_shard import FAIL_SHARDS_ENV, score_shard
 from capatlas.taxonomy import N_BINS
 from helpers_attribution import bergson_score_cli
 from conftest import run_snakemake
@@ -35,21 +37,21 @@ def demo(demo_run):
         "model": model,
         "optimizer_state": model / "optimizer.pt",
         "benchmarks": benchmarks,
-        "shards": [demo_run / "shards" / f"shard-{k:05d}.parquet" for k in range(config["shards"]["count"])],
+        "shards": [demo_run / "shards" / f"shard-{k:05d}.parquet" for k in range(config["shards"].count)],
         "preconditioner": demo_run / "attribution" / "preconditioner",
         "query_indices": {name: demo_run / "attribution" / "queries" / name for name in benchmarks},
         "scores": [
-            demo_run / "attribution" / "scores" / f"shard-{k:05d}.parquet" for k in range(config["shards"]["count"])
+            demo_run / "attribution" / "scores" / f"shard-{k:05d}.parquet" for k in range(config["shards"].count)
         ],
         "binsums": [
-            demo_run / "attribution" / "binsums" / f"shard-{k:05d}.npz" for k in range(config["shards"]["count"])
+            demo_run / "attribution" / "binsums" / f"shard-{k:05d}.safetensors" for k in range(config["shards"].count)
         ],
     }
 
 
 def score(demo, shard: Path, out: Path) -> tuple[Path, Path]:
     """Score a shard against the DAG's preconditioner and query indices, as the score_shard rule does."""
-    outputs = (out / f"{shard.stem}.parquet", out / f"{shard.stem}.npz")
+    outputs = (out / f"{shard.stem}.parquet", out / f"{shard.stem}.safetensors")
     score_shard(
         demo["config"],
         model=demo["model"],
@@ -101,7 +103,7 @@ def test_every_shard_is_scored_with_provenance(demo):
             # Demo documents have >= 16 tokens, so all are scored; means of cosines lie in [-1, 1].
             assert np.isfinite(values).all() and np.abs(values).max() <= 1
         provenance = json.loads(scores.schema.metadata[PROVENANCE_KEY])
-        assert provenance == read_binsums(binsums_path)["provenance"]
+        assert provenance == read_bin_sums(binsums_path).provenance
         assert provenance["bergson_version"] == bergson_version() == "2.5.1"
         assert provenance["identity"]["model_sha256"] == pre["identity"]["model_sha256"]
         assert provenance["preconditioner"]["provenance_sha256"] == provenance_sha256(pre)
@@ -137,15 +139,15 @@ def test_demo_scores_and_bin_sums_equal_bergson_score(demo, tmp_path):
 
     # Bin sums: per bin and query, sum / count is the mean of the documents' cosines.
     bins = scores.column("bin_id").to_numpy()
-    sums = read_binsums(demo["binsums"][k])[name]
-    np.testing.assert_array_equal(sums["count"], np.bincount(bins, minlength=N_BINS))
-    present = np.flatnonzero(sums["count"])
+    sums = read_bin_sums(demo["binsums"][k])[name]
+    np.testing.assert_array_equal(sums.count, np.bincount(bins, minlength=N_BINS))
+    present = np.flatnonzero(sums.count)
     assert len(present) > 100
     for b in present:
         members = reference[bins == b]
-        np.testing.assert_allclose(sums["sum"][b] / sums["count"][b], members.mean(axis=0), rtol=0, atol=1e-5)
-        np.testing.assert_allclose(sums["sumsq"][b], (members**2).sum(axis=0), rtol=0, atol=1e-5)
-    assert not sums["sum"][sums["count"] == 0].any()
+        np.testing.assert_allclose(sums.sum[b] / sums.count[b], members.mean(axis=0), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(sums.sumsq[b], (members**2).sum(axis=0), rtol=0, atol=1e-5)
+    assert not sums.sum[sums.count == 0].any()
 
 
 def test_document_equal_to_a_query_scores_highest_for_it(demo, tmp_path):
@@ -172,10 +174,10 @@ def test_document_equal_to_a_query_scores_highest_for_it(demo, tmp_path):
     # Each document alone in its bin: the bin sums are then the per-document, per-query scores.
     shard = write_shard(tmp_path / "shard-00000.parquet", doc_ids, range(len(texts)), texts)
     _, binsums = score(demo, shard, tmp_path / "out")
-    sums = read_binsums(binsums)
+    sums = read_bin_sums(binsums)
     ranks = {}
     for (name, item_id), row in planted.items():
-        per_doc = sums[name]["sum"][: len(texts), sums[name]["item_ids"].tolist().index(item_id)]
+        per_doc = sums[name].sum[: len(texts), sums[name].item_ids.index(item_id)]
         ranks[(name, item_id)] = int((per_doc[:n_demo] > per_doc[row]).sum())  # demo documents above the copy
     top = [key for key, rank in ranks.items() if rank == 0]
     assert len(top) >= 0.75 * len(ranks), sorted(ranks.items(), key=lambda kv: -kv[1])[:10]
@@ -207,10 +209,7 @@ def test_demo_scores_do_not_depend_on_sharding(demo, tmp_path):
         if k == 0:
             again_scores, again_binsums = score(demo, shard, tmp_path / "again")
             assert pq.read_table(again_scores).equals(ours)
-            with np.load(binsums_path) as first, np.load(again_binsums) as second:
-                assert sorted(first.files) == sorted(second.files)
-                for key in first.files:
-                    np.testing.assert_array_equal(first[key], second[key])
+            assert Path(again_binsums).read_bytes() == Path(binsums_path).read_bytes()
 
 
 def test_fault_switch_fails_only_the_listed_shard(demo, repo_root, venv_bin, tmp_path, monkeypatch):
@@ -226,7 +225,7 @@ def test_fault_switch_fails_only_the_listed_shard(demo, repo_root, venv_bin, tmp
     run = workdir / "results" / "demo"
     for path in (
         run / "attribution" / "scores" / "shard-00001.parquet",
-        run / "attribution" / "binsums" / "shard-00001.npz",
+        run / "attribution" / "binsums" / "shard-00001.safetensors",
     ):
         path.unlink()
     others = {p: p.stat().st_mtime_ns for p in (run / "attribution").rglob("shard-0000[023].*")}
@@ -236,5 +235,5 @@ def test_fault_switch_fails_only_the_listed_shard(demo, repo_root, venv_bin, tmp
     log = (run / "logs" / "attribution" / "scores" / "shard-00001.log").read_text()
     assert f"injected failure: shard shard-00001.parquet is listed in ${FAIL_SHARDS_ENV}=00001" in log
     assert not (run / "attribution" / "scores" / "shard-00001.parquet").exists()
-    assert not (run / "attribution" / "binsums" / "shard-00001.npz").exists()
+    assert not (run / "attribution" / "binsums" / "shard-00001.safetensors").exists()
     assert {p: p.stat().st_mtime_ns for p in others} == others

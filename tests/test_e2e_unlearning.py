@@ -9,8 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from capatlas import forget_sets as fs
-from capatlas import unlearn, unlearning_summary
+from capatlas.unlearning import forget_sets as fs
+from capatlas.unlearning import unlearn
+from capatlas.unlearning import summary as unlearning_summary
 from capatlas.config import load_config
 from capatlas.errors import CapatlasError
 

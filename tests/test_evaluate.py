@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from capatlas import evaluate
-from capatlas.benchmarks import load_all_items, render_items
+from capatlas.benchmarks import evaluate
+from capatlas.benchmarks.items import load_all_items, render_items
 from capatlas.cli import main as cli_main
 from capatlas.errors import CapatlasError
 from helpers_unlearning import make_config, tiny_model_dir, write_benchmarks

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from capatlas import forget_sets as fs
+from capatlas.unlearning import forget_sets as fs
 from capatlas.cli import main as cli_main
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import TOPIC_SLUGS, bin_id, bin_slug

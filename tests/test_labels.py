@@ -8,9 +8,9 @@ import pytest
 from helpers_corpus import build_tokenizer, make_config, make_records, write_config, write_records
 
 from capatlas import cli
-from capatlas.corpus import LabelResolver, file_key, iter_records
+from capatlas.corpus.readers import LabelResolver, file_key, iter_records
 from capatlas.errors import CapatlasError
-from capatlas.labels import classifier_input, classify_texts, label_file, load_classifier
+from capatlas.corpus.labels import classifier_input, classify_texts, label_file, load_classifier
 from capatlas.taxonomy import TOPIC
 
 
@@ -90,7 +90,7 @@ def test_wrong_label_count_names_the_model_dir(tmp_path):
 
 
 def test_input_template_fills_url_and_text():
-    from capatlas.corpus import CorpusRecord
+    from capatlas.corpus.readers import CorpusRecord
 
     rec = CorpusRecord("f", 0, 1, "d", "body {x}", {"metadata": {"url": "http://u"}})
     assert classifier_input("{url}\n\n{text}", rec) == "http://u\n\nbody {x}"

@@ -22,10 +22,10 @@ from helpers_corpus import (
 )
 
 from capatlas import cli
-from capatlas.corpus import iter_records
+from capatlas.corpus.readers import iter_records
 from capatlas.errors import CapatlasError
-from capatlas.io import file_sha256
-from capatlas.manifest import (
+from capatlas.fileio import file_sha256
+from capatlas.corpus.manifest import (
     BinCandidates,
     Candidate,
     Doc,
@@ -372,7 +372,7 @@ def test_dedup_off_keeps_copies(tmp_path, tokenizer_dir, capsys):
 def test_classifier_labels_through_labels_dir(tmp_path, tokenizer_dir, capsys):
     import pyarrow as pa
 
-    from capatlas.corpus import file_key
+    from capatlas.corpus.readers import file_key
 
     corpus = write_records(tmp_path / "data" / "common_crawl-games-0001" / "p.jsonl.zst", make_records(6))
     labels_dir = tmp_path / "labels"

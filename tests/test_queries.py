@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from capatlas import benchmarks as bm
-from capatlas import queries as qm
+from capatlas.benchmarks import items as bm
+from capatlas.benchmarks import queries as qm
 from capatlas.errors import CapatlasError
 
 SENTENCES = [
@@ -192,7 +192,7 @@ def cli(monkeypatch):
     from capatlas import cli as cli_module
 
     if not any(name == "queries" for name, _, _ in cli_module.STAGES):
-        stage = ("queries", "capatlas.queries", "tokenize a benchmark's items as attribution queries")
+        stage = ("queries", "capatlas.benchmarks.queries", "tokenize a benchmark's items as attribution queries")
         monkeypatch.setattr(cli_module, "STAGES", (*cli_module.STAGES, stage))
     return cli_module.main
 
@@ -293,7 +293,7 @@ def test_queries_are_cut_to_what_attribution_takes(tmp_path, tok_dir, cli):
 
     from transformers import Olmo3Config
 
-    from capatlas.attribution import load_query_set
+    from capatlas.attribution.context import load_query_set
 
     long_rows = [{**row, "question": f"Which animal is number {k}? " + "the cat sat on the mat " * 12}
                  for k, row in enumerate(ARC_ROWS[:3])]  # fmt: skip

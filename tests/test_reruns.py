@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from capatlas.artifacts.binsums import ARRAYS, read_bin_sums
 from helpers_runs import (
     BIN_MATRIX,
     Run,
@@ -68,7 +69,7 @@ def finished(output: str) -> list[tuple[str, str | None]]:
 def scored_outputs(results: Path, shard: str) -> tuple[Path, Path]:
     return (
         results / "attribution" / "scores" / f"shard-{shard}.parquet",
-        results / "attribution" / "binsums" / f"shard-{shard}.npz",
+        results / "attribution" / "binsums" / f"shard-{shard}.safetensors",
     )
 
 
@@ -91,11 +92,12 @@ def assert_scores_equal(results: Path, reference: Path, shard: str) -> None:
             assert got.column("doc_id").to_pylist() == shard_docs.column("doc_id").to_pylist()
             assert got.equals(want), f"{path} differs from the clean run's"
         else:
-            with np.load(path) as got, np.load(ref) as want:
-                assert sorted(got.files) == sorted(want.files)
-                for key in got.files:
-                    if key != "provenance":
-                        np.testing.assert_array_equal(got[key], want[key], err_msg=f"{path}:{key}")
+            # Arrays only: the provenance names each run's own directory.
+            got, want = read_bin_sums(path), read_bin_sums(ref)
+            assert list(got.benchmarks) == list(want.benchmarks)
+            for name in got.benchmarks:
+                for key in ARRAYS:
+                    np.testing.assert_array_equal(getattr(got[name], key), getattr(want[name], key), err_msg=f"{path}:{name}/{key}")
 
 
 # --------------------------------------------------------------------------- a failed shard

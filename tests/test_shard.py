@@ -20,8 +20,8 @@ from helpers_corpus import (
 )
 
 from capatlas import cli
-from capatlas.manifest import text_sha256
-from capatlas.shard import SHARD_SCHEMA, assign_shards, write_shards
+from capatlas.corpus.manifest import text_sha256
+from capatlas.corpus.shard import SHARD_SCHEMA, assign_shards, write_shards
 
 
 def test_greedy_assignment_rule():

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from capatlas import evaluate, unlearn
+from capatlas.benchmarks import evaluate
+from capatlas.unlearning import unlearn
 from capatlas.errors import CapatlasError
 from helpers_unlearning import make_config, sentences, tiny_model_dir, write_benchmarks
 

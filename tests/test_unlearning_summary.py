@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from capatlas import unlearning_summary as us
+from capatlas.unlearning import summary as us
 from capatlas.errors import CapatlasError
-from capatlas.forget_sets import planned_runs
+from capatlas.unlearning.forget_sets import planned_runs
 from helpers_unlearning import make_config, write_benchmarks
 
 BENCHES = ("bench_a", "bench_b", "bench_c")
@@ -174,7 +174,7 @@ def test_missing_eval_or_adapter_names_the_run(tmp_path):
 
 
 def test_constant_differences_up_to_rounding_are_not_significant():
-    from capatlas.unlearning_summary import cohens_dz, ttest_greater
+    from capatlas.unlearning.summary import cohens_dz, ttest_greater
 
     # Two cells whose accuracy differences are both 2/24 - 0/24, computed two ways.
     d = np.array([2 / 24 - 0 / 24, (1 / 24 + 1 / 24) - 0.0])

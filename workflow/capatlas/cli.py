@@ -1,8 +1,9 @@
 """The `capatlas` console command: one sub-command per pipeline stage.
 
-Each stage module defines ``add_arguments(parser)`` and ``run(args)``; the
-module is imported only when its sub-command runs, so `capatlas --help`
-and light stages do not pay for importing torch.
+Each stage module has the shape of `capatlas.command` (``COMMAND``,
+``add_arguments(parser)``, ``run(args, config)``); the module is imported
+only when its sub-command runs, so `capatlas --help` and light stages do
+not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -16,27 +17,29 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from . import __version__
-from .errors import CapatlasError
+from capatlas import __version__
+from capatlas.command import build_parser as build_stage_parser
+from capatlas.command import prepare
+from capatlas.errors import CapatlasError
 
 # (sub-command, module, one-line help)
 STAGES: tuple[tuple[str, str, str], ...] = (
-    ("demo-world", "capatlas.demo_world", "write the synthetic demo corpus, benchmark items and ground truth"),
-    ("demo-model", "capatlas.demo_model", "train the demo tokenizer and tiny OLMo-3 model on the demo corpus"),
-    ("labels", "capatlas.labels", "label one corpus file with WebOrganizer topic/format classifiers"),
-    ("manifest", "capatlas.manifest", "stratified, deduplicated sample of the corpus per topic x format bin"),
-    ("shard", "capatlas.shard", "split the manifest into token-balanced shards with text"),
-    ("queries", "capatlas.queries", "tokenize a benchmark's items as attribution queries (completion-only labels)"),
-    ("preconditioner", "capatlas.attribution_precondition", "fit TrackStar's mixed preconditioner R on a seeded sample of all shards plus the queries"),
-    ("query-gradients", "capatlas.attribution_queries", "one benchmark's preconditioned, unit-normalised query gradients (Bergson query index)"),
-    ("score-shard", "capatlas.attribution_score", "score one shard against every benchmark's queries; per-bin sums per query"),
-    ("influence", "capatlas.influence", "bin-level influence matrix (means, z, bootstrap CIs) and topic/format marginals from shard scores"),
-    ("contrast", "capatlas.contrast", "2 x 2 contrasts of a bin matrix: correlations, contrasts, sharpness, interaction, robustness"),
-    ("figures", "capatlas.analysis_figures", "heatmaps, contrast bars and correlation matrices of the analysis"),
-    ("evaluate", "capatlas.evaluate", "multiple-choice log-likelihood evaluation (acc, acc_norm, answer log-prob) of a model or adapter"),
-    ("forget-sets", "capatlas.forget_sets", "forget sets (influence-ranked, size-matched random, global controls) and retain pools"),
-    ("unlearn", "capatlas.unlearn", "one unlearning run (GA, GradDiff, NGDiff, NPO; LoRA or full) and its evaluation"),
-    ("unlearning-summary", "capatlas.unlearning_summary", "gamma per run, paired influence-vs-random statistics and figures"),
+    ("demo-world", "capatlas.demo.world", "write the synthetic demo corpus, benchmark items and ground truth"),
+    ("demo-model", "capatlas.demo.model", "train the demo tokenizer and tiny OLMo-3 model on the demo corpus"),
+    ("labels", "capatlas.corpus.labels", "label one corpus file with WebOrganizer topic/format classifiers"),
+    ("manifest", "capatlas.corpus.manifest", "stratified, deduplicated sample of the corpus per topic x format bin"),
+    ("shard", "capatlas.corpus.shard", "split the manifest into token-balanced shards with text"),
+    ("queries", "capatlas.benchmarks.queries", "tokenize a benchmark's items as attribution queries (completion-only labels)"),
+    ("preconditioner", "capatlas.attribution.precondition", "fit TrackStar's mixed preconditioner R on a seeded sample of all shards plus the queries"),
+    ("query-gradients", "capatlas.attribution.query_gradients", "one benchmark's preconditioned, unit-normalised query gradients (Bergson query index)"),
+    ("score-shard", "capatlas.attribution.score_shard", "score one shard against every benchmark's queries; per-bin sums per query"),
+    ("influence", "capatlas.analysis.influence", "bin-level influence matrix (means, z, bootstrap CIs) and topic/format marginals from shard scores"),
+    ("contrast", "capatlas.analysis.contrast", "2 x 2 contrasts of a bin matrix: correlations, contrasts, sharpness, interaction, robustness"),
+    ("figures", "capatlas.analysis.figures", "heatmaps, contrast bars and correlation matrices of the analysis"),
+    ("evaluate", "capatlas.benchmarks.evaluate", "multiple-choice log-likelihood evaluation (acc, acc_norm, answer log-prob) of a model or adapter"),
+    ("forget-sets", "capatlas.unlearning.forget_sets", "forget sets (influence-ranked, size-matched random, global controls) and retain pools"),
+    ("unlearn", "capatlas.unlearning.unlearn", "one unlearning run (GA, GradDiff, NGDiff, NPO; LoRA or full) and its evaluation"),
+    ("unlearning-summary", "capatlas.unlearning.summary", "gamma per run, paired influence-vs-random statistics and figures"),
     ("check-config", "capatlas.config_cli", "validate a config file and print it with defaults filled in"),
 )
 
@@ -51,7 +54,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(_module=module)
         if name == command:
-            importlib.import_module(module).add_arguments(sub)
+            build_stage_parser(importlib.import_module(module), sub)
     return parser
 
 
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         with sigterm_unwinds():
-            module.run(args)
+            module.run(args, prepare(args, module.COMMAND))
     except CapatlasError as exc:
         print(f"capatlas {args.command}: error: {exc}", file=sys.stderr)
         return 2

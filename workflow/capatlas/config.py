@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import CapatlasError
+from capatlas.errors import CapatlasError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 

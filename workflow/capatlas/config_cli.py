@@ -6,13 +6,14 @@ import argparse
 
 import yaml
 
-from .config import load_config
+from capatlas.command import Command
+
+COMMAND = Command(config_help="YAML config file")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
+    """No options of its own: `--config` is the whole input."""
 
 
-def run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     print(yaml.safe_dump(config, sort_keys=False), end="")

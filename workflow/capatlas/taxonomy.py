@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import CapatlasError
+from capatlas.errors import CapatlasError
 
 TOPICS: tuple[tuple[str, str], ...] = (
     ("Adult Content", "adult_content"),

@@ -23,7 +23,7 @@ rule influence:
             f"{RUN}/attribution/scores/shard-{{shard}}.parquet", shard=SHARD_IDS
         ),
         binsums=expand(
-            f"{RUN}/attribution/binsums/shard-{{shard}}.npz", shard=SHARD_IDS
+            f"{RUN}/attribution/binsums/shard-{{shard}}.safetensors", shard=SHARD_IDS
         ),
     output:
         matrix=report(

@@ -8,7 +8,7 @@ FINAL_TARGETS.extend(
     expand(
         [
             f"{ATTRIBUTION}/scores/shard-{{shard}}.parquet",
-            f"{ATTRIBUTION}/binsums/shard-{{shard}}.npz",
+            f"{ATTRIBUTION}/binsums/shard-{{shard}}.safetensors",
         ],
         shard=SHARD_IDS,
     )
@@ -115,7 +115,7 @@ rule score_shard:
         preconditioner=f"{ATTRIBUTION}/preconditioner",
     output:
         scores=f"{ATTRIBUTION}/scores/shard-{{shard}}.parquet",
-        binsums=f"{ATTRIBUTION}/binsums/shard-{{shard}}.npz",
+        binsums=f"{ATTRIBUTION}/binsums/shard-{{shard}}.safetensors",
     log:
         f"{RUN}/logs/attribution/scores/shard-{{shard}}.log",
     benchmark:

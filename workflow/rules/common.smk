@@ -11,9 +11,9 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from capatlas.config import validate_config, run_dir
-from capatlas.corpus import expand_paths, file_key
+from capatlas.corpus.readers import expand_paths, file_key
 from capatlas.errors import CapatlasError
-from capatlas.io import write_text
+from capatlas.fileio import write_text
 
 try:
     config.update(validate_config(config, source="Snakemake config"))

@@ -2,7 +2,7 @@
 # condition, seed) and the paired statistics. Runs are enumerated from the
 # config when the DAG is planned; top-k units are rank slots (top1, ...)
 # that the forget_sets job resolves from the bin matrix (no checkpoint).
-from capatlas.forget_sets import planned_runs, unlearning_targets
+from capatlas.unlearning.forget_sets import planned_runs, unlearning_targets
 
 UNLEARNING = f"{RUN}/unlearning"
 EVAL_DIR = f"{RUN}/eval"

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import stats
 
-from .taxonomy import N_BINS
+from capatlas.taxonomy import N_BINS
 
 # Recorded in the score-shard provenance: a change to how weights are drawn
 # must make old shard outputs unusable, not silently mixed with new ones.

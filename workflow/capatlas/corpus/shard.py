@@ -35,12 +35,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .corpus import iter_records
-from .errors import CapatlasError
-from .io import atomic_path, file_sha256, write_json, write_parquet
-from .manifest import text_sha256
+from capatlas.command import Command
+from capatlas.corpus.readers import iter_records
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet
+from capatlas.corpus.manifest import text_sha256
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command()
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -290,16 +293,12 @@ def write_shards(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--manifest", required=True, help="manifest directory (manifest.parquet, locations.parquet)")
     parser.add_argument("--out", required=True, help="shards directory (replaced atomically)")
     parser.add_argument("--threads", type=int, default=None, help="processes reading files (default: manifest.threads)")
 
 
-def run(args: argparse.Namespace) -> None:
-    from .config import load_config
-
-    config = load_config(args.config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     threads = args.threads if args.threads is not None else config["manifest"]["threads"]
     write_shards(
         args.manifest,

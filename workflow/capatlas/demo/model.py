@@ -33,11 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import apply_offline, load_config
-from .errors import CapatlasError
-from .io import atomic_path
+from capatlas.command import Command
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config_help="capatlas config YAML (uses keys seed and demo)")
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -436,13 +438,10 @@ def train_demo_model(config: dict, world_dir: Path, out_dir: Path) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="capatlas config YAML (uses keys seed and demo)")
     parser.add_argument("--world", required=True, help="demo world directory (capatlas demo-world --out)")
     parser.add_argument("--out", required=True, help="directory to write the model into (replaced as a whole)")
 
 
-def run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
-    apply_offline(config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train_demo_model(config, Path(args.world), Path(args.out))

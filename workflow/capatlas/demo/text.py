@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .taxonomy import FORMAT_SLUGS, TOPIC_SLUGS
+from capatlas.taxonomy import FORMAT_SLUGS, TOPIC_SLUGS
 
 
 @dataclass(frozen=True)

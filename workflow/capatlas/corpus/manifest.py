@@ -65,13 +65,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from . import __version__
-from .corpus import CorpusRecord, LabelResolver, expand_paths, iter_records, record_location
-from .errors import CapatlasError
-from .io import atomic_path, file_sha256, write_json, write_parquet, write_text
-from .taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS, bin_slug
+from capatlas import __version__
+from capatlas.command import Command
+from capatlas.corpus.readers import CorpusRecord, LabelResolver, expand_paths, iter_records, record_location
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet, write_text
+from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS, bin_slug
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command()
 
 TWO_64 = 1 << 64
 TOKENIZE_BATCH = 256
@@ -438,6 +441,42 @@ class Merger:
             {"path": scan.source_file, "size": scan.size, "sha256": scan.sha256, "records": scan.n_records}
         )
 
+    def _wanted_keys(self, keys: np.ndarray, cats: np.ndarray, ambiguous: np.ndarray) -> tuple[np.ndarray, set[int]]:
+        """Keys to re-read: the ambiguous texts and, under quota, each affected bin's first candidates."""
+        settings = self.settings
+        if settings.allocation != "quota" or not len(ambiguous):
+            return ambiguous, set()
+        amb_pass = np.isin(keys, ambiguous) & (cats % 2 == 1)
+        amb_bins = {int(b) for b in np.unique(cats[amb_pass] // 2)}
+        prefixes = [ambiguous]
+        for b in sorted(amb_bins):
+            in_bin = keys[cats == 2 * b + 1]  # already sorted, unique within the category
+            a_b = int(np.isin(in_bin, ambiguous).sum())
+            prefixes.append(in_bin[: settings.docs_per_bin + a_b])
+        return np.unique(np.concatenate(prefixes)), amb_bins
+
+    def _resolve_copies(self, wanted, dup_ids, ambiguous, rescan: Rescan) -> tuple[list[Candidate], int]:
+        """Re-read the files holding `wanted` keys or repeated ids; the wanted candidates and the file count."""
+        if not (len(wanted) or len(dup_ids)):
+            return [], 0
+        requests = {}
+        for path, file_keys, file_ids in self._files:
+            w = wanted[np.isin(wanted, file_keys)] if len(wanted) else wanted
+            d = dup_ids[np.isin(dup_ids, file_ids)] if len(dup_ids) else dup_ids
+            if len(w) or len(d):
+                requests[path] = (w, d)
+        log.info(
+            "%d texts have copies that disagree on bin or filter and %d doc ids repeat: "
+            "re-reading %d files to resolve them",
+            len(ambiguous),
+            len(dup_ids),
+            len(requests),
+        )
+        docs = rescan(requests)
+        _check_duplicate_ids(docs, dup_ids, self.settings.dedup)
+        wanted_set = set(int(k) for k in wanted)
+        return [c for c in (candidate(self.settings, d) for d in docs) if c.key in wanted_set], len(requests)
+
     def finish(self, rescan: Rescan) -> ManifestResult:
         settings = self.settings
         if int(self.population.sum()) == 0:
@@ -459,40 +498,9 @@ class Merger:
         dup_ids = np.unique(ids[1:][ids[1:] == ids[:-1]])
         del ids
 
-        wanted = ambiguous
-        amb_bins: set[int] = set()
-        if settings.allocation == "quota" and len(ambiguous):
-            amb_pass = np.isin(keys, ambiguous) & (cats % 2 == 1)
-            amb_bins = {int(b) for b in np.unique(cats[amb_pass] // 2)}
-            prefixes = [ambiguous]
-            for b in sorted(amb_bins):
-                in_bin = keys[cats == 2 * b + 1]  # already sorted, unique within the category
-                a_b = int(np.isin(in_bin, ambiguous).sum())
-                prefixes.append(in_bin[: settings.docs_per_bin + a_b])
-            wanted = np.unique(np.concatenate(prefixes))
+        wanted, amb_bins = self._wanted_keys(keys, cats, ambiguous)
         del keys, cats
-
-        copies: list[Candidate] = []
-        rescanned = 0
-        if len(wanted) or len(dup_ids):
-            requests = {}
-            for path, file_keys, file_ids in self._files:
-                w = wanted[np.isin(wanted, file_keys)] if len(wanted) else wanted
-                d = dup_ids[np.isin(dup_ids, file_ids)] if len(dup_ids) else dup_ids
-                if len(w) or len(d):
-                    requests[path] = (w, d)
-            rescanned = len(requests)
-            log.info(
-                "%d texts have copies that disagree on bin or filter and %d doc ids repeat: "
-                "re-reading %d files to resolve them",
-                len(ambiguous),
-                len(dup_ids),
-                rescanned,
-            )
-            docs = rescan(requests)
-            _check_duplicate_ids(docs, dup_ids, settings.dedup)
-            wanted_set = set(int(k) for k in wanted)
-            copies = [c for c in (candidate(settings, d) for d in docs) if c.key in wanted_set]
+        copies, rescanned = self._resolve_copies(wanted, dup_ids, ambiguous, rescan)
 
         ambiguous_set = set(int(k) for k in ambiguous)
         owners = dedup_owners((c for c in copies if c.key in ambiguous_set or c.bin_id in amb_bins), settings.dedup)
@@ -865,7 +873,6 @@ def resolve_tokenizer(config: Mapping[str, Any], cli_value: str | None) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--files", nargs="+", default=None, help="corpus files or globs (default: config corpus.paths)")
     parser.add_argument(
@@ -877,11 +884,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="processes (default: manifest.threads)")
 
 
-def run(args: argparse.Namespace) -> None:
-    from .config import apply_offline, load_config
-
-    config = load_config(args.config)
-    apply_offline(config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     globs = args.files or config["corpus"]["paths"]
     if not globs:
         raise CapatlasError("no corpus files: pass --files or set config key 'corpus.paths'")

@@ -1,6 +1,6 @@
 """`capatlas evaluate`: multiple-choice log-likelihood evaluation of a causal LM (optionally + LoRA adapter).
 
-Every configured benchmark's items are rendered by `capatlas.benchmarks`
+Every configured benchmark's items are rendered by `capatlas.benchmarks.items`
 (OLMES RC, OLMES MC or lm-evaluation-harness format, with few-shot
 examples), and each continuation is scored by its summed log-probability
 given the prompt. The definitions follow lm-evaluation-harness:
@@ -34,12 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .benchmarks import load_all_items, load_fewshot_pool, render_items, subsample
-from .config import apply_offline, load_config, run_dir
-from .errors import CapatlasError
-from .io import write_json
+from capatlas.command import Command
+from capatlas.benchmarks.items import load_all_items, load_fewshot_pool, render_items, subsample
+from capatlas.config import run_dir
+from capatlas.errors import CapatlasError
+from capatlas.fileio import write_json
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config_help="capatlas config (keys seed, benchmarks, evaluation)")
 
 PREFIX_TOKENS = ("eos", "bos", "none")
 
@@ -317,7 +320,6 @@ def default_world(config: dict, given: str | None) -> str | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="capatlas config (keys seed, benchmarks, evaluation)")
     parser.add_argument("--model", required=True, help="HF causal LM directory (or hub id in the local cache)")
     parser.add_argument("--adapter", default=None, help="peft LoRA adapter directory applied on top of --model")
     parser.add_argument("--world", default=None, help="demo world directory ({world} in sources; default: the run's)")
@@ -325,9 +327,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="eval/<model key>.json (written atomically)")
 
 
-def run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
-    apply_offline(config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     result = evaluate_model(
         config, args.model, adapter=args.adapter, world_dir=default_world(config, args.world), names=args.benchmark
     )

@@ -67,13 +67,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .benchmarks import stable_hash
-from .config import load_config
-from .errors import CapatlasError
-from .io import write_json, write_parquet
-from .taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS, bin_slug
+from capatlas.command import Command
+from capatlas.benchmarks.items import stable_hash
+from capatlas.errors import CapatlasError
+from capatlas.fileio import write_json, write_parquet
+from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS, bin_slug
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config_help="capatlas config (keys benchmarks, unlearning)")
 
 METADATA_KEY = b"capatlas"
 UNIT_CONDITIONS = ("influence", "random")
@@ -516,7 +518,6 @@ def write_all(config: dict, docs: pd.DataFrame, bin_matrix: pd.DataFrame | None,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="capatlas config (keys benchmarks, unlearning)")
     parser.add_argument("--manifest", required=True, help="manifest/manifest.parquet")
     parser.add_argument("--scores", nargs="+", required=True, help="attribution/scores/shard-*.parquet")
     parser.add_argument("--shards", nargs="+", required=True, help="shards/shard-*.parquet (texts)")
@@ -524,8 +525,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the unlearning/ directory")
 
 
-def run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     benchmarks = [b["name"] for b in config["benchmarks"]]
     docs = read_scored_docs(Path(args.manifest), [Path(p) for p in args.scores], benchmarks)
     bin_matrix = None

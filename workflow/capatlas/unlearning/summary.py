@@ -40,12 +40,14 @@ import pandas as pd
 import pyarrow as pa
 from scipy import stats
 
-from .config import load_config
-from .errors import CapatlasError
-from .forget_sets import PAIRS, PlannedRun, planned_runs
-from .io import atomic_path, write_json, write_parquet
+from capatlas.command import Command
+from capatlas.errors import CapatlasError
+from capatlas.unlearning.forget_sets import PAIRS, PlannedRun, planned_runs
+from capatlas.fileio import atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config_help="capatlas config (key unlearning)")
 
 METRICS = ("acc", "acc_norm", "logprob", "logprob_per_char")
 
@@ -358,14 +360,12 @@ def summarise(config: dict, baseline_path: Path, unlearning_dir: Path, figures_d
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="capatlas config (key unlearning)")
     parser.add_argument("--baseline", required=True, help="eval/base.json")
     parser.add_argument("--unlearning-dir", required=True, help="the unlearning/ directory holding every run")
     parser.add_argument("--figures", required=True, help="directory for the figures")
 
 
-def run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     result = summarise(config, Path(args.baseline), Path(args.unlearning_dir), Path(args.figures))
     for row in result["paired"]:
         log.info(

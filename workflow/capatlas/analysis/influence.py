@@ -2,8 +2,8 @@
 
 Streams every shard's ``attribution/scores/shard-*.parquet`` (one float32
 column per benchmark, the document's mean cosine over that benchmark's
-queries) and ``attribution/binsums/shard-*.npz`` (per bin and query: sum,
-sum of squares, count), one shard at a time, into per-bin accumulators.
+queries) and ``attribution/binsums/shard-*.safetensors`` (per bin and
+query: sum and count; `capatlas.artifacts.binsums`), one shard at a time, into per-bin accumulators.
 Memory depends on bins x benchmarks x bootstrap replicates, never on the
 number of documents.
 
@@ -16,7 +16,7 @@ Per benchmark and bin (576 bins, empty ones kept with n_docs = 0):
 * ``ci_low``/``ci_high``: percentile CI of the bin mean from a Poisson
   bootstrap over documents. Each document gets a Poisson(1) weight per
   replicate, drawn from a counter-based hash of (seed, doc_id, replicate)
-  (`capatlas.doc_bootstrap`), so the replicates do not depend on shard
+  (`capatlas.artifacts.doc_bootstrap`), so the replicates do not depend on shard
   count, shard order or row order. Every score-shard job has already summed
   weight x score and the weights per replicate and bin for its documents
   (``<b>/boot_sum``, ``<b>/boot_weight``); this stage adds those up, so it
@@ -43,16 +43,13 @@ refused by name.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
-import struct
 import warnings
-import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,21 +58,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .attribution import canonical_json, identity_differences
-from .attribution_score import PROVENANCE_KEY
-from .doc_bootstrap import WEIGHTS_SCHEME
-from .errors import CapatlasError
-from .io import atomic_path, write_parquet
-from .taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS
+from capatlas.command import Command
+from capatlas.artifacts.binsums import BenchmarkSums, BinSums, read_bin_sums
+from capatlas.artifacts.provenance import canonical_json, identity_differences, parquet_provenance
+from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path, write_parquet
+from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config_help="capatlas config (keys seed and analysis)")
 
 STAGE = "influence"
 MATRIX_FILE = "bin_matrix.parquet"
 TOPIC_FILE = "topic_marginals.parquet"
 FORMAT_FILE = "format_marginals.parquet"
 BOOTSTRAP_FILE = "bin_bootstrap.npz"
-METADATA_KEY = b"capatlas.influence"
+METADATA_KEY = b"capatlas.analysis.influence"
 
 BIN_TOPIC = np.arange(N_BINS) // N_FORMATS
 BIN_FORMAT = np.arange(N_BINS) % N_FORMATS
@@ -126,9 +126,7 @@ def read_score_provenance(path: Path) -> dict:
         metadata = pq.read_schema(path).metadata or {}
     except Exception as exc:
         raise CapatlasError(f"{path} is not a readable parquet file: {exc}") from None
-    if PROVENANCE_KEY not in metadata:
-        raise CapatlasError(f"{path} carries no provenance ({PROVENANCE_KEY.decode()}): rerun `capatlas score-shard`")
-    return json.loads(metadata[PROVENANCE_KEY])
+    return parquet_provenance(metadata, path, produced_by="score-shard")
 
 
 def run_signature(provenance: dict) -> dict:
@@ -159,74 +157,6 @@ def check_same_run(reference: dict, reference_source: Path, signature: dict, sou
             f"(different model, settings, preconditioner or queries): {shown}. "
             "Rescore it with `capatlas score-shard` against the same preconditioner and query indices"
         )
-
-
-def _stored_member(handle, info: zipfile.ZipInfo, buffers: dict | None) -> np.ndarray:
-    """One uncompressed .npy member of an open npz, read straight into an array.
-
-    np.load reads npz members through zipfile, which CRC-checks every byte
-    and copies it twice; at paper scale that is 1,000 shards x ~70 MB. Here
-    the member's data are located from its local header and read once, into
-    a buffer of `buffers` reused from the previous shard when the shape and
-    dtype agree. A size check stands in for the CRC: outputs are written
-    atomically, so what can go wrong is a truncated or foreign file.
-    """
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise ValueError(f"member {info.filename} is compressed (expected np.savez, not savez_compressed)")
-    handle.seek(info.header_offset)
-    local = handle.read(30)
-    if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise ValueError(f"member {info.filename} has no valid local header")
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    handle.seek(start)
-    version = np.lib.format.read_magic(handle)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-    if dtype.hasobject:
-        raise ValueError(f"member {info.filename} holds Python objects")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if handle.tell() - start + nbytes != info.file_size:
-        raise ValueError(f"member {info.filename} is {info.file_size} bytes, not the {nbytes} its header implies")
-    stored_shape = tuple(reversed(shape)) if fortran else tuple(shape)
-    array = None if buffers is None else buffers.get(info.filename)
-    if array is None or array.shape != stored_shape or array.dtype != dtype:
-        array = np.empty(stored_shape, dtype=dtype)
-        if buffers is not None:
-            buffers[info.filename] = array
-    if nbytes and handle.readinto(array.reshape(-1).view(np.uint8)) != nbytes:
-        raise ValueError(f"member {info.filename} is truncated")
-    return array.T if fortran else array
-
-
-BIN_SUM_KEYS = ("sum", "count", "item_ids", "boot_sum", "boot_weight")
-
-
-def read_bin_sums(path: Path, buffers: dict | None = None) -> dict:
-    """{benchmark: {sum, count, item_ids, boot_sum, boot_weight}} plus 'provenance' from a bin-sums npz.
-
-    Like ``attribution_score.read_binsums`` but without ``sumsq``, which this
-    stage does not use (at paper scale that halves what 1,000 shards make it
-    read), and with `_stored_member`'s single-copy reads. With `buffers`,
-    the arrays returned are overwritten by the next call that passes the
-    same dict.
-    """
-    with open(path, "rb") as handle:
-        with zipfile.ZipFile(handle) as archive:
-            members = {info.filename: info for info in archive.infolist()}
-
-        def member(key: str) -> np.ndarray:
-            info = members.get(f"{key}.npy")
-            if info is None:
-                raise KeyError(f"no array {key!r}")
-            return _stored_member(handle, info, buffers)
-
-        out: dict = {"provenance": json.loads(str(member("provenance")))}
-        for name in member("benchmarks").tolist():
-            out[name] = {key: member(f"{name}/{key}") for key in BIN_SUM_KEYS}
-    return out
 
 
 def check_bootstrap_settings(provenance: dict, source: Path, n_bootstrap: int, seed: int) -> None:
@@ -370,27 +300,77 @@ class InfluenceResult:
     provenance: dict
 
 
+def _read_shard_scores(shard: ShardFiles, benchmarks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's bins and document scores [docs, benchmarks]; doc_id is not read (the bootstrap comes summed)."""
+    names = pq.read_schema(shard.scores).names
+    missing = [c for c in ("doc_id", "bin_id", *benchmarks) if c not in names]
+    if missing:
+        raise CapatlasError(f"{shard.scores} lacks column(s) {', '.join(missing)}")
+    table = pq.read_table(shard.scores, columns=["bin_id", *benchmarks])
+    bins = table.column("bin_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(bins) and (bins.min() < 0 or bins.max() >= N_BINS):
+        raise CapatlasError(f"{shard.scores}: bin_id outside 0..{N_BINS - 1}")
+    if not len(bins):
+        return bins, np.zeros((0, len(benchmarks)))
+    values = np.column_stack([table.column(b).to_numpy(zero_copy_only=False).astype(np.float64) for b in benchmarks])
+    return bins, values
+
+
+@dataclass
+class _QuerySums:
+    """Per benchmark: bin sums per query and scored-document counts, added over shards."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    item_ids: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, shard: ShardFiles, name: str, entry: BenchmarkSums, scored: np.ndarray, n_bootstrap: int) -> None:
+        if not np.array_equal(entry.count, scored):
+            bad = int(np.flatnonzero(entry.count != scored)[0])
+            raise CapatlasError(
+                f"{shard.binsums} counts {int(entry.count[bad])} scored documents in bin {bad} for {name!r}, "
+                f"but {shard.scores} has {int(scored[bad])}: the two files do not belong together; rescore {shard.key}"
+            )
+        item_ids = np.array(entry.item_ids, dtype=str)
+        if name not in self.sums:
+            self.sums[name] = np.zeros_like(entry.sum, dtype=np.float64)
+            self.counts[name] = np.zeros(N_BINS, dtype=np.int64)
+            self.item_ids[name] = item_ids
+        elif not np.array_equal(self.item_ids[name], item_ids):
+            raise CapatlasError(f"{shard.binsums}: the queries of {name!r} differ from those of earlier shards")
+        self.sums[name] += entry.sum
+        self.counts[name] += entry.count
+        boot_shape = (n_bootstrap, N_BINS)
+        for key in ("boot_sum", "boot_weight"):
+            if getattr(entry, key).shape != boot_shape:
+                raise CapatlasError(
+                    f"{shard.binsums}: {name}/{key} has shape {getattr(entry, key).shape}, not {boot_shape}; "
+                    f"rescore {shard.key}"
+                )
+
+
+def _read_bin_sums_of(shard: ShardFiles, provenance: dict) -> BinSums:
+    # sumsq is not read: this stage does not use it.
+    sums = read_bin_sums(shard.binsums, arrays=("sum", "count", "boot_sum", "boot_weight"))
+    if canonical_json(sums.provenance) != canonical_json(provenance):
+        raise CapatlasError(
+            f"{shard.binsums} and {shard.scores} carry different provenance: they are not the two "
+            f"outputs of one `capatlas score-shard` run of {shard.key}; rescore that shard"
+        )
+    return sums
+
+
 def compute_influence(
     shards: Sequence[ShardFiles], *, n_bootstrap: int = 1000, seed: int = 42, ci_level: float = 0.95
 ) -> InfluenceResult:
+    """Stream the shards (one at a time) into bin accumulators; return the matrix, marginals and replicates."""
     reference = None
     accumulator = None
-    bin_sums: dict[str, np.ndarray] = {}
-    bin_counts: dict[str, np.ndarray] = {}
-    item_ids: dict[str, np.ndarray] = {}
+    query_sums = _QuerySums()
     n_docs_total = 0
-    buffers: dict = {}  # the bin sums' arrays, reused shard after shard
     for shard in tqdm(shards, desc="influence: shards", unit="shard"):
         provenance = read_score_provenance(shard.scores)
-        try:
-            sums = read_bin_sums(shard.binsums, buffers)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise CapatlasError(f"{shard.binsums} is not a readable bin-sums file: {exc}") from None
-        if canonical_json(sums["provenance"]) != canonical_json(provenance):
-            raise CapatlasError(
-                f"{shard.binsums} and {shard.scores} carry different provenance: they are not the two "
-                f"outputs of one `capatlas score-shard` run of {shard.key}; rescore that shard"
-            )
+        sums = _read_bin_sums_of(shard, provenance)
         signature = run_signature(provenance)
         if reference is None:
             reference = (signature, shard.scores, provenance)
@@ -402,63 +382,51 @@ def compute_influence(
             raise CapatlasError(f"{shard.scores}: its provenance lists no benchmarks; rerun `capatlas score-shard`")
         if accumulator is None:
             accumulator = BinAccumulator(benchmarks, n_bootstrap)
-        names = pq.read_schema(shard.scores).names
-        missing = [c for c in ("doc_id", "bin_id", *benchmarks) if c not in names]
-        if missing:
-            raise CapatlasError(f"{shard.scores} lacks column(s) {', '.join(missing)}")
-        # doc_id is not read: the document bootstrap comes summed in the bin sums.
-        table = pq.read_table(shard.scores, columns=["bin_id", *benchmarks])
-        bins = table.column("bin_id").to_numpy(zero_copy_only=False).astype(np.int64)
-        if len(bins) and (bins.min() < 0 or bins.max() >= N_BINS):
-            raise CapatlasError(f"{shard.scores}: bin_id outside 0..{N_BINS - 1}")
-        values = (
-            np.column_stack([table.column(b).to_numpy(zero_copy_only=False).astype(np.float64) for b in benchmarks])
-            if len(bins)
-            else np.zeros((0, len(benchmarks)))
-        )
-        del table
+        bins, values = _read_shard_scores(shard, benchmarks)
         scored = accumulator.add(bins, values)
         n_docs_total += len(bins)
         for j, name in enumerate(benchmarks):
-            if name not in sums:
+            if name not in sums.benchmarks:
                 raise CapatlasError(f"{shard.binsums} holds no bin sums for benchmark {name!r}; rescore {shard.key}")
-            entry = sums[name]
-            if not np.array_equal(entry["count"], scored[j]):
-                bad = int(np.flatnonzero(entry["count"] != scored[j])[0])
-                raise CapatlasError(
-                    f"{shard.binsums} counts {int(entry['count'][bad])} scored documents in bin {bad} for {name!r}, "
-                    f"but {shard.scores} has {int(scored[j][bad])}: the two files do not belong together; rescore {shard.key}"
-                )
-            if name not in bin_sums:
-                bin_sums[name] = np.zeros_like(entry["sum"], dtype=np.float64)
-                bin_counts[name] = np.zeros(N_BINS, dtype=np.int64)
-                item_ids[name] = entry["item_ids"]
-            elif not np.array_equal(item_ids[name], entry["item_ids"]):
-                raise CapatlasError(f"{shard.binsums}: the queries of {name!r} differ from those of earlier shards")
-            bin_sums[name] += entry["sum"]
-            bin_counts[name] += entry["count"]
-            boot_shape = (n_bootstrap, N_BINS)
-            for key in ("boot_sum", "boot_weight"):
-                if entry[key].shape != boot_shape:
-                    raise CapatlasError(
-                        f"{shard.binsums}: {name}/{key} has shape {entry[key].shape}, not {boot_shape}; "
-                        f"rescore {shard.key}"
-                    )
-            accumulator.add_bootstrap(j, entry["boot_sum"], entry["boot_weight"])
+            query_sums.add(shard, name, sums[name], scored[j], n_bootstrap)
+            accumulator.add_bootstrap(j, sums[name].boot_sum, sums[name].boot_weight)
     assert accumulator is not None and reference is not None
 
     names = accumulator.benchmarks
     bin_stats = accumulator.bin_stats()
-    z = zscore(bin_stats["mean"])
     doc_reps = accumulator.document_replicates() if n_bootstrap else np.full((len(names), 0, N_BINS), np.nan)
     query_reps = (
-        np.stack([query_replicates(bin_sums[n], bin_counts[n], n_bootstrap, seed, n) for n in names])
+        np.stack([query_replicates(query_sums.sums[n], query_sums.counts[n], n_bootstrap, seed, n) for n in names])
         if n_bootstrap
         else np.full((len(names), 0, N_BINS), np.nan)
     )
+    matrix = _bin_matrix(names, bin_stats, doc_reps, query_reps, ci_level)
+    z = zscore(bin_stats["mean"])
+    replicate_z = zscore(doc_reps) if n_bootstrap else None
+    topics = _marginals("topic", names, bin_stats["n_docs"], z, replicate_z, ci_level)
+    formats = _marginals("format", names, bin_stats["n_docs"], z, replicate_z, ci_level)
+
+    upstream = reference[2]
+    provenance = {
+        "stage": STAGE,
+        "shards": [s.key for s in shards],
+        "n_docs": n_docs_total,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "ci_level": ci_level,
+        "bootstrap": "Poisson(1) weights per (seed, doc_id, replicate), summed per shard by score-shard; "
+        "queries resampled from bin sums",
+        "attribution_run": run_signature(upstream),
+        "model": upstream.get("model"),
+        "benchmarks": {n: {"n_queries": int(query_sums.sums[n].shape[1])} for n in names},
+    }
+    return InfluenceResult(names, matrix, topics, formats, doc_reps, query_reps, provenance)
+
+
+def _bin_matrix(names, bin_stats: dict, doc_reps: np.ndarray, query_reps: np.ndarray, ci_level: float) -> pd.DataFrame:
+    z = zscore(bin_stats["mean"])
     doc_low, doc_high = percentile_ci(doc_reps, ci_level, axis=1)
     query_low, query_high = percentile_ci(query_reps, ci_level, axis=1)
-
     rows = []
     for j, name in enumerate(names):
         rows.append(
@@ -483,54 +451,35 @@ def compute_influence(
     matrix = pd.concat(rows, ignore_index=True)
     empty = matrix["n_docs"] == 0
     matrix.loc[empty, ["ci_low", "ci_high", "query_ci_low", "query_ci_high"]] = np.nan
+    return matrix
 
-    replicate_z = zscore(doc_reps) if n_bootstrap else None
-    marginals = {}
-    for facet, groups, slugs, size in (
-        ("topic", BIN_TOPIC, TOPIC_SLUGS, N_TOPICS),
-        ("format", BIN_FORMAT, FORMAT_SLUGS, N_FORMATS),
-    ):
-        frames = []
-        for j, name in enumerate(names):
-            n = bin_stats["n_docs"][j].astype(np.float64)
-            unweighted = group_means(z[j], groups, size)
-            weighted = group_means(z[j], groups, size, weights=n)
-            if n_bootstrap:
-                low, high = percentile_ci(group_means(replicate_z[j], groups, size), ci_level, axis=0)
-            else:
-                low = high = np.full(size, np.nan)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "benchmark": name,
-                        f"{facet}_id": np.arange(size, dtype=np.int32),
-                        facet: list(slugs),
-                        "n_bins": np.bincount(groups, weights=(n > 0), minlength=size).astype(np.int64),
-                        "n_docs": np.bincount(groups, weights=n, minlength=size).astype(np.int64),
-                        "mean_z": unweighted,
-                        "weighted_mean_z": weighted,
-                        "ci_low": low,
-                        "ci_high": high,
-                    }
-                )
+
+def _marginals(facet: str, names, n_docs: np.ndarray, z: np.ndarray, replicate_z, ci_level: float) -> pd.DataFrame:
+    """Topic or format marginals of the bin z: unweighted and document-weighted means, bootstrap CI."""
+    groups, slugs, size = (BIN_TOPIC, TOPIC_SLUGS, N_TOPICS) if facet == "topic" else (BIN_FORMAT, FORMAT_SLUGS, N_FORMATS)
+    frames = []
+    for j, name in enumerate(names):
+        n = n_docs[j].astype(np.float64)
+        if replicate_z is not None:
+            low, high = percentile_ci(group_means(replicate_z[j], groups, size), ci_level, axis=0)
+        else:
+            low = high = np.full(size, np.nan)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "benchmark": name,
+                    f"{facet}_id": np.arange(size, dtype=np.int32),
+                    facet: list(slugs),
+                    "n_bins": np.bincount(groups, weights=(n > 0), minlength=size).astype(np.int64),
+                    "n_docs": np.bincount(groups, weights=n, minlength=size).astype(np.int64),
+                    "mean_z": group_means(z[j], groups, size),
+                    "weighted_mean_z": group_means(z[j], groups, size, weights=n),
+                    "ci_low": low,
+                    "ci_high": high,
+                }
             )
-        marginals[facet] = pd.concat(frames, ignore_index=True)
-
-    upstream = reference[2]
-    provenance = {
-        "stage": STAGE,
-        "shards": [s.key for s in shards],
-        "n_docs": n_docs_total,
-        "n_bootstrap": n_bootstrap,
-        "seed": seed,
-        "ci_level": ci_level,
-        "bootstrap": "Poisson(1) weights per (seed, doc_id, replicate), summed per shard by score-shard; "
-        "queries resampled from bin sums",
-        "attribution_run": run_signature(upstream),
-        "model": upstream.get("model"),
-        "benchmarks": {n: {"n_queries": int(bin_sums[n].shape[1])} for n in names},
-    }
-    return InfluenceResult(names, matrix, marginals["topic"], marginals["format"], doc_reps, query_reps, provenance)
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def _with_metadata(frame: pd.DataFrame, provenance: dict) -> pa.Table:
@@ -565,16 +514,12 @@ def read_bootstrap(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config (keys seed and analysis)")
     parser.add_argument("--scores", nargs="+", required=True, help="attribution/scores/shard-*.parquet")
-    parser.add_argument("--binsums", nargs="+", required=True, help="attribution/binsums/shard-*.npz")
+    parser.add_argument("--binsums", nargs="+", required=True, help="attribution/binsums/shard-*.safetensors")
     parser.add_argument("--out", required=True, help="output directory (influence/)")
 
 
-def run(args: argparse.Namespace) -> None:
-    from .config import load_config
-
-    config = load_config(args.config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     analysis = config["analysis"]
     shards = pair_shards(args.scores, args.binsums)
     result = compute_influence(

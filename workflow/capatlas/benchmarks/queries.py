@@ -35,7 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .benchmarks import (
+from capatlas.command import Command
+from capatlas.benchmarks.items import (
     MCItem,
     Rendered,
     benchmark_config,
@@ -46,10 +47,12 @@ from .benchmarks import (
     resolve_subjects,
     subsample,
 )
-from .errors import CapatlasError
-from .io import atomic_path
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command()
 
 IGNORE_INDEX = -100
 QUERY_COLUMNS = ("input_ids", "labels", "item_id", "gold", "subject", "prompt", "completion", "truncated")
@@ -291,14 +294,13 @@ def resolve_tokenizer_path(config: dict, given: str | None) -> tuple[str, str | 
     if document.get("path"):
         return document["path"], document.get("revision")
     if config["demo"]["enabled"]:
-        from .config import run_dir
+        from capatlas.config import run_dir
 
         return str(run_dir(config) / "demo" / "model"), None
     raise CapatlasError("no query tokenizer: pass --tokenizer or set config key 'models.query.path'")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--benchmark", required=True, help="benchmark name (config 'benchmarks' entry)")
     parser.add_argument(
         "--tokenizer",
@@ -318,11 +320,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> None:
-    from .config import apply_offline, load_config, run_dir
+def run(args: argparse.Namespace, config: dict | None) -> None:
+    from capatlas.config import run_dir
 
-    config = load_config(args.config)
-    apply_offline(config)
     bench = benchmark_config(config, args.benchmark)
     seed = int(config["seed"])
     world = args.world

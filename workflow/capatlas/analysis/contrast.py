@@ -51,12 +51,15 @@ import pyarrow.parquet as pq
 from scipy import stats
 from tqdm import tqdm
 
-from .errors import CapatlasError
-from .influence import BOOTSTRAP_FILE, percentile_ci, read_bootstrap, zscore
-from .io import write_json, write_parquet
-from .taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS, resolve_format, resolve_topic
+from capatlas.command import Command
+from capatlas.errors import CapatlasError
+from capatlas.analysis.influence import BOOTSTRAP_FILE, percentile_ci, read_bootstrap, zscore
+from capatlas.fileio import write_json, write_parquet
+from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS, resolve_format, resolve_topic
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config="optional", config_help="capatlas config: benchmark roles, seed, analysis settings (default: the schema's, the study's roles)")
 
 SUMMARY_FILE = "summary.json"
 INTERACTION_FILE = "interaction.parquet"
@@ -431,6 +434,100 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+@dataclass
+class _Estimates:
+    """Every statistic's point estimate (by key) and its resampled values, for summary entries with CIs."""
+
+    observed: dict[str, float]
+    keys: list[str]
+    uncertainty: dict[str, np.ndarray]
+    ci_level: float
+
+    def __post_init__(self) -> None:
+        self.index = {k: j for j, k in enumerate(self.keys)}
+
+    def entry(self, key: str) -> dict:
+        return {"value": _finite(self.observed[key]), **_ci(self.uncertainty, self.index[key], self.ci_level)}
+
+    def correlation_matrix(self, kind: str, names: list[str]) -> dict:
+        out: dict = {"matrix": {}, "ci": {}}
+        for a in names:
+            out["matrix"][a] = {}
+            out["ci"][a] = {}
+            for b in names:
+                if a == b:
+                    out["matrix"][a][b] = 1.0
+                    continue
+                key = f"{kind}/{a}/{b}" if f"{kind}/{a}/{b}" in self.index else f"{kind}/{b}/{a}"
+                e = self.entry(key)
+                out["matrix"][a][b] = e.pop("value")
+                out["ci"][a][b] = e
+        return out
+
+
+def _input_summary(matrix: BinMatrix, design: Design, used: np.ndarray, uncertainty, **settings) -> dict:
+    return {
+        "source": matrix.source,
+        "kind": matrix.kind,
+        "benchmarks": list(design.benchmarks),
+        "roles": {b: {"domain": r[0], "capability": r[1]} for b, r in design.roles.items()},
+        "complete_2x2": design.complete,
+        "n_bins_used": int(used.sum()),
+        "bins_left_out": [int(b) for b in np.flatnonzero(~used)],
+        "uncertainty": sorted(uncertainty),
+        "n_bootstrap": settings["n_bootstrap"],
+        "n_replicates": {k: int(v.shape[1]) for k, v in matrix.replicates.items()},
+        "n_permutations": settings["n_permutations"],
+        "ci_level": settings["ci_level"],
+        "seed": settings["seed"],
+    }
+
+
+def _contrasts(est: _Estimates, summary: dict, tables: dict, means, bin_ids, design, n_permutations, top_k, seed) -> None:
+    """The 2 x 2 sections: topic/format contrasts, sharpness with permutation p, the per-bin interaction."""
+    topic_ids, format_ids = bin_ids // N_FORMATS, bin_ids % N_FORMATS
+    for facet in ("topic", "format"):
+        slugs, _ = FACETS[facet]
+        block: dict = {}
+        rows = []
+        for level in LEVELS:
+            block[level] = {}
+            for slug in slugs:
+                e = est.entry(f"{facet}_contrast/{level}/{slug}")
+                block[level][slug] = e
+                rows.append({"level": level, facet: slug, **_flat_ci(e)})
+        summary[f"{facet}_contrast"] = block
+        tables[f"{facet}_contrast"] = pd.DataFrame(rows)
+    p_values = (
+        sharpness_permutation_p(means, topic_ids, format_ids, design, n_permutations, seed) if n_permutations else {}
+    )
+    sharpness: dict = {}
+    for facet in ("topic", "format", "bin"):
+        sharpness[facet] = {}
+        for measure in MEASURES:
+            e = est.entry(f"sharpness/{facet}/{measure}/ratio")
+            sharpness[facet][measure] = {
+                "reasoning": _finite(est.observed[f"sharpness/{facet}/{measure}/reasoning"]),
+                "knowledge": _finite(est.observed[f"sharpness/{facet}/{measure}/knowledge"]),
+                "ratio": e.pop("value"),
+                **{f"ratio_{k}": v for k, v in e.items()},
+                "p_permutation": p_values.get(f"{facet}/{measure}"),
+            }
+    summary["sharpness"] = sharpness
+    interaction = interaction_table(means, bin_ids, design, n_permutations, seed)
+    tables["interaction"] = interaction
+    summary["interaction"] = {
+        "definition": "(z_social - z_stem) at reasoning minus at knowledge, per bin",
+        "table": INTERACTION_FILE,
+        "n_bins": int(len(interaction)),
+        "n_q_below_0.05": int((interaction["q_value"] < 0.05).sum()),
+        "top": [
+            {k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in interaction.head(top_k).to_dict("records")
+        ],
+    }
+
+
 def analyse(
     matrix: BinMatrix,
     design: Design,
@@ -458,105 +555,31 @@ def analyse(
     for kind, reps in matrix.replicates.items():
         uncertainty[kind] = replicate_statistics(reps, used, topic_ids, format_ids, design, keys)
     loo = leave_one_bin_out(means, topic_ids, format_ids, design, keys)
-    index = {k: j for j, k in enumerate(keys)}
+    est = _Estimates(observed, keys, uncertainty, ci_level)
 
-    def entry(key: str) -> dict:
-        return {"value": _finite(observed[key]), **_ci(uncertainty, index[key], ci_level)}
-
-    def matrix_of(kind: str) -> dict:
-        out: dict = {"matrix": {}, "ci": {}}
-        for a in names_b:
-            out["matrix"][a] = {}
-            out["ci"][a] = {}
-            for b in names_b:
-                if a == b:
-                    out["matrix"][a][b] = 1.0
-                    continue
-                key = f"{kind}/{a}/{b}" if f"{kind}/{a}/{b}" in index else f"{kind}/{b}/{a}"
-                e = entry(key)
-                out["matrix"][a][b] = e.pop("value")
-                out["ci"][a][b] = e
-        return out
-
-    z = zscore(matrix.means)  # all bins with a score, per benchmark (the study's z)
+    settings = dict(n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, seed=seed)
     summary: dict = {
-        "input": {
-            "source": matrix.source,
-            "kind": matrix.kind,
-            "benchmarks": names_b,
-            "roles": {b: {"domain": r[0], "capability": r[1]} for b, r in design.roles.items()},
-            "complete_2x2": design.complete,
-            "n_bins_used": int(used.sum()),
-            "bins_left_out": [int(b) for b in np.flatnonzero(~used)],
-            "uncertainty": sorted(uncertainty),
-            "n_bootstrap": n_bootstrap,
-            "n_replicates": {k: int(v.shape[1]) for k, v in matrix.replicates.items()},
-            "n_permutations": n_permutations,
-            "ci_level": ci_level,
-            "seed": seed,
-        },
-        "pearson": matrix_of("pearson"),
-        "spearman": matrix_of("spearman"),
+        "input": _input_summary(matrix, design, used, uncertainty, **settings),
+        "pearson": est.correlation_matrix("pearson", names_b),
+        "spearman": est.correlation_matrix("spearman", names_b),
     }
-
-    summary["topic_marginals"] = {}
-    summary["format_marginals"] = {}
+    zu = zscore(means)
     for facet, ids in (("topic", topic_ids), ("format", format_ids)):
         slugs, size = FACETS[facet]
-        zu = zscore(means)
-        for j, name in enumerate(names_b):
-            values = _facet_center(zu[j], ids, size, "mean")
-            summary[f"{facet}_marginals"][name] = {s: _finite(v) for s, v in zip(slugs, values)}
+        summary[f"{facet}_marginals"] = {
+            name: {s: _finite(v) for s, v in zip(slugs, _facet_center(zu[j], ids, size, "mean"))}
+            for j, name in enumerate(names_b)
+        }
 
     tables: dict[str, pd.DataFrame] = {}
     if design.complete:
-        for facet in ("topic", "format"):
-            slugs, _ = FACETS[facet]
-            block: dict = {}
-            rows = []
-            for level in LEVELS:
-                block[level] = {}
-                for slug in slugs:
-                    e = entry(f"{facet}_contrast/{level}/{slug}")
-                    block[level][slug] = e
-                    rows.append({"level": level, facet: slug, **_flat_ci(e)})
-            summary[f"{facet}_contrast"] = block
-            tables[f"{facet}_contrast"] = pd.DataFrame(rows)
-        p_values = (
-            sharpness_permutation_p(means, topic_ids, format_ids, design, n_permutations, seed)
-            if n_permutations
-            else {}
-        )
-        sharpness: dict = {}
-        for facet in ("topic", "format", "bin"):
-            sharpness[facet] = {}
-            for measure in MEASURES:
-                e = entry(f"sharpness/{facet}/{measure}/ratio")
-                sharpness[facet][measure] = {
-                    "reasoning": _finite(observed[f"sharpness/{facet}/{measure}/reasoning"]),
-                    "knowledge": _finite(observed[f"sharpness/{facet}/{measure}/knowledge"]),
-                    "ratio": e.pop("value"),
-                    **{f"ratio_{k}": v for k, v in e.items()},
-                    "p_permutation": p_values.get(f"{facet}/{measure}"),
-                }
-        summary["sharpness"] = sharpness
-        interaction = interaction_table(means, bin_ids, design, n_permutations, seed)
-        tables["interaction"] = interaction
-        summary["interaction"] = {
-            "definition": "(z_social - z_stem) at reasoning minus at knowledge, per bin",
-            "table": INTERACTION_FILE,
-            "n_bins": int(len(interaction)),
-            "n_q_below_0.05": int((interaction["q_value"] < 0.05).sum()),
-            "top": [
-                {k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()}
-                for row in interaction.head(top_k).to_dict("records")
-            ],
-        }
+        _contrasts(est, summary, tables, means, bin_ids, design, n_permutations, top_k, seed)
     else:
         summary["topic_contrast"] = summary["format_contrast"] = summary["sharpness"] = None
         summary["interaction"] = None
         summary["input"]["note"] = "the 2 x 2 design needs a benchmark in each of the four cells; contrasts skipped"
 
+    z = zscore(matrix.means)  # all bins with a score, per benchmark (the study's z)
     summary["top_bins"] = _top_bins(matrix, z, top_k)
     summary["robustness"] = _robustness(observed, keys, loo, bin_ids, design, means, topic_ids, format_ids)
     tables["leave_one_bin_out"] = _loo_table(observed, keys, loo, bin_ids)
@@ -729,20 +752,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bin-matrix", required=True, help="bin_matrix.parquet, or a directory of zscored_<benchmark>.csv"
     )
     parser.add_argument("--out", required=True, help="output directory (contrast/)")
-    parser.add_argument("--config", default=None, help="YAML config: benchmark roles, seed, analysis settings")
     parser.add_argument(
         "--ground-truth", default=None, help="demo world's ground_truth.json: also write demo_recovery.json"
     )
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, config: dict | None) -> None:
     import json
 
-    from .config import load_config, load_schema
+    from capatlas.config import load_schema
 
-    if args.config:
-        config = load_config(args.config)
-    else:
+    if config is None:
         # An external matrix needs no run config: schema defaults and the study's roles.
         schema = load_schema()["properties"]
         analysis_keys = schema["analysis"]["properties"]

@@ -34,11 +34,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .attribution import (
-    add_threads_argument,
-    set_torch_threads,
+from capatlas.command import Command
+from capatlas.artifacts.provenance import PROVENANCE_FILE
+from capatlas.attribution.context import (
+    add_model_arguments,
     HESSIAN_DIR,
-    PROVENANCE_FILE,
     SAMPLE_FILE,
     Job,
     QuerySet,
@@ -53,11 +53,13 @@ from .attribution import (
     deterministic_torch,
     tokenize_documents,
 )
-from .errors import CapatlasError
-from .io import atomic_path, file_sha256, write_json, write_parquet
-from .taxonomy import N_BINS
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet
+from capatlas.taxonomy import N_BINS
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(torch_threads="attribution")
 
 STAGE = "preconditioner"
 NOISE_FLOOR = 1e-6
@@ -220,6 +222,59 @@ def _warn_about_mixing(mixing: dict) -> None:
         log.info("mixing weight lambda = %.6g (set at component %d)", mixing["lambda"], k)
 
 
+def _tokenized_sample(job, sample: pa.Table) -> tuple[list, np.ndarray, np.ndarray]:
+    """The sample's token ids and lengths, and which documents Bergson can use (>= 2 tokens: something to predict)."""
+    bins = sample.column("bin_id").to_numpy()
+    if len(bins) and (bins.min() < 0 or bins.max() >= N_BINS):
+        raise CapatlasError(f"a sampled document has bin_id outside 0..{N_BINS - 1}; the shards are corrupt")
+    token_ids = tokenize_documents(
+        load_tokenizer(job.model.path),
+        sample.column("text").to_pylist(),
+        sample.column("doc_id").to_pylist(),
+        max_length=job.effective_max_length,
+        truncation=job.settings.truncation,
+        where="preconditioner sample",
+    )
+    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
+    usable = lengths >= 2
+    if not usable.any():
+        raise CapatlasError("no sampled document has 2 or more tokens; cannot fit the preconditioner")
+    if not usable.all():
+        log.warning("%d sampled documents have fewer than 2 tokens and do not count towards R", int((~usable).sum()))
+    return token_ids, lengths, usable
+
+
+def _provenance(job, mixing, sample: pa.Table, shard_paths, lengths, usable, query_sets, hessian_files) -> dict:
+    s = job.settings
+    doc_ids = sample.column("doc_id").to_pylist()
+    text_digest = hashlib.sha256()
+    for text in sample.column("text").to_pylist():
+        text_digest.update(hashlib.sha256(text.encode()).digest())
+    return base_provenance(
+        STAGE,
+        job,
+        mixing=mixing,
+        sample={
+            "seed": s.seed,
+            "rule": "the N smallest sha256(seed \\0 doc_id) across all shards",
+            "requested": s.preconditioner_docs,
+            "n_docs": int(len(doc_ids)),
+            "n_docs_used": int(usable.sum()),
+            "n_tokens": int(lengths[usable].sum()),
+            "doc_ids_sha256": hashlib.sha256("\n".join(doc_ids).encode()).hexdigest(),
+            "texts_sha256": text_digest.hexdigest(),
+            "shards": [str(p) for p in shard_paths],
+        },
+        optimizer_state={
+            "used": bool(s.optimizer_state),
+            "path": str(Path(s.optimizer_state).resolve()) if s.optimizer_state else None,
+            "sha256": job.optimizer_state_sha256,
+        },
+        query_sets={q.name: q.describe() for q in query_sets},
+        hessian_files=hessian_files,
+    )
+
+
 def fit_preconditioner(
     config: Mapping,
     *,
@@ -239,25 +294,7 @@ def fit_preconditioner(
     s = job.settings
     shard_paths = [Path(p).resolve() for p in shards]
     sample = sample_documents(shard_paths, s.preconditioner_docs, s.seed)
-    bins = sample.column("bin_id").to_numpy()
-    if len(bins) and (bins.min() < 0 or bins.max() >= N_BINS):
-        raise CapatlasError(f"a sampled document has bin_id outside 0..{N_BINS - 1}; the shards are corrupt")
-    tokenizer = load_tokenizer(job.model.path)
-    doc_ids = sample.column("doc_id").to_pylist()
-    token_ids = tokenize_documents(
-        tokenizer,
-        sample.column("text").to_pylist(),
-        doc_ids,
-        max_length=job.effective_max_length,
-        truncation=s.truncation,
-        where="preconditioner sample",
-    )
-    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
-    usable = lengths >= 2  # Bergson skips shorter documents: nothing to predict
-    if not usable.any():
-        raise CapatlasError("no sampled document has 2 or more tokens; cannot fit the preconditioner")
-    if not usable.all():
-        log.warning("%d sampled documents have fewer than 2 tokens and do not count towards R", int((~usable).sum()))
+    token_ids, lengths, usable = _tokenized_sample(job, sample)
 
     query_sets: list[QuerySet] = [
         load_query_set(path, name=name, max_length=job.effective_max_length) for name, path in queries.items()
@@ -290,10 +327,6 @@ def fit_preconditioner(
         )
         _warn_about_mixing(mixing)
 
-        sample_digest = hashlib.sha256("\n".join(doc_ids).encode()).hexdigest()
-        text_digest = hashlib.sha256()
-        for text in sample.column("text").to_pylist():
-            text_digest.update(hashlib.sha256(text.encode()).digest())
         with atomic_path(out, directory=True) as tmp:
             shutil.move(str(mixed), str(tmp / HESSIAN_DIR))
             hessian_files = {p.name: file_sha256(p) for p in sorted((tmp / HESSIAN_DIR).iterdir()) if p.is_file()}
@@ -307,56 +340,21 @@ def fit_preconditioner(
                 ),
                 tmp / SAMPLE_FILE,
             )
-            provenance = base_provenance(
-                STAGE,
-                job,
-                mixing=mixing,
-                sample={
-                    "seed": s.seed,
-                    "rule": "the N smallest sha256(seed \\0 doc_id) across all shards",
-                    "requested": s.preconditioner_docs,
-                    "n_docs": int(len(doc_ids)),
-                    "n_docs_used": int(usable.sum()),
-                    "n_tokens": int(lengths[usable].sum()),
-                    "doc_ids_sha256": sample_digest,
-                    "texts_sha256": text_digest.hexdigest(),
-                    "shards": [str(p) for p in shard_paths],
-                },
-                optimizer_state={
-                    "used": bool(s.optimizer_state),
-                    "path": str(Path(s.optimizer_state).resolve()) if s.optimizer_state else None,
-                    "sha256": job.optimizer_state_sha256,
-                },
-                query_sets={q.name: q.describe() for q in query_sets},
-                hessian_files=hessian_files,
-            )
+            provenance = _provenance(job, mixing, sample, shard_paths, lengths, usable, query_sets, hessian_files)
             write_json(provenance, tmp / PROVENANCE_FILE)
     return provenance
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--model", required=True, help="document model directory (or a hub id in the local cache)")
-    parser.add_argument("--revision", default=None, help="model revision (hub ids only)")
+    add_model_arguments(parser, model_help="document model directory (or a hub id in the local cache)")
     parser.add_argument("--shards", nargs="+", required=True, help="every shard-*.parquet (the sample spans all)")
     parser.add_argument(
         "--queries", nargs="+", required=True, help="query set directories, PATH or NAME=PATH (name: the benchmark)"
     )
-    parser.add_argument(
-        "--optimizer-state",
-        default=None,
-        help="optimizer.pt (or its directory) for the Adam normalizer; default: attribution.optimizer_state",
-    )
     parser.add_argument("--out", required=True, help="preconditioner directory (replaced atomically)")
-    add_threads_argument(parser)
 
 
-def run(args: argparse.Namespace) -> None:
-    from .config import apply_offline, load_config
-
-    config = load_config(args.config)
-    apply_offline(config)
-    set_torch_threads(args.threads or config["attribution"].get("threads"))
+def run(args: argparse.Namespace, config: dict | None) -> None:
     fit_preconditioner(
         config,
         model=args.model,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
@@ -43,12 +42,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import __version__
-from .errors import CapatlasError
+from capatlas import __version__
+
+from capatlas.errors import CapatlasError
 
 log = logging.getLogger(__name__)
 
-PROVENANCE_FILE = "provenance.json"
 HESSIAN_DIR = "hessian"
 INDEX_DIR = "index"
 ITEMS_FILE = "items.parquet"
@@ -147,7 +146,7 @@ def _file_digest(path: Path) -> str:
     real = path.resolve()
     if path.is_symlink() and real.parent.name == "blobs" and _HEX64.match(real.name):
         return real.name
-    from .io import file_sha256
+    from capatlas.fileio import file_sha256
 
     return file_sha256(real)
 
@@ -355,7 +354,7 @@ def optimizer_state_sha256(path: str | None) -> str | None:
     if not path:
         return None
     resolved = _optimizer_state_file(path)
-    from .io import file_sha256
+    from capatlas.fileio import file_sha256
 
     return file_sha256(resolved)
 
@@ -432,23 +431,14 @@ def make_job(
     return job
 
 
-def set_torch_threads(threads: int | None) -> None:
-    """Bound torch's CPU threads to what the scheduler granted (torch otherwise takes every core)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise CapatlasError(f"--threads must be 1 or more, not {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def add_threads_argument(parser) -> None:
+def add_model_arguments(parser, *, model_help: str) -> None:
+    """The options every attribution stage shares: the model, its revision, the optimizer state."""
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--revision", default=None, help="model revision (hub ids only)")
     parser.add_argument(
-        "--threads",
-        type=int,
+        "--optimizer-state",
         default=None,
-        help="torch CPU threads (default: attribution.threads, else torch's own choice, usually every core)",
+        help="optimizer.pt (or its directory) for the Adam normalizer; default: attribution.optimizer_state",
     )
 
 
@@ -468,69 +458,6 @@ def deterministic_torch() -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
         torch.backends.cudnn.benchmark = benchmark
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def provenance_sha256(provenance: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(provenance).encode()).hexdigest()
-
-
-def read_provenance(directory: str | os.PathLike, *, stage: str, produced_by: str) -> dict:
-    path = Path(directory) / PROVENANCE_FILE
-    if not path.is_file():
-        raise CapatlasError(f"{path} does not exist: {directory} is not the output of `capatlas {produced_by}`")
-    try:
-        provenance = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CapatlasError(f"{path} is not readable JSON ({exc}); rerun `capatlas {produced_by}`") from None
-    if not isinstance(provenance, dict) or provenance.get("stage") != stage:
-        found = provenance.get("stage") if isinstance(provenance, dict) else None
-        raise CapatlasError(
-            f"{path} records stage {found!r}, not {stage!r}: pass the output of `capatlas {produced_by}`"
-        )
-    return provenance
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: obj}
-
-
-def identity_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
-    """'key: X there, Y here' for every leaf where `found` (upstream) differs from `expected` (this job)."""
-    want, have = _flatten(expected), _flatten(found)
-    lines = []
-    for key in sorted(set(want) | set(have)):
-        if want.get(key, "<missing>") != have.get(key, "<missing>"):
-            lines.append(
-                f"{key} is {have.get(key, '<missing>')!r} there but {want.get(key, '<missing>')!r} in this job"
-            )
-    return lines
-
-
-def check_identity(expected: Mapping[str, Any], provenance: Mapping[str, Any], source: Path, *, rerun: str) -> None:
-    """Raise naming `source` if its recorded identity differs from this job's."""
-    found = provenance.get("identity")
-    if not isinstance(found, Mapping):
-        raise CapatlasError(f"{source} records no identity; rerun `capatlas {rerun}`")
-    differences = identity_differences(expected, found)
-    if differences:
-        shown = "; ".join(differences[:6])
-        more = f" (and {len(differences) - 6} more)" if len(differences) > 6 else ""
-        raise CapatlasError(
-            f"{source} was made with different settings than this job: {shown}{more}. "
-            f"Rerun `capatlas {rerun}` with this config and model, or run this job with the matching ones"
-        )
 
 
 def _torch_threads() -> int:

@@ -20,18 +20,14 @@ Outputs (each written to a temporary name and renamed when both are done):
     doc_id, bin_id, and one float32 column per benchmark = the mean of
     the document's cosines over that benchmark's queries. A document with
     fewer than 2 tokens has nothing to predict and scores NaN.
-``--out-binsums`` (npz, uncompressed), per benchmark ``<b>``:
-    ``<b>/sum``, ``<b>/sumsq``: float64 [576, n_queries], per bin and query
-    the sum and sum of squares of the documents' cosines;
-    ``<b>/count``: int64 [576], scored documents per bin;
-    ``<b>/item_ids``: the queries' item ids (column order);
-    ``<b>/boot_sum``: float64 [n_bootstrap, 576] and ``<b>/boot_weight``:
-    uint32 [n_bootstrap, 576], the shard's part of the document bootstrap
-    (`capatlas.doc_bootstrap`): per replicate and bin, the sum of Poisson
-    weight x document score (the float32 score of the parquet) and the sum
-    of weights, with ``analysis.bootstrap`` replicates and weights keyed by
-    (``seed``, doc_id), so `capatlas influence` only adds them up.
-    Also ``benchmarks`` (names in column order) and ``provenance`` (JSON).
+``--out-binsums`` (safetensors; the format is `capatlas.artifacts.binsums`)
+    per benchmark and bin: the sum and sum of squares of the documents'
+    cosines per query, the count of scored documents, and the shard's part
+    of the document bootstrap (`capatlas.artifacts.doc_bootstrap`): per
+    replicate, the sum of Poisson weight x document score (the float32
+    score of the parquet) and the sum of weights, with
+    ``analysis.bootstrap`` replicates and weights keyed by (``seed``,
+    doc_id), so `capatlas influence` only adds them up.
 Both carry the provenance JSON (parquet: schema metadata key
 ``capatlas.provenance``); its ``document_bootstrap`` entry records the
 replicate count, seed and weight scheme.
@@ -53,39 +49,46 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .attribution import (
-    add_threads_argument,
-    set_torch_threads,
+from capatlas.command import Command
+from capatlas.artifacts.provenance import (
+    PROVENANCE_FILE,
+    PROVENANCE_KEY,
+    canonical_json,
+    check_identity,
+    provenance_sha256,
+    read_provenance,
+)
+from capatlas.attribution.context import (
+    add_model_arguments,
+    Job,
+    ModelInfo,
     HESSIAN_DIR,
     INDEX_DIR,
     ITEMS_FILE,
-    PROVENANCE_FILE,
     SCORE_PRECISION,
     base_provenance,
     bergson_workdir,
-    canonical_json,
-    check_identity,
     load_tokenizer,
     make_job,
     model_info,
     parse_named_paths,
     prepare_run_path,
-    provenance_sha256,
-    read_provenance,
     save_token_dataset,
     deterministic_torch,
     tokenize_documents,
 )
-from .attribution_queries import check_preconditioner
-from .doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
-from .errors import CapatlasError
-from .io import atomic_path, file_sha256
-from .taxonomy import N_BINS
+from capatlas.attribution.query_gradients import check_preconditioner
+from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
+from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path, file_sha256
+from capatlas.taxonomy import N_BINS
 
 log = logging.getLogger(__name__)
 
+COMMAND = Command(torch_threads="attribution")
+
 STAGE = "score-shard"
-PROVENANCE_KEY = b"capatlas.provenance"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESERVED = {"doc_id", "bin_id"}
 # Score rows read from Bergson's memmap at a time (times the query count).
@@ -325,22 +328,19 @@ def bootstrap_settings(config: Mapping) -> dict:
     return {"n_bootstrap": int(config["analysis"]["bootstrap"]), "seed": int(config["seed"]), "weights": WEIGHTS_SCHEME}
 
 
-def score_shard(
-    config: Mapping,
-    *,
-    model: str | os.PathLike,
-    shard: str | os.PathLike,
-    preconditioner: str | os.PathLike,
-    query_indices: Mapping[str, str | os.PathLike],
-    out_scores: str | os.PathLike,
-    out_binsums: str | os.PathLike,
-    query_model: str | os.PathLike | None = None,
-    revision: str | None = None,
-    query_revision: str | None = None,
-    optimizer_state: str | None = None,
-) -> dict:
-    """Score one shard; write both outputs atomically; return the provenance."""
-    injected_failure(Path(shard))
+@dataclass
+class _Inputs:
+    """The checked upstream of one scoring job: its models, the preconditioner and the query indices."""
+
+    job: Job
+    query_info: ModelInfo
+    preconditioner: Path
+    pre_provenance: dict
+    pre_sha: str
+    indices: list[QueryIndex]
+
+
+def _check_inputs(config, model, preconditioner, query_indices, query_model, revision, query_revision, optimizer_state):
     if not query_indices:
         raise CapatlasError("no query indices given (--query-index NAME=DIR)")
     job = make_job(config, str(model), revision=revision, optimizer_state=optimizer_state)
@@ -358,141 +358,168 @@ def score_shard(
         preconditioner_sha256=pre_sha,
         preconditioner=preconditioner,
     )
+    return _Inputs(job, query_info, preconditioner, pre_provenance, pre_sha, indices)
 
-    shard = Path(shard).resolve()
+
+@dataclass
+class _ShardDocs:
+    doc_ids: list[str]
+    bins: np.ndarray
+    token_ids: list
+    lengths: np.ndarray
+    scored: np.ndarray  # rows with >= 2 tokens: Bergson skips shorter documents, nothing to predict
+
+
+def _tokenized_shard(job, shard: Path) -> _ShardDocs:
     table = read_shard(shard)
     doc_ids = table.column("doc_id").to_pylist()
     bins = table.column("bin_id").to_numpy().astype(np.int64)
-    n_docs = len(doc_ids)
-    tokenizer = load_tokenizer(job.model.path)
     token_ids = tokenize_documents(
-        tokenizer,
+        load_tokenizer(job.model.path),
         table.column("text").to_pylist(),
         doc_ids,
         max_length=job.effective_max_length,
         truncation=job.settings.truncation,
         where=f"shard {shard}",
     )
-    del table
     lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
-    scored = np.flatnonzero(lengths >= 2)  # Bergson skips shorter documents: nothing to predict
-    if len(scored) < n_docs:
-        log.warning("%d document(s) of %s have fewer than 2 tokens and score NaN", n_docs - len(scored), shard)
-    sizes = [q.num_grads for q in indices]
-    ranges = []
-    start = 0
-    for size in sizes:
-        ranges.append((start, start + size))
-        start += size
-    log.info(
-        "scoring %d documents (%d tokens) of %s against %d queries of %d benchmark(s) on %s",
-        len(scored),
-        int(lengths[scored].sum()),
-        shard.name,
-        start,
-        len(indices),
-        job.device,
+    scored = np.flatnonzero(lengths >= 2)
+    if len(scored) < len(doc_ids):
+        log.warning("%d document(s) of %s have fewer than 2 tokens and score NaN", len(doc_ids) - len(scored), shard)
+    return _ShardDocs(doc_ids, bins, token_ids, lengths, scored)
+
+
+def _query_ranges(indices: list[QueryIndex]) -> list[tuple[int, int]]:
+    ranges, start = [], 0
+    for q in indices:
+        ranges.append((start, start + q.num_grads))
+        start += q.num_grads
+    return ranges
+
+
+def _score_documents(inputs: _Inputs, docs: _ShardDocs, work: Path):
+    """Per benchmark: document means, bin sums and sums of squares per query; bin counts; the query ranges."""
+    ranges = _query_ranges(inputs.indices)
+    if not len(docs.scored):
+        means = [np.empty(0) for _ in ranges]
+        sums = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
+        sumsq = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
+        return means, sums, sumsq, np.zeros(N_BINS, dtype=np.int64), ranges
+    docs_ds = save_token_dataset(work / "docs", [docs.token_ids[i] for i in docs.scored])
+    docs.token_ids = []  # the dataset on disk is all Bergson needs
+    ranges = combine_query_indices(inputs.indices, work / "queries")
+    scores = _bergson_scores(inputs.job, docs_ds, work / "queries", inputs.preconditioner, work / "scores")
+    if len(scores) != len(docs.scored):
+        raise CapatlasError(f"Bergson scored {len(scores)} rows, expected {len(docs.scored)}")
+    means, sums, sumsq, counts = accumulate(
+        scores, docs.bins[docs.scored], ranges, [docs.doc_ids[i] for i in docs.scored]
+    )
+    return means, sums, sumsq, counts, ranges
+
+
+def _provenance(config, inputs: _Inputs, shard: Path, docs: _ShardDocs, ranges) -> dict:
+    job = inputs.job
+    return base_provenance(
+        STAGE,
+        job,
+        document_bootstrap=bootstrap_settings(config),
+        shard={
+            "path": str(shard),
+            "sha256": file_sha256(shard),
+            "n_docs": len(docs.doc_ids),
+            "n_scored": int(len(docs.scored)),
+            "n_tokens_scored": int(docs.lengths[docs.scored].sum()),
+        },
+        preconditioner={
+            "path": str(inputs.preconditioner),
+            "provenance_sha256": inputs.pre_sha,
+            "lambda": inputs.pre_provenance.get("mixing", {}).get("lambda"),
+        },
+        query_model=inputs.query_info.describe() if inputs.query_info is not job.model else None,
+        benchmarks=[
+            {
+                "name": q.name,
+                "path": str(q.directory),
+                "provenance_sha256": q.provenance_sha256,
+                "query_set_sha256": q.provenance.get("query_set", {}).get("sha256"),
+                "n_queries": q.num_grads,
+                "columns": list(r),
+            }
+            for q, r in zip(inputs.indices, ranges)
+        ],
     )
 
+
+def _outputs(provenance: dict, indices, docs: _ShardDocs, means, sums, sumsq, counts) -> tuple[pa.Table, BinSums]:
+    """The scores table (float32 document means) and the bin sums, with the shard's document bootstrap."""
+    n_docs = len(docs.doc_ids)
+    columns: dict[str, pa.Array] = {
+        "doc_id": pa.array(docs.doc_ids, pa.string()),
+        "bin_id": pa.array(docs.bins.astype(np.int32), pa.int32()),
+    }
+    doc_scores = np.full((n_docs, len(indices)), np.nan, dtype=np.float32)
+    for j, mean in enumerate(means):
+        doc_scores[docs.scored, j] = mean
+    # The bootstrap weighs the float32 scores the parquet holds, so it is
+    # exactly what a pass over the score files would give.
+    bootstrap = provenance["document_bootstrap"]
+    boot_sum, boot_weight = shard_bootstrap(
+        docs.doc_ids, docs.bins, doc_scores.astype(np.float64), bootstrap["n_bootstrap"], bootstrap["seed"]
+    )
+    bin_sums = BinSums(provenance=provenance)
+    for j, (q, s, ss) in enumerate(zip(indices, sums, sumsq)):
+        columns[q.name] = pa.array(doc_scores[:, j], pa.float32())
+        bin_sums.benchmarks[q.name] = BenchmarkSums(
+            item_ids=list(q.item_ids), sum=s, sumsq=ss, count=counts, boot_sum=boot_sum[j], boot_weight=boot_weight[j]
+        )
+    table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: canonical_json(provenance).encode()})
+    return table, bin_sums
+
+
+def score_shard(
+    config: Mapping,
+    *,
+    model: str | os.PathLike,
+    shard: str | os.PathLike,
+    preconditioner: str | os.PathLike,
+    query_indices: Mapping[str, str | os.PathLike],
+    out_scores: str | os.PathLike,
+    out_binsums: str | os.PathLike,
+    query_model: str | os.PathLike | None = None,
+    revision: str | None = None,
+    query_revision: str | None = None,
+    optimizer_state: str | None = None,
+) -> dict:
+    """Score one shard; write both outputs atomically; return the provenance."""
+    injected_failure(Path(shard))
+    inputs = _check_inputs(
+        config, model, preconditioner, query_indices, query_model, revision, query_revision, optimizer_state
+    )
+    shard = Path(shard).resolve()
+    docs = _tokenized_shard(inputs.job, shard)
+    log.info(
+        "scoring %d documents (%d tokens) of %s against %d queries of %d benchmark(s) on %s",
+        len(docs.scored),
+        int(docs.lengths[docs.scored].sum()),
+        shard.name,
+        sum(q.num_grads for q in inputs.indices),
+        len(inputs.indices),
+        inputs.job.device,
+    )
     out_scores = Path(out_scores).resolve()
     out_binsums = Path(out_binsums).resolve()
     with bergson_workdir(out_scores) as work, deterministic_torch():
-        if len(scored):
-            docs_ds = save_token_dataset(work / "docs", [token_ids[i] for i in scored])
-            del token_ids
-            ranges = combine_query_indices(indices, work / "queries")
-            scores = _bergson_scores(job, docs_ds, work / "queries", preconditioner, work / "scores")
-            if len(scores) != len(scored):
-                raise CapatlasError(f"Bergson scored {len(scores)} rows, expected {len(scored)}")
-            means, sums, sumsq, counts = accumulate(scores, bins[scored], ranges, [doc_ids[i] for i in scored])
-            del scores
-        else:
-            means = [np.empty(0) for _ in ranges]
-            sums = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
-            sumsq = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
-            counts = np.zeros(N_BINS, dtype=np.int64)
-
-        bootstrap = bootstrap_settings(config)
-        provenance = base_provenance(
-            STAGE,
-            job,
-            document_bootstrap=bootstrap,
-            shard={
-                "path": str(shard),
-                "sha256": file_sha256(shard),
-                "n_docs": n_docs,
-                "n_scored": int(len(scored)),
-                "n_tokens_scored": int(lengths[scored].sum()),
-            },
-            preconditioner={
-                "path": str(preconditioner),
-                "provenance_sha256": pre_sha,
-                "lambda": pre_provenance.get("mixing", {}).get("lambda"),
-            },
-            query_model=query_info.describe() if query_info is not job.model else None,
-            benchmarks=[
-                {
-                    "name": q.name,
-                    "path": str(q.directory),
-                    "provenance_sha256": q.provenance_sha256,
-                    "query_set_sha256": q.provenance.get("query_set", {}).get("sha256"),
-                    "n_queries": q.num_grads,
-                    "columns": list(r),
-                }
-                for q, r in zip(indices, ranges)
-            ],
-        )
-        provenance_text = canonical_json(provenance)
-
-        columns: dict[str, pa.Array] = {
-            "doc_id": pa.array(doc_ids, pa.string()),
-            "bin_id": pa.array(bins.astype(np.int32), pa.int32()),
-        }
-        arrays: dict[str, np.ndarray] = {
-            "benchmarks": np.array([q.name for q in indices], dtype=str),
-            "provenance": np.array(provenance_text),
-        }
-        doc_scores = np.full((n_docs, len(indices)), np.nan, dtype=np.float32)
-        for j, mean in enumerate(means):
-            doc_scores[scored, j] = mean
-        # The bootstrap weighs the float32 scores the parquet holds, so it is
-        # exactly what a pass over the score files would give.
-        boot_sum, boot_weight = shard_bootstrap(
-            doc_ids, bins, doc_scores.astype(np.float64), bootstrap["n_bootstrap"], bootstrap["seed"]
-        )
-        for j, (q, s, ss) in enumerate(zip(indices, sums, sumsq)):
-            columns[q.name] = pa.array(doc_scores[:, j], pa.float32())
-            arrays[f"{q.name}/sum"] = s
-            arrays[f"{q.name}/sumsq"] = ss
-            arrays[f"{q.name}/count"] = counts
-            arrays[f"{q.name}/item_ids"] = np.array(q.item_ids, dtype=str)
-            arrays[f"{q.name}/boot_sum"] = boot_sum[j]
-            arrays[f"{q.name}/boot_weight"] = boot_weight[j]
-        result = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: provenance_text.encode()})
-
+        means, sums, sumsq, counts, ranges = _score_documents(inputs, docs, work)
+        provenance = _provenance(config, inputs, shard, docs, ranges)
+        table, bin_sums = _outputs(provenance, inputs.indices, docs, means, sums, sumsq, counts)
         with atomic_path(out_scores) as tmp_scores, atomic_path(out_binsums) as tmp_binsums:
-            pq.write_table(result, tmp_scores, compression="zstd", write_statistics=True)
-            with open(tmp_binsums, "wb") as handle:
-                np.savez(handle, **arrays)
+            pq.write_table(table, tmp_scores, compression="zstd", write_statistics=True)
+            write_bin_sums(tmp_binsums, bin_sums)
     return provenance
 
 
-BINSUMS_KEYS = ("sum", "sumsq", "count", "item_ids", "boot_sum", "boot_weight")
-
-
-def read_binsums(path: str | os.PathLike) -> dict:
-    """{benchmark: {sum, sumsq, count, item_ids, boot_sum, boot_weight}} plus 'provenance' (dict) from a binsums npz."""
-    with np.load(path, allow_pickle=False) as data:
-        out: dict = {"provenance": json.loads(str(data["provenance"]))}
-        for name in data["benchmarks"].tolist():
-            out[name] = {key: data[f"{name}/{key}"] for key in BINSUMS_KEYS}
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--model", required=True, help="document model directory (or a hub id in the local cache)")
-    parser.add_argument("--revision", default=None, help="model revision (hub ids only)")
+    add_model_arguments(parser, model_help="document model directory (or a hub id in the local cache)")
     parser.add_argument("--query-model", default=None, help="model the query indices were built with, if not --model")
     parser.add_argument("--query-revision", default=None, help="revision of --query-model (hub ids only)")
     parser.add_argument("--shard", required=True, help="shard-*.parquet (doc_id, bin_id, text)")
@@ -504,18 +531,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=DIR",
         help="each benchmark's `capatlas query-gradients` output; NAME becomes the score column",
     )
-    parser.add_argument("--optimizer-state", default=None, help="as for `capatlas preconditioner`")
     parser.add_argument("--out-scores", required=True, help="scores parquet (written atomically)")
-    parser.add_argument("--out-binsums", required=True, help="bin sums npz (written atomically)")
-    add_threads_argument(parser)
+    parser.add_argument("--out-binsums", required=True, help="bin sums, safetensors (written atomically)")
 
 
-def run(args: argparse.Namespace) -> None:
-    from .config import apply_offline, load_config
-
-    config = load_config(args.config)
-    apply_offline(config)
-    set_torch_threads(args.threads or config["attribution"].get("threads"))
+def run(args: argparse.Namespace, config: dict | None) -> None:
     score_shard(
         config,
         model=args.model,

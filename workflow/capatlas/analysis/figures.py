@@ -23,13 +23,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contrast import FORMAT_CONTRAST_FILE, SUMMARY_FILE, TOPIC_CONTRAST_FILE, read_any
-from .errors import CapatlasError
-from .influence import zscore
-from .io import atomic_path
-from .taxonomy import FORMAT_NAMES, N_FORMATS, N_TOPICS, TOPIC_NAMES
+from capatlas.command import Command
+from capatlas.analysis.contrast import FORMAT_CONTRAST_FILE, SUMMARY_FILE, TOPIC_CONTRAST_FILE, read_any
+from capatlas.errors import CapatlasError
+from capatlas.analysis.influence import zscore
+from capatlas.fileio import atomic_path
+from capatlas.taxonomy import FORMAT_NAMES, N_FORMATS, N_TOPICS, TOPIC_NAMES
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config="none")
 
 LEVEL_COLOURS = {"reasoning": "#c0392b", "knowledge": "#2471a3"}
 
@@ -227,6 +230,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="figures directory")
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, config: dict | None) -> None:
     for path in draw(args.bin_matrix, args.out, heatmaps=args.heatmap, contrast_dir=args.contrast):
         log.info("wrote %s", path)

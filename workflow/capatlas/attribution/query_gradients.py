@@ -25,28 +25,27 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .attribution import (
-    add_threads_argument,
-    set_torch_threads,
+from capatlas.command import Command
+from capatlas.artifacts.provenance import PROVENANCE_FILE, check_identity, provenance_sha256, read_provenance
+from capatlas.attribution.context import (
+    add_model_arguments,
     HESSIAN_DIR,
     INDEX_DIR,
     ITEMS_FILE,
-    PROVENANCE_FILE,
     base_provenance,
     bergson_workdir,
-    check_identity,
     load_query_set,
     make_job,
     prepare_run_path,
-    provenance_sha256,
-    read_provenance,
     save_token_dataset,
     deterministic_torch,
 )
-from .errors import CapatlasError
-from .io import atomic_path, write_json, write_parquet
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(torch_threads="attribution")
 
 STAGE = "query-gradients"
 
@@ -71,6 +70,21 @@ def check_preconditioner(preconditioner: Path, job, *, model_sha256: str | None 
     return provenance
 
 
+def _fitted_with(pre_provenance: dict, query_set, benchmark: str) -> bool:
+    """Whether R was mixed with this query set's statistics; warn if not (its scores are still valid, less tuned)."""
+    fitted = pre_provenance.get("query_sets", {})
+    if any(entry.get("sha256") == query_set.sha256 for entry in fitted.values()):
+        return True
+    log.warning(
+        "the query set %s (%s) is not among the query sets R was fitted on (%s): its scores use a "
+        "preconditioner mixed without its statistics; rerun `capatlas preconditioner` to include it",
+        query_set.path,
+        benchmark,
+        ", ".join(sorted(fitted)) or "none",
+    )
+    return False
+
+
 def build_query_gradients(
     config: Mapping,
     *,
@@ -93,16 +107,7 @@ def build_query_gradients(
             pre_provenance.get("model", {}).get("path"),
         )
     query_set = load_query_set(queries, name=benchmark, max_length=job.effective_max_length)
-    fitted = pre_provenance.get("query_sets", {})
-    in_preconditioner = any(entry.get("sha256") == query_set.sha256 for entry in fitted.values())
-    if not in_preconditioner:
-        log.warning(
-            "the query set %s (%s) is not among the query sets R was fitted on (%s): its scores use a "
-            "preconditioner mixed without its statistics; rerun `capatlas preconditioner` to include it",
-            query_set.path,
-            benchmark,
-            ", ".join(sorted(fitted)) or "none",
-        )
+    in_preconditioner = _fitted_with(pre_provenance, query_set, benchmark)
     log.info("building %d query gradients for %s on %s", len(query_set.item_ids), benchmark, job.device)
 
     from bergson.build import build_query
@@ -166,23 +171,14 @@ def _query_losses(index_path: Path, n: int) -> list[float | None]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--model", required=True, help="query model directory (default document model)")
-    parser.add_argument("--revision", default=None, help="model revision (hub ids only)")
+    add_model_arguments(parser, model_help="query model directory (default document model)")
     parser.add_argument("--queries", required=True, help="the benchmark's query set (`capatlas queries` output)")
     parser.add_argument("--preconditioner", required=True, help="`capatlas preconditioner` output directory")
     parser.add_argument("--benchmark", required=True, help="benchmark name (score column name)")
-    parser.add_argument("--optimizer-state", default=None, help="as for `capatlas preconditioner`")
     parser.add_argument("--out", required=True, help="query index directory (replaced atomically)")
-    add_threads_argument(parser)
 
 
-def run(args: argparse.Namespace) -> None:
-    from .config import apply_offline, load_config
-
-    config = load_config(args.config)
-    apply_offline(config)
-    set_torch_threads(args.threads or config["attribution"].get("threads"))
+def run(args: argparse.Namespace, config: dict | None) -> None:
     build_query_gradients(
         config,
         model=args.model,

@@ -8,7 +8,7 @@ one file, and writes ``labels/<file-key>.parquet`` with columns
     row (int64), doc_id (string), <facet>_id (int32), <facet>_prob (float32)
 
 ``<facet>_prob`` is the winning class's softmax probability. The manifest
-reads the file back through `capatlas.corpus.LabelResolver`, which also
+reads the file back through `capatlas.corpus.readers.LabelResolver`, which also
 checks that rows and doc ids still match the corpus file.
 """
 
@@ -25,12 +25,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .corpus import CorpusRecord, get_field, iter_records
-from .errors import CapatlasError
-from .io import write_parquet
-from .taxonomy import FACETS
+from capatlas.command import Command
+from capatlas.corpus.readers import CorpusRecord, get_field, iter_records
+from capatlas.errors import CapatlasError
+from capatlas.fileio import write_parquet
+from capatlas.taxonomy import FACETS
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command()
 
 N_CLASSES = 24
 # Characters kept per document before tokenising: the tokenizer truncates
@@ -200,17 +203,12 @@ def label_file(config: dict, corpus_file: str, out: str | os.PathLike, *, device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--file", required=True, help="one corpus file (.jsonl, .jsonl.gz, .jsonl.zst, .parquet)")
     parser.add_argument("--out", required=True, help="labels parquet to write (labels/<file-key>.parquet)")
     parser.add_argument("--device", default=None, help="override corpus.classifier.device (auto, cpu, cuda, cuda:1)")
 
 
-def run(args: argparse.Namespace) -> None:
-    from .config import apply_offline, load_config
-
-    config = load_config(args.config)
-    apply_offline(config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     if not os.path.isfile(args.file):
         raise CapatlasError(f"corpus file {args.file} does not exist")
     label_file(config, args.file, args.out, device=args.device)

@@ -51,9 +51,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import apply_offline, load_config
-from .errors import CapatlasError
-from .evaluate import (
+from capatlas.command import Command
+from capatlas.errors import CapatlasError
+from capatlas.benchmarks.evaluate import (
     default_world,
     evaluate_prepared,
     check_tokenizer_fits,
@@ -64,10 +64,12 @@ from .evaluate import (
     prepare_benchmarks,
     resolve_device,
 )
-from .forget_sets import GLOBAL_UNIT, read_forget_set
-from .io import atomic_path, write_json
+from capatlas.unlearning.forget_sets import GLOBAL_UNIT, read_forget_set
+from capatlas.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config_help="capatlas config (keys unlearning, evaluation, benchmarks)")
 
 METHODS = ("ga", "graddiff", "ngdiff", "npo")
 IGNORE_INDEX = -100
@@ -311,6 +313,43 @@ class TrainOutcome:
     rows: list[dict] = field(default_factory=list)
 
 
+def _reference_logprobs(model, data: RunData, device) -> dict:
+    """NPO's reference: the model before unlearning, its log-likelihood of each forget chunk, taken once."""
+    import torch
+
+    cache = {}
+    with torch.no_grad():
+        model.eval()
+        for chunk in data.forget_chunks:
+            cache[tuple(chunk)] = sequence_logprobs(model, _to(collate([chunk]), device))[0]
+    return cache
+
+
+def _losses(result) -> dict:
+    return {
+        "loss": result.loss,
+        "forget_loss": result.forget_loss,
+        "retain_loss": result.retain_loss,
+        "forget_grad_norm": result.forget_grad_norm,
+        "retain_grad_norm": result.retain_grad_norm,
+    }
+
+
+def _check_guard(model, guard, snapshot: list, row: dict, run_name: str) -> list | None:
+    """Run the guard; on a pass the new snapshot, on a fall the last passing parameters restored and None."""
+    import torch
+
+    value, ok = guard(model)
+    row["guard"] = value
+    if ok:
+        return [p.detach().clone() for p in trainable(model)]
+    with torch.no_grad():
+        for p, saved in zip(trainable(model), snapshot):
+            p.copy_(saved)
+    log.info("%s: guard fell to %.4f at step %d; parameters of the last passing check kept", run_name, value, row["step"])
+    return None
+
+
 def train_unlearning(model, data: RunData, section: dict, seed: int, *, guard=None, run_name: str = "run"):
     """Run the method until a stop criterion; `guard(model) -> bool` says whether utility is still acceptable."""
     import torch
@@ -327,13 +366,7 @@ def train_unlearning(model, data: RunData, section: dict, seed: int, *, guard=No
     if needs_retain and not any(retain_samplers):
         raise CapatlasError(f"{run_name}: the retain set is empty after removing the run's unit and forget documents")
     device = next(model.parameters()).device
-    ref_cache: dict[tuple[int, ...], torch.Tensor] = {}
-    if method == "npo":
-        # The reference model is the model before unlearning: log-likelihoods taken once, now.
-        with torch.no_grad():
-            model.eval()
-            for chunk in data.forget_chunks:
-                ref_cache[tuple(chunk)] = sequence_logprobs(model, _to(collate([chunk]), device))[0]
+    ref_cache = _reference_logprobs(model, data, device) if method == "npo" else {}
     model.train()
     optimizer = make_optimizer(model, train_cfg)
     every = section["retain"]["resample_every"]
@@ -362,32 +395,15 @@ def train_unlearning(model, data: RunData, section: dict, seed: int, *, guard=No
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         outcome.steps = step + 1
-        row = {
-            "step": step + 1,
-            "loss": result.loss,
-            "forget_loss": result.forget_loss,
-            "retain_loss": result.retain_loss,
-            "forget_grad_norm": result.forget_grad_norm,
-            "retain_grad_norm": result.retain_grad_norm,
-            "lr": train_cfg["lr"],
-            "guard": float("nan"),
-            "retain_round": round_,
-        }
+        row = {"step": step + 1, **_losses(result), "lr": train_cfg["lr"], "guard": float("nan"), "retain_round": round_}
         outcome.rows.append(row)
         if not all(math.isfinite(row[k]) for k in ("forget_loss", "loss")):
             raise CapatlasError(f"{run_name}: the loss became {row['loss']} at step {step + 1} (lower the lr)")
         if guard is not None and (step + 1) % stop["guard_every"] == 0:
-            value, ok = guard(model)
-            row["guard"] = value
-            if not ok:
-                with torch.no_grad():
-                    for p, saved in zip(trainable(model), snapshot):
-                        p.copy_(saved)
+            snapshot = _check_guard(model, guard, snapshot, row, run_name)
+            if snapshot is None:
                 outcome.stop_reason = "guard"
-                log.info("%s: guard fell to %.4f at step %d; parameters of the last passing check kept",
-                         run_name, value, step + 1)  # fmt: skip
                 break
-            snapshot = [p.detach().clone() for p in trainable(model)]
         threshold = stop["forget_loss_threshold"]
         if threshold is not None and result.forget_loss >= threshold:
             outcome.stop_reason = "forget_loss"
@@ -421,6 +437,25 @@ def read_baseline(path: Path, run_name: str) -> dict:
     if not path.is_file():
         raise CapatlasError(f"{run_name}: baseline evaluation {path} does not exist (run capatlas evaluate)")
     return json.loads(path.read_text())["benchmarks"]
+
+
+def _make_guard(stop: dict, prepared, baseline: dict, baseline_path, run_name: str, batch_size: int, eval_len):
+    """`guard(model) -> (value, ok)` on the guard benchmark against its baseline floor, or None without one."""
+    name = stop["guard_benchmark"]
+    if name is None:
+        return None
+    guarded = [p for p in prepared if p.name == name]
+    if not guarded:
+        raise CapatlasError(f"config key 'unlearning.stop.guard_benchmark': '{name}' is not a benchmark")
+    if name not in baseline:
+        raise CapatlasError(f"{run_name}: baseline {baseline_path} has no '{name}'")
+    floor = stop["guard_fraction"] * baseline[name][stop["guard_metric"]]
+
+    def guard(m):
+        value = evaluate_prepared(m, guarded, batch_size=batch_size, max_length=eval_len)[name][stop["guard_metric"]]
+        return value, value >= floor
+
+    return guard
 
 
 def run_unlearning(
@@ -460,22 +495,7 @@ def run_unlearning(
     eval_len = model_max_length(base, eval_cfg["max_length"])
     model = prepare_model(base, section)
 
-    guard = None
-    stop = section["stop"]
-    if stop["guard_benchmark"] is not None:
-        guarded = [p for p in prepared if p.name == stop["guard_benchmark"]]
-        if not guarded:
-            raise CapatlasError(f"config key 'unlearning.stop.guard_benchmark': '{stop['guard_benchmark']}' is not a benchmark")
-        if stop["guard_benchmark"] not in baseline:
-            raise CapatlasError(f"{run_name}: baseline {baseline_path} has no '{stop['guard_benchmark']}'")
-        floor = stop["guard_fraction"] * baseline[stop["guard_benchmark"]][stop["guard_metric"]]
-
-        def guard(m):
-            value = evaluate_prepared(m, guarded, batch_size=eval_cfg["batch_size"], max_length=eval_len)[
-                stop["guard_benchmark"]
-            ][stop["guard_metric"]]
-            return value, value >= floor
-
+    guard = _make_guard(section["stop"], prepared, baseline, baseline_path, run_name, eval_cfg["batch_size"], eval_len)
     outcome = train_unlearning(model, data, section, seed, guard=guard, run_name=run_name)
     results = evaluate_prepared(model, prepared, batch_size=eval_cfg["batch_size"], max_length=eval_len)
     model_dir = out / ("adapter" if section["lora"]["enabled"] else "checkpoint")
@@ -485,14 +505,7 @@ def run_unlearning(
             tokenizer.save_pretrained(tmp)
     write_train_log(outcome.rows, out / "train_log.csv")
     summary = {
-        "run": {
-            "target": meta.get("target"),
-            "unit_slot": meta.get("unit_slot"),
-            "unit": meta.get("unit"),
-            "level": meta.get("level"),
-            "condition": meta.get("condition"),
-            "seed": seed,
-        },
+        "run": {k: meta.get(k) for k in ("target", "unit_slot", "unit", "level", "condition")} | {"seed": seed},
         "model": str(model_path),
         "adapter": str(model_dir) if section["lora"]["enabled"] else None,
         "checkpoint": None if section["lora"]["enabled"] else str(model_dir),
@@ -512,7 +525,6 @@ def run_unlearning(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="capatlas config (keys unlearning, evaluation, benchmarks)")
     parser.add_argument("--model", required=True, help="base model directory")
     parser.add_argument("--forget-set", required=True, help="the run's forget_set.parquet")
     parser.add_argument("--retain-pool", required=True, help="unlearning/retain/seed<s>.parquet")
@@ -521,9 +533,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the run's directory unlearning/<target>/<unit>/<condition>/seed<s>")
 
 
-def run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
-    apply_offline(config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     summary = run_unlearning(
         config,
         args.model,

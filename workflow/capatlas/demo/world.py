@@ -33,13 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import demo_text as text
-from .config import apply_offline, load_config
-from .errors import CapatlasError
-from .io import atomic_path
-from .taxonomy import FORMAT, FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC, TOPIC_SLUGS, bin_id, split_bin
+from capatlas.command import Command
+from capatlas.demo import text
+from capatlas.errors import CapatlasError
+from capatlas.fileio import atomic_path
+from capatlas.taxonomy import FORMAT, FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC, TOPIC_SLUGS, bin_id, split_bin
 
 log = logging.getLogger(__name__)
+
+COMMAND = Command(config_help="capatlas config YAML (uses keys seed and demo)")
 
 # Fact sentences per planted document; with planted_docs_per_bin x bins of
 # them per benchmark, each fact or pattern recurs often enough for a tiny
@@ -594,7 +596,7 @@ def build_world(config: dict, out_dir: Path) -> dict:
         key=lambda row: row["subject"],
     )
     world = {
-        "generator": "capatlas.demo_world",
+        "generator": "capatlas.demo.world",
         "seed": seed,
         "demo": {k: v for k, v in demo.items() if k not in ("model", "train")},
         "sentences_per_planted_doc": SENTENCES_PER_PLANTED_DOC,
@@ -627,11 +629,8 @@ def load_ground_truth(world_dir: Path) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="capatlas config YAML (uses keys seed and demo)")
     parser.add_argument("--out", required=True, help="directory to write the demo world into (replaced as a whole)")
 
 
-def run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
-    apply_offline(config)
+def run(args: argparse.Namespace, config: dict | None) -> None:
     build_world(config, Path(args.out))

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CapatlasError
-from .taxonomy import FACETS, TOPIC_SLUGS, Facet
+from capatlas.errors import CapatlasError
+from capatlas.taxonomy import FACETS, TOPIC_SLUGS, Facet
 
 # Longest first, so ".jsonl.zst" wins over a bare ".zst" style match.
 SUFFIXES: tuple[str, ...] = (".jsonl.zst", ".jsonl.gz", ".jsonl", ".json", ".parquet")

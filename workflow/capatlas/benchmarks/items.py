@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CapatlasError
+from capatlas.errors import CapatlasError
 
 log = logging.getLogger(__name__)
 

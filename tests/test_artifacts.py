@@ -1,0 +1,102 @@
+"""The inter-stage file formats of capatlas/artifacts: round trips, integrity checks, and no torch in the light wings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from capatlas.artifacts.binsums import ARRAYS, BenchmarkSums, BinSums, read_bin_sums, write_bin_sums
+from capatlas.artifacts.provenance import PROVENANCE_KEY, canonical_json, identity_differences, parquet_provenance
+from capatlas.errors import CapatlasError
+from capatlas.taxonomy import N_BINS
+
+
+def _bin_sums(seed: int = 0) -> BinSums:
+    rng = np.random.default_rng(seed)
+    out = BinSums(provenance={"stage": "score-shard", "shard": {"path": "s.parquet"}})
+    for name, q in (("a", 3), ("b", 5)):
+        out.benchmarks[name] = BenchmarkSums(
+            item_ids=[f"{name}{i}" for i in range(q)],
+            sum=rng.normal(size=(N_BINS, q)),
+            sumsq=rng.normal(size=(N_BINS, q)) ** 2,
+            count=rng.integers(0, 9, size=N_BINS),
+            boot_sum=rng.normal(size=(4, N_BINS)),
+            # Fortran order in memory: the writer must store the logical layout.
+            boot_weight=np.asfortranarray(rng.integers(0, 9, size=(4, N_BINS)).astype(np.uint32)),
+        )
+    return out
+
+
+def test_bin_sums_round_trip_and_lean_reads(tmp_path):
+    written = _bin_sums()
+    path = tmp_path / "shard-00000.safetensors"
+    write_bin_sums(path, written)
+    full = read_bin_sums(path)
+    assert full.provenance == written.provenance and list(full.benchmarks) == ["a", "b"]
+    for name, sums in written.benchmarks.items():
+        assert full[name].item_ids == sums.item_ids
+        for key in ARRAYS:
+            np.testing.assert_array_equal(getattr(full[name], key), getattr(sums, key))
+    lean = read_bin_sums(path, arrays=("sum", "count"))
+    assert lean["a"].sumsq is None and lean["a"].boot_sum is None
+    np.testing.assert_array_equal(lean["b"].count, written["b"].count)
+
+
+def test_bin_sums_are_written_byte_for_byte_the_same(tmp_path):
+    write_bin_sums(tmp_path / "one.safetensors", _bin_sums())
+    write_bin_sums(tmp_path / "two.safetensors", _bin_sums())
+    assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "two.safetensors").read_bytes()
+
+
+def test_a_flipped_bit_in_bin_sums_is_refused_naming_file_and_tensor(tmp_path):
+    path = tmp_path / "shard-00003.safetensors"
+    write_bin_sums(path, _bin_sums())
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10  # inside the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CapatlasError, match=r"shard-00003\.safetensors: tensor \S+ does not match its recorded sha256"):
+        read_bin_sums(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_unreadable_bin_sums_name_the_file(tmp_path, damage):
+    path = tmp_path / "shard-00001.safetensors"
+    write_bin_sums(path, _bin_sums())
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        np.savez(path.with_suffix(".npz"), x=np.zeros(3))
+        path.write_bytes(path.with_suffix(".npz").read_bytes())
+    with pytest.raises(CapatlasError, match=r"shard-00001\.safetensors is not a readable bin-sums file"):
+        read_bin_sums(path)
+
+
+def test_provenance_checks_name_every_differing_key(tmp_path):
+    expected = {"model": {"sha256": "a"}, "attribution": {"projection_dim": 16}}
+    found = {"model": {"sha256": "b"}, "attribution": {"projection_dim": 16}}
+    assert identity_differences(expected, found) == ["model.sha256 is 'b' there but 'a' in this job"]
+    provenance = {"stage": "score-shard", "x": [1, 2]}
+    metadata = {PROVENANCE_KEY: canonical_json(provenance).encode()}
+    assert parquet_provenance(metadata, tmp_path / "s.parquet", produced_by="score-shard") == provenance
+    with pytest.raises(CapatlasError, match=r"s\.parquet carries no provenance"):
+        parquet_provenance({}, tmp_path / "s.parquet", produced_by="score-shard")
+    assert json.loads(canonical_json({"b": 1, "a": 2})) == {"a": 2, "b": 1}
+
+
+def test_analysis_and_artifacts_import_without_torch():
+    # The analysis env has no torch: nothing these wings import at import time may pull it in.
+    code = (
+        "import sys, importlib, pkgutil\n"
+        "import capatlas.analysis, capatlas.artifacts\n"
+        "for pkg in (capatlas.analysis, capatlas.artifacts):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        importlib.import_module(m.name)\n"
+        "heavy = sorted(n for n in ('torch', 'transformers', 'bergson') if n in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported at import time: {out.stdout.strip()}"
