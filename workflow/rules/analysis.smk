@@ -62,8 +62,8 @@ rule influence:
         section=config_section("seed", "analysis"),
         out=directory_of("output", "matrix"),
     shell:
-        "capatlas influence --config {params.config} --scores {input.scores}"
-        " --binsums {input.binsums} --out {params.out} > {log} 2>&1"
+        "capatlas influence --config {params.config:q} --scores {input.scores:q}"
+        " --binsums {input.binsums:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule contrast:
@@ -108,11 +108,11 @@ rule contrast:
     params:
         config=RESOLVED_CONFIG,
         section=ANALYSIS_SECTION,
-        truth=f"--ground-truth {DEMO_WORLD}/ground_truth.json" if DEMO else "",
+        truth=flag("--ground-truth", f"{DEMO_WORLD}/ground_truth.json" if DEMO else None),
         out=directory_of("output", "summary"),
     shell:
-        "capatlas contrast --config {params.config} --bin-matrix {input.matrix}"
-        " --out {params.out} {params.truth} > {log} 2>&1"
+        "capatlas contrast --config {params.config:q} --bin-matrix {input.matrix:q}"
+        " --out {params.out:q} {params.truth:q} > {log:q} 2>&1"
 
 
 rule heatmap:
@@ -138,8 +138,8 @@ rule heatmap:
     params:
         out=directory_of("output", 0),
     shell:
-        "capatlas figures --bin-matrix {input.matrix} --heatmap {wildcards.benchmark}"
-        " --out {params.out} > {log} 2>&1"
+        "capatlas figures --bin-matrix {input.matrix:q} --heatmap {wildcards.benchmark:q}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule contrast_figures:
@@ -172,5 +172,5 @@ rule contrast_figures:
         contrast=directory_of("input", "summary"),
         out=directory_of("output", "bars"),
     shell:
-        "capatlas figures --bin-matrix {input.matrix} --contrast {params.contrast}"
-        " --out {params.out} > {log} 2>&1"
+        "capatlas figures --bin-matrix {input.matrix:q} --contrast {params.contrast:q}"
+        " --out {params.out:q} > {log:q} 2>&1"

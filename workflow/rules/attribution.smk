@@ -17,7 +17,7 @@ FINAL_TARGETS.extend(
 
 OPTIMIZER_STATE = optimizer_state()
 # A given path overrides attribution.optimizer_state; an empty flag keeps "none".
-OPTIMIZER_FLAG = f"--optimizer-state {OPTIMIZER_STATE}" if OPTIMIZER_STATE else ""
+OPTIMIZER_FLAG = flag("--optimizer-state", OPTIMIZER_STATE)
 ATTRIBUTION_SECTION = config_section("seed", "attribution")
 ATTRIBUTION_THREADS = (
     config["attribution"]["threads"] or config["resources"]["gpu"]["threads"]
@@ -44,10 +44,10 @@ rule queries:
     params:
         config=RESOLVED_CONFIG,
         section=config_section("seed", "benchmarks", "attribution"),
-        world=f"--world {DEMO_WORLD}" if DEMO else "",
+        world=flag("--world", DEMO_WORLD if DEMO else None),
     shell:
-        "capatlas queries --config {params.config} --benchmark {wildcards.benchmark}"
-        " --tokenizer {input.model} {params.world} --out {output.queries} > {log} 2>&1"
+        "capatlas queries --config {params.config:q} --benchmark {wildcards.benchmark:q}"
+        " --tokenizer {input.model:q} {params.world:q} --out {output.queries:q} > {log:q} 2>&1"
 
 
 rule preconditioner:
@@ -70,13 +70,13 @@ rule preconditioner:
         revision=revision_flag("document"),
         optimizer_state=OPTIMIZER_FLAG,
         shards=SHARD_FILES,
-        queries=lambda wildcards, input: " ".join(
+        queries=lambda wildcards, input: [
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.queries)
-        ),
+        ],
     shell:
-        "capatlas preconditioner --config {params.config} --model {input.model} {params.revision}"
-        " --shards {params.shards} --queries {params.queries} {params.optimizer_state}"
-        " --threads {threads} --out {output.preconditioner} > {log} 2>&1"
+        "capatlas preconditioner --config {params.config:q} --model {input.model:q} {params.revision:q}"
+        " --shards {params.shards:q} --queries {params.queries:q} {params.optimizer_state:q}"
+        " --threads {threads:q} --out {output.preconditioner:q} > {log:q} 2>&1"
 
 
 rule query_gradients:
@@ -103,10 +103,10 @@ rule query_gradients:
         revision=revision_flag("query"),
         optimizer_state=OPTIMIZER_FLAG,
     shell:
-        "capatlas query-gradients --config {params.config} --model {input.query_model} {params.revision}"
-        " --benchmark {wildcards.benchmark} --queries {input.queries}"
-        " --preconditioner {input.preconditioner} {params.optimizer_state}"
-        " --threads {threads} --out {output.index} > {log} 2>&1"
+        "capatlas query-gradients --config {params.config:q} --model {input.query_model:q} {params.revision:q}"
+        " --benchmark {wildcards.benchmark:q} --queries {input.queries:q}"
+        " --preconditioner {input.preconditioner:q} {params.optimizer_state:q}"
+        " --threads {threads:q} --out {output.index:q} > {log:q} 2>&1"
 
 
 rule score_shard:
@@ -135,20 +135,20 @@ rule score_shard:
         revision=revision_flag("document"),
         # Only a query model of its own is named: hashing a 7B model twice per shard is waste.
         query_model=(
-            f"--query-model {query_model()} {revision_flag('query', '--query-revision')}"
+            flag("--query-model", query_model()) + revision_flag("query", "--query-revision")
             if config["models"]["query"]["path"]
-            else ""
+            else []
         ),
         optimizer_state=OPTIMIZER_FLAG,
         # The shard file itself is not a declared output of `shards` (see
         # SHARDS_SUMMARY): the job depends on shards.json and reads this path.
         shard=SHARD_PATTERN,
-        indices=lambda wildcards, input: " ".join(
+        indices=lambda wildcards, input: [
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.query_indices)
-        ),
+        ],
     shell:
-        "capatlas score-shard --config {params.config} --model {input.model} {params.revision}"
-        " {params.query_model} --shard {params.shard}"
-        " --preconditioner {input.preconditioner} --query-index {params.indices}"
-        " {params.optimizer_state} --threads {threads}"
-        " --out-scores {output.scores} --out-binsums {output.binsums} > {log} 2>&1"
+        "capatlas score-shard --config {params.config:q} --model {input.model:q} {params.revision:q}"
+        " {params.query_model:q} --shard {params.shard:q}"
+        " --preconditioner {input.preconditioner:q} --query-index {params.indices:q}"
+        " {params.optimizer_state:q} --threads {threads:q}"
+        " --out-scores {output.scores:q} --out-binsums {output.binsums:q} > {log:q} 2>&1"

@@ -163,9 +163,13 @@ def model_revision(role):
     return None if DEMO and role == "document" else config["models"][role]["revision"]
 
 
-def revision_flag(role, flag="--revision"):
-    revision = model_revision(role)
-    return f"{flag} {revision}" if revision else ""
+def flag(name, value):
+    """An optional command-line option as a list ([] without a value), for a shell field quoted with :q."""
+    return [name, str(value)] if value else []
+
+
+def revision_flag(role, flag_name="--revision"):
+    return flag(flag_name, model_revision(role))
 
 
 def optimizer_state():

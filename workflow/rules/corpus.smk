@@ -35,8 +35,8 @@ rule labels:
         config=RESOLVED_CONFIG,
         section=config_section("corpus"),
     shell:
-        "capatlas labels --config {params.config} --file {input.corpus}"
-        " --out {output.labels} > {log} 2>&1"
+        "capatlas labels --config {params.config:q} --file {input.corpus:q}"
+        " --out {output.labels:q} > {log:q} 2>&1"
 
 
 rule manifest:
@@ -61,13 +61,14 @@ rule manifest:
         section=config_section("seed", "corpus", "manifest"),
         # Real corpora are expanded from corpus.paths inside the stage (a
         # command line could not hold thousands of file names).
-        files=f"--files {DEMO_WORLD}/corpus/*.jsonl.zst" if DEMO else "",
-        labels_dir=f"--labels-dir {RUN}/labels" if CLASSIFIED else "",
+        # A glob: `capatlas manifest` expands it (the shell never sees it unquoted).
+        files=flag("--files", f"{DEMO_WORLD}/corpus/*.jsonl.zst" if DEMO else None),
+        labels_dir=flag("--labels-dir", f"{RUN}/labels" if CLASSIFIED else None),
         out=directory_of("output", "manifest"),
     shell:
-        "capatlas manifest --config {params.config} --out {params.out}"
-        " {params.files} {params.labels_dir} --tokenizer {input.tokenizer}"
-        " --threads {threads} > {log} 2>&1"
+        "capatlas manifest --config {params.config:q} --out {params.out:q}"
+        " {params.files:q} {params.labels_dir:q} --tokenizer {input.tokenizer:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 rule shards:
@@ -93,5 +94,5 @@ rule shards:
         manifest_dir=directory_of("input", "manifest"),
         out=directory_of("output", "summary"),
     shell:
-        "capatlas shard --config {params.config} --manifest {params.manifest_dir}"
-        " --out {params.out} > {log} 2>&1"
+        "capatlas shard --config {params.config:q} --manifest {params.manifest_dir:q}"
+        " --out {params.out:q} > {log:q} 2>&1"

@@ -22,7 +22,7 @@ rule demo_world:
         config=RESOLVED_CONFIG,
         section=config_section("seed", "demo"),
     shell:
-        "capatlas demo-world --config {params.config} --out {output.world} > {log} 2>&1"
+        "capatlas demo-world --config {params.config:q} --out {output.world:q} > {log:q} 2>&1"
 
 
 rule demo_model:
@@ -43,5 +43,5 @@ rule demo_model:
         config=RESOLVED_CONFIG,
         section=config_section("seed", "demo"),
     shell:
-        "capatlas demo-model --config {params.config} --world {input.world}"
-        " --out {output.model} > {log} 2>&1"
+        "capatlas demo-model --config {params.config:q} --world {input.world:q}"
+        " --out {output.model:q} > {log:q} 2>&1"

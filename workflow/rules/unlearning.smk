@@ -8,7 +8,7 @@ UNLEARNING = f"{RUN}/unlearning"
 EVAL_DIR = f"{RUN}/eval"
 UNLEARN_CFG = config["unlearning"]
 UNLEARN_MODEL_DIR = "adapter" if UNLEARN_CFG["lora"]["enabled"] else "checkpoint"
-WORLD_ARG = f"--world {DEMO_WORLD}" if DEMO else ""
+WORLD_ARG = flag("--world", DEMO_WORLD if DEMO else None)
 
 try:
     UNLEARN_RUNS = planned_runs(config)
@@ -51,8 +51,8 @@ rule evaluate_base:
         section=config_section("seed", "benchmarks", "evaluation"),
         world=WORLD_ARG,
     shell:
-        "capatlas evaluate --config {params.config} --model {input.model}"
-        " {params.world} --out {output.evaluation} > {log} 2>&1"
+        "capatlas evaluate --config {params.config:q} --model {input.model:q}"
+        " {params.world:q} --out {output.evaluation:q} > {log:q} 2>&1"
 
 
 rule forget_sets:
@@ -77,16 +77,16 @@ rule forget_sets:
     params:
         config=RESOLVED_CONFIG,
         section=config_section("seed", "benchmarks", "unlearning"),
-        bin_matrix=lambda wildcards, input: (
-            f"--bin-matrix {input.bin_matrix}" if "bin_matrix" in input.keys() else ""
+        bin_matrix=lambda wildcards, input: flag(
+            "--bin-matrix", input.bin_matrix if "bin_matrix" in input.keys() else None
         ),
         # Texts come from every shard; the input is shards.json (SHARDS_SUMMARY).
         shards=SHARD_FILES,
         out=directory_of("output", "summary"),
     shell:
-        "capatlas forget-sets --config {params.config} --manifest {input.manifest}"
-        " --scores {input.scores} --shards {params.shards} {params.bin_matrix}"
-        " --out {params.out} > {log} 2>&1"
+        "capatlas forget-sets --config {params.config:q} --manifest {input.manifest:q}"
+        " --scores {input.scores:q} --shards {params.shards:q} {params.bin_matrix:q}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule unlearn:
@@ -122,9 +122,9 @@ rule unlearn:
         world=WORLD_ARG,
         out=directory_of("output", "evaluation"),
     shell:
-        "capatlas unlearn --config {params.config} --model {input.model}"
-        " --forget-set {input.forget} --retain-pool {input.retain}"
-        " --baseline {input.baseline} {params.world} --out {params.out} > {log} 2>&1"
+        "capatlas unlearn --config {params.config:q} --model {input.model:q}"
+        " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
+        " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule unlearning_summary:
@@ -180,5 +180,5 @@ rule unlearning_summary:
         unlearning_dir=directory_of("output", "summary"),
         figures=directory_of("output", "paired_figures"),
     shell:
-        "capatlas unlearning-summary --config {params.config} --baseline {input.baseline}"
-        " --unlearning-dir {params.unlearning_dir} --figures {params.figures} > {log} 2>&1"
+        "capatlas unlearning-summary --config {params.config:q} --baseline {input.baseline:q}"
+        " --unlearning-dir {params.unlearning_dir:q} --figures {params.figures:q} > {log:q} 2>&1"
