@@ -24,6 +24,10 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/unlearning.smk"
 
 
+onstart:
+    write_resolved_config()
+
+
 rule all:
     default_target: True
     input:

@@ -9,6 +9,8 @@ import subprocess
 import yaml
 import zstandard
 
+from capatlas.config import load_config
+
 DOLMA_DIRS = [
     "common_crawl-religion-0016",
     "common_crawl-social_life-0002",
@@ -95,7 +97,9 @@ def test_paper_scale_dag_plans_on_a_dolma_layout(repo_root, venv_bin, tmp_path):
     assert counts["shards"] == 1
     assert counts["queries"] == 4  # one per benchmark of the 2 x 2 design
     assert "demo_world" not in counts and "demo_model" not in counts
-    resolved = yaml.safe_load((tmp_path / "results" / "olmo3-7b" / "config.yaml").read_text())
+    # A dry run writes nothing into results/ (a running job's config is never rewritten under it).
+    assert not (tmp_path / "results").exists()
+    resolved = load_config(repo_root / "config" / "olmo3-7b.yaml", overrides=yaml.safe_load(site.read_text()))
     assert resolved["shards"]["count"] == 316
     assert resolved["demo"]["enabled"] is False
 

@@ -58,11 +58,10 @@ rule influence:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "analysis"),
         out=directory_of("output", "matrix"),
     shell:
-        "capatlas influence --config {params.config:q} --scores {input.scores:q}"
+        "capatlas influence --config \"$CAPATLAS_CONFIG\" --scores {input.scores:q}"
         " --binsums {input.binsums:q} --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -106,12 +105,11 @@ rule contrast:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=ANALYSIS_SECTION,
         truth=flag("--ground-truth", f"{DEMO_WORLD}/ground_truth.json" if DEMO else None),
         out=directory_of("output", "summary"),
     shell:
-        "capatlas contrast --config {params.config:q} --bin-matrix {input.matrix:q}"
+        "capatlas contrast --config \"$CAPATLAS_CONFIG\" --bin-matrix {input.matrix:q}"
         " --out {params.out:q} {params.truth:q} > {log:q} 2>&1"
 
 

@@ -42,11 +42,10 @@ rule queries:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "benchmarks", "attribution"),
         world=flag("--world", DEMO_WORLD if DEMO else None),
     shell:
-        "capatlas queries --config {params.config:q} --benchmark {wildcards.benchmark:q}"
+        "capatlas queries --config \"$CAPATLAS_CONFIG\" --benchmark {wildcards.benchmark:q}"
         " --tokenizer {input.model:q} {params.world:q} --out {output.queries:q} > {log:q} 2>&1"
 
 
@@ -65,7 +64,6 @@ rule preconditioner:
     resources:
         **attempt_resources("gpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=ATTRIBUTION_SECTION,
         revision=revision_flag("document"),
         optimizer_state=OPTIMIZER_FLAG,
@@ -74,7 +72,7 @@ rule preconditioner:
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.queries)
         ],
     shell:
-        "capatlas preconditioner --config {params.config:q} --model {input.model:q} {params.revision:q}"
+        "capatlas preconditioner --config \"$CAPATLAS_CONFIG\" --model {input.model:q} {params.revision:q}"
         " --shards {params.shards:q} --queries {params.queries:q} {params.optimizer_state:q}"
         " --threads {threads:q} --out {output.preconditioner:q} > {log:q} 2>&1"
 
@@ -98,12 +96,11 @@ rule query_gradients:
     resources:
         **attempt_resources("gpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=ATTRIBUTION_SECTION,
         revision=revision_flag("query"),
         optimizer_state=OPTIMIZER_FLAG,
     shell:
-        "capatlas query-gradients --config {params.config:q} --model {input.query_model:q} {params.revision:q}"
+        "capatlas query-gradients --config \"$CAPATLAS_CONFIG\" --model {input.query_model:q} {params.revision:q}"
         " --benchmark {wildcards.benchmark:q} --queries {input.queries:q}"
         " --preconditioner {input.preconditioner:q} {params.optimizer_state:q}"
         " --threads {threads:q} --out {output.index:q} > {log:q} 2>&1"
@@ -128,7 +125,6 @@ rule score_shard:
     resources:
         **attempt_resources("gpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=ATTRIBUTION_SECTION,
         # The job draws its documents' part of the bootstrap (seed is in the section).
         bootstrap=config["analysis"]["bootstrap"],
@@ -147,7 +143,7 @@ rule score_shard:
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.query_indices)
         ],
     shell:
-        "capatlas score-shard --config {params.config:q} --model {input.model:q} {params.revision:q}"
+        "capatlas score-shard --config \"$CAPATLAS_CONFIG\" --model {input.model:q} {params.revision:q}"
         " {params.query_model:q} --shard {params.shard:q}"
         " --preconditioner {input.preconditioner:q} --query-index {params.indices:q}"
         " {params.optimizer_state:q} --threads {threads:q}"

@@ -39,24 +39,39 @@ CAPATLAS_FUNCTION = (
     f'{OFFLINE_ENV}PYTHONPATH={PACKAGE_DIR}${{PYTHONPATH:+:$PYTHONPATH}} {PYTHON} -m capatlas.cli "$@"; '
     "}; "
 )
-shell.prefix(
-    f"set -euo pipefail; {CAPATLAS_FUNCTION}".replace("{", "{{").replace("}", "}}")
+
+
+RESOLVED_CONFIG_TEXT = json.dumps(config, indent=2, sort_keys=True) + "\n"
+# The validated config (overrides merged, defaults filled) that this
+# invocation's jobs read, content-addressed: another invocation (a dry run, a
+# run the lock refuses, a run with other overrides) plans its own file and
+# never rewrites this one, so a job always reads the config it was planned
+# with. The path reaches the jobs through $CAPATLAS_CONFIG, not a param, so
+# that a config change reruns only the rules whose own sections
+# (params.section) changed.
+RESOLVED_CONFIG = str(
+    Path(RUN) / "configs" / f"{hashlib.sha256(RESOLVED_CONFIG_TEXT.encode()).hexdigest()[:16]}.yaml"
 )
 
 
-def resolved_config_path():
-    """The validated config (overrides merged, defaults filled) that every stage reads.
+def write_resolved_config():
+    """Write the config snapshot (once: its name is its content) and results/<run>/config.yaml.
 
-    Rewritten only when its content changes, so its mtime means something.
+    Called from `onstart`, which only a run that holds the lock executes, so
+    dry runs and refused runs write nothing into results/. config.yaml is
+    for people: the config of the last run started; jobs never read it.
     """
-    path = Path(RUN) / "config.yaml"
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    if not path.exists() or path.read_text() != text:
-        write_text(text, path)
-    return str(path)
+    if not Path(RESOLVED_CONFIG).exists():
+        write_text(RESOLVED_CONFIG_TEXT, RESOLVED_CONFIG)
+    latest = Path(RUN) / "config.yaml"
+    if not latest.exists() or latest.read_text() != RESOLVED_CONFIG_TEXT:
+        write_text(RESOLVED_CONFIG_TEXT, latest)
 
 
-RESOLVED_CONFIG = resolved_config_path()
+shell.prefix(
+    f"set -euo pipefail; export CAPATLAS_CONFIG={shlex.quote(RESOLVED_CONFIG)}; {CAPATLAS_FUNCTION}"
+    .replace("{", "{{").replace("}", "}}")
+)
 
 
 def directory_of(io, name):

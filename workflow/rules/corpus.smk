@@ -32,10 +32,9 @@ rule labels:
     resources:
         **attempt_resources("gpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("corpus"),
     shell:
-        "capatlas labels --config {params.config:q} --file {input.corpus:q}"
+        "capatlas labels --config \"$CAPATLAS_CONFIG\" --file {input.corpus:q}"
         " --out {output.labels:q} > {log:q} 2>&1"
 
 
@@ -57,7 +56,6 @@ rule manifest:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "corpus", "manifest"),
         # Real corpora are expanded from corpus.paths inside the stage (a
         # command line could not hold thousands of file names).
@@ -66,7 +64,7 @@ rule manifest:
         labels_dir=flag("--labels-dir", f"{RUN}/labels" if CLASSIFIED else None),
         out=directory_of("output", "manifest"),
     shell:
-        "capatlas manifest --config {params.config:q} --out {params.out:q}"
+        "capatlas manifest --config \"$CAPATLAS_CONFIG\" --out {params.out:q}"
         " {params.files:q} {params.labels_dir:q} --tokenizer {input.tokenizer:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
@@ -89,10 +87,9 @@ rule shards:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("shards"),
         manifest_dir=directory_of("input", "manifest"),
         out=directory_of("output", "summary"),
     shell:
-        "capatlas shard --config {params.config:q} --manifest {params.manifest_dir:q}"
+        "capatlas shard --config \"$CAPATLAS_CONFIG\" --manifest {params.manifest_dir:q}"
         " --out {params.out:q} > {log:q} 2>&1"

@@ -19,10 +19,9 @@ rule demo_world:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "demo"),
     shell:
-        "capatlas demo-world --config {params.config:q} --out {output.world:q} > {log:q} 2>&1"
+        "capatlas demo-world --config \"$CAPATLAS_CONFIG\" --out {output.world:q} > {log:q} 2>&1"
 
 
 rule demo_model:
@@ -40,8 +39,7 @@ rule demo_model:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "demo"),
     shell:
-        "capatlas demo-model --config {params.config:q} --world {input.world:q}"
+        "capatlas demo-model --config \"$CAPATLAS_CONFIG\" --world {input.world:q}"
         " --out {output.model:q} > {log:q} 2>&1"

@@ -47,11 +47,10 @@ rule evaluate_base:
     resources:
         **attempt_resources("gpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "benchmarks", "evaluation"),
         world=WORLD_ARG,
     shell:
-        "capatlas evaluate --config {params.config:q} --model {input.model:q}"
+        "capatlas evaluate --config \"$CAPATLAS_CONFIG\" --model {input.model:q}"
         " {params.world:q} --out {output.evaluation:q} > {log:q} 2>&1"
 
 
@@ -75,7 +74,6 @@ rule forget_sets:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "benchmarks", "unlearning"),
         bin_matrix=lambda wildcards, input: flag(
             "--bin-matrix", input.bin_matrix if "bin_matrix" in input.keys() else None
@@ -84,7 +82,7 @@ rule forget_sets:
         shards=SHARD_FILES,
         out=directory_of("output", "summary"),
     shell:
-        "capatlas forget-sets --config {params.config:q} --manifest {input.manifest:q}"
+        "capatlas forget-sets --config \"$CAPATLAS_CONFIG\" --manifest {input.manifest:q}"
         " --scores {input.scores:q} --shards {params.shards:q} {params.bin_matrix:q}"
         " --out {params.out:q} > {log:q} 2>&1"
 
@@ -117,12 +115,11 @@ rule unlearn:
     resources:
         **attempt_resources("gpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "benchmarks", "evaluation", "unlearning"),
         world=WORLD_ARG,
         out=directory_of("output", "evaluation"),
     shell:
-        "capatlas unlearn --config {params.config:q} --model {input.model:q}"
+        "capatlas unlearn --config \"$CAPATLAS_CONFIG\" --model {input.model:q}"
         " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
         " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
 
@@ -175,10 +172,9 @@ rule unlearning_summary:
     resources:
         **attempt_resources("cpu"),
     params:
-        config=RESOLVED_CONFIG,
         section=config_section("seed", "unlearning"),
         unlearning_dir=directory_of("output", "summary"),
         figures=directory_of("output", "paired_figures"),
     shell:
-        "capatlas unlearning-summary --config {params.config:q} --baseline {input.baseline:q}"
+        "capatlas unlearning-summary --config \"$CAPATLAS_CONFIG\" --baseline {input.baseline:q}"
         " --unlearning-dir {params.unlearning_dir:q} --figures {params.figures:q} > {log:q} 2>&1"
