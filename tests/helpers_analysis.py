@@ -11,6 +11,7 @@ document-bootstrap sums, drawn by the same function as score-shard's).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,11 @@ def write_shards(
     for k in range(n_shards):
         rows = np.arange(k, len(data.bins), n_shards)
         provenance = copy.deepcopy(data.provenance)
-        provenance["shard"] = {"path": f"/run/shards/shard-{k:05d}.parquet", "n_docs": int(len(rows))}
+        provenance["shard"] = {
+            "path": f"/run/shards/shard-{k:05d}.parquet",
+            "sha256": hashlib.sha256(f"shard-{k}".encode()).hexdigest(),
+            "n_docs": int(len(rows)),
+        }
         provenance["document_bootstrap"] = {"n_bootstrap": n_bootstrap, "seed": seed, "weights": WEIGHTS_SCHEME}
         for key, value in (provenance_edits or {}).get(k, {}).items():
             target = provenance
@@ -161,7 +166,7 @@ def write_shards(
         table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: text.encode()})
         score_path = root / "scores" / f"shard-{k:05d}.parquet"
         binsum_path = root / "binsums" / f"shard-{k:05d}.safetensors"
-        pq.write_table(table, score_path)
+        pq.write_table(table, score_path, write_page_checksum=True)
         write_bin_sums(binsum_path, bin_sums)
         score_files.append(score_path)
         binsum_files.append(binsum_path)

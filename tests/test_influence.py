@@ -242,3 +242,25 @@ def test_cli_writes_all_outputs_and_exits_2_on_bad_input(data, tmp_path, repo_ro
         [*command, "--scores", str(scores[0]), "--binsums", str(binsums[1])], env=env, capture_output=True, text=True
     )
     assert failed.returncode == 2 and "shard-00000 has no bin sums" in failed.stderr
+
+
+def test_a_shard_copied_over_another_is_refused_by_name(data, tmp_path):
+    import shutil
+
+    scores, binsums = write_shards(data, tmp_path, 4, n_bootstrap=5, seed=5)
+    # shard-00001's outputs copied over shard-00002's: 1's documents twice, 2's not at all.
+    shutil.copy(scores[1], scores[2])
+    shutil.copy(binsums[1], binsums[2])
+    with pytest.raises(CapatlasError, match=r"shard-00002\.parquet holds the scores of shard-00001.*rescore shard-00002"):
+        inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=5, seed=5)
+
+
+def test_a_flipped_bit_in_a_scores_file_is_refused_by_name(data, tmp_path):
+    scores, binsums = write_shards(data, tmp_path, 2, n_bootstrap=5, seed=5)
+    raw = bytearray(scores[1].read_bytes())
+    # Inside the data of a column influence reads (a benchmark's scores).
+    chunk = pq.ParquetFile(scores[1]).metadata.row_group(0).column(2)
+    raw[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0x04
+    scores[1].write_bytes(bytes(raw))
+    with pytest.raises(CapatlasError, match=r"shard-00001\.parquet"):
+        inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=5, seed=5)

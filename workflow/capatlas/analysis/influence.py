@@ -121,6 +121,26 @@ def pair_shards(scores: Sequence[str | os.PathLike], binsums: Sequence[str | os.
     return [ShardFiles(k, by_scores[k], by_binsums[k]) for k in sorted(by_scores)]
 
 
+def check_shard_identity(shard: ShardFiles, provenance: dict, seen: dict[str, str]) -> None:
+    """The scores must be those of the shard their file is named after, and no shard may come twice."""
+    recorded = provenance.get("shard") or {}
+    key = shard_key(Path(str(recorded.get("path", ""))))
+    if key != shard.key:
+        raise CapatlasError(
+            f"{shard.scores} holds the scores of {key} (its provenance names {recorded.get('path')}), "
+            f"not of {shard.key}: the file was copied or renamed; rescore {shard.key}"
+        )
+    digest = recorded.get("sha256")
+    if digest is None:
+        return
+    if digest in seen:
+        raise CapatlasError(
+            f"{shard.scores} scores the same shard file (sha256 {digest[:12]}...) as {seen[digest]}: "
+            f"its documents would count twice; rescore {shard.key}"
+        )
+    seen[digest] = shard.key
+
+
 def read_score_provenance(path: Path) -> dict:
     try:
         metadata = pq.read_schema(path).metadata or {}
@@ -306,7 +326,11 @@ def _read_shard_scores(shard: ShardFiles, benchmarks: list[str]) -> tuple[np.nda
     missing = [c for c in ("doc_id", "bin_id", *benchmarks) if c not in names]
     if missing:
         raise CapatlasError(f"{shard.scores} lacks column(s) {', '.join(missing)}")
-    table = pq.read_table(shard.scores, columns=["bin_id", *benchmarks])
+    try:
+        # Page checksums (written by score-shard) catch a flipped bit in the data.
+        table = pq.read_table(shard.scores, columns=["bin_id", *benchmarks], page_checksum_verification=True)
+    except OSError as exc:
+        raise CapatlasError(f"{shard.scores} is corrupted ({exc}): rescore {shard.key}") from None
     bins = table.column("bin_id").to_numpy(zero_copy_only=False).astype(np.int64)
     if len(bins) and (bins.min() < 0 or bins.max() >= N_BINS):
         raise CapatlasError(f"{shard.scores}: bin_id outside 0..{N_BINS - 1}")
@@ -368,8 +392,10 @@ def compute_influence(
     accumulator = None
     query_sums = _QuerySums()
     n_docs_total = 0
+    seen_shards: dict[str, str] = {}
     for shard in tqdm(shards, desc="influence: shards", unit="shard"):
         provenance = read_score_provenance(shard.scores)
+        check_shard_identity(shard, provenance, seen_shards)
         sums = _read_bin_sums_of(shard, provenance)
         signature = run_signature(provenance)
         if reference is None:

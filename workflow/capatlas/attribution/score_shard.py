@@ -513,7 +513,7 @@ def score_shard(
         provenance = _provenance(config, inputs, shard, docs, ranges)
         table, bin_sums = _outputs(provenance, inputs.indices, docs, means, sums, sumsq, counts)
         with atomic_path(out_scores) as tmp_scores, atomic_path(out_binsums) as tmp_binsums:
-            pq.write_table(table, tmp_scores, compression="zstd", write_statistics=True)
+            pq.write_table(table, tmp_scores, compression="zstd", write_statistics=True, write_page_checksum=True)
             write_bin_sums(tmp_binsums, bin_sums)
     return provenance
 
