@@ -382,3 +382,14 @@ def test_classifier_labels_errors(tmp_path):
     with pytest.raises(CapatlasError, match="has 2 rows") as info:
         [labels(rec) for rec in iter_records(corpus)]
     assert str(short) in str(info.value) and str(corpus) in str(info.value)
+
+
+def test_a_lone_surrogate_is_replaced_and_named(tmp_path, caplog):
+    # "\ud800" is valid JSON but not valid Unicode: tokenizers, hashes and parquet all refuse it.
+    path = tmp_path / "part-0.jsonl"
+    path.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": "bad \\ud800 text"}\n')
+    with caplog.at_level("WARNING"):
+        records = list(iter_records(path))
+    assert [r.text for r in records] == ["fine", "bad \ufffd text"]
+    assert "line 2" in caplog.text and "surrogate" in caplog.text
+    records[1].text.encode("utf-8")  # strict: now encodable

@@ -488,3 +488,20 @@ def test_missing_tokenizer_is_named(tmp_path, tokenizer_dir, capsys):
     config = make_config(tokenizer_dir)
     code = run_manifest(tmp_path, config, files, tmp_path / "out", "--tokenizer", str(tmp_path / "no-tok"))
     assert code == 2 and str(tmp_path / "no-tok") in capsys.readouterr().err
+
+
+def test_a_huge_text_is_counted_in_pieces_to_the_same_count(tokenizer_dir, monkeypatch):
+    # One 50 MB document once took the manifest to 11.8 GB; pieces cut at spaces bound the memory and keep
+    # the count: the word-level tokenizer never merges across a space.
+    import random
+
+    from capatlas.corpus import manifest as manifest_module
+    from helpers_corpus import text_of
+
+    counter = manifest_module.TokenCounter(str(tokenizer_dir))
+    texts = [text_of(3000, random.Random(1)), "short text here", text_of(50, random.Random(2))]
+    whole = counter.count(texts)
+    monkeypatch.setattr(manifest_module, "LONG_TEXT_CHARS", 1000)
+    pieces = list(manifest_module._pieces(texts[0], 1000))
+    assert len(pieces) > 10 and "".join(pieces) == texts[0] and max(map(len, pieces)) <= 1000
+    assert counter.count(texts) == whole

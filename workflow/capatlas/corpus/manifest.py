@@ -610,12 +610,38 @@ class TokenCounter:
         self._backend = backend
 
     def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text. Texts over LONG_TEXT_CHARS are counted piece by piece, cut at spaces, so that one
+        huge document (50 MB of text is 12 GB of tokenizer state) costs the memory of a few pieces."""
+        counts = self._count([t if len(t) <= LONG_TEXT_CHARS else "" for t in texts])
+        for i, text in enumerate(texts):
+            if len(text) > LONG_TEXT_CHARS:
+                pieces = list(_pieces(text, LONG_TEXT_CHARS))
+                counts[i] = sum(sum(self._count(pieces[j : j + 8])) for j in range(0, len(pieces), 8))
+        return counts
+
+    def _count(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
         if self._backend is not None:
             return [len(e) for e in self._encode(list(texts), add_special_tokens=False)]
         encoded = self.tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False)
         return [len(ids) for ids in encoded["input_ids"]]
+
+
+# Characters above which a text is counted in pieces (see TokenCounter.count).
+LONG_TEXT_CHARS = 1 << 18
+
+
+def _pieces(text: str, size: int):
+    """`text` in consecutive pieces of at most `size` characters, each cut just before a space where there is one."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            space = text.rfind(" ", start + 1, end)
+            end = space if space > start else end
+        yield text[start:end]
+        start = end
 
 
 _COUNTERS: dict[str, TokenCounter] = {}

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -256,6 +257,10 @@ def _coerce_id(value: Any, where: str, id_field: str) -> str:
     return doc_id
 
 
+log = logging.getLogger(__name__)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _make_record(path: str, row: int, line: int | None, obj: Any, id_field: str, text_field: str) -> CorpusRecord:
     where = record_location(path, row, line)
     if not isinstance(obj, dict):
@@ -265,6 +270,10 @@ def _make_record(path: str, row: int, line: int | None, obj: Any, id_field: str,
         raise CapatlasError(f"{where}: record has no text field {text_field!r}")
     if not isinstance(text, str):
         raise CapatlasError(f"{where}: text field {text_field!r} is a {type(text).__name__}, not a string")
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        # Valid JSON ("\\ud800"), not valid Unicode: no tokenizer, hash or parquet takes it.
+        log.warning("%s: lone UTF-16 surrogate(s) in the text, replaced with U+FFFD", where)
+        text = _LONE_SURROGATE.sub("\ufffd", text)
     doc_id = _coerce_id(get_field(obj, id_field, _MISSING), where, id_field)
     return CorpusRecord(path=path, row=row, line=line, doc_id=doc_id, text=text, record=obj)
 
