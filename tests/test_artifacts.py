@@ -100,3 +100,17 @@ def test_analysis_and_artifacts_import_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"imported at import time: {out.stdout.strip()}"
+
+
+def test_a_killed_jobs_scratch_is_cleared_when_the_output_is_written_again(tmp_path):
+    from capatlas.attribution.context import bergson_workdir
+
+    output = tmp_path / "scores" / "shard-00003.parquet"
+    output.parent.mkdir()
+    stale = output.parent / ".shard-00003.parquet.bergson-999-deadbeef"
+    (stale / "run").mkdir(parents=True)
+    other = output.parent / ".shard-00004.parquet.bergson-999-deadbeef"
+    other.mkdir()
+    with bergson_workdir(output) as work:
+        assert work.is_dir() and not stale.exists()
+    assert not work.exists() and other.is_dir()  # another shard's scratch is that job's business

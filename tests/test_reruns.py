@@ -218,3 +218,26 @@ def test_rerun_incomplete_redoes_the_killed_shard_from_complete_inputs(killed_th
     assert_scores_equal(run.results, clean_run.results, KILLED)
     pd.testing.assert_frame_equal(read_matrix(run.results), read_matrix(clean_run.results), check_exact=True)
     assert not list((run.workdir / ".snakemake" / "incomplete").iterdir())
+
+
+@pytest.mark.parametrize(
+    "change, must, never",
+    [
+        # The contrast's own settings rerun the contrast, not influence or scoring.
+        ({"analysis": {"top_k": 3, "permutations": 30}}, {"contrast"}, {"influence", "score_shard", "queries"}),
+        # Threads change no query set (they may change attribution's floats, so attribution reruns).
+        ({"attribution": {"threads": 2}}, {"score_shard"}, {"queries", "demo_model", "manifest"}),
+    ],
+    ids=["analysis.top_k", "attribution.threads"],
+)
+def test_a_setting_reruns_only_the_rules_that_read_it(clean_run, tmp_path, change, must, never):  # noqa: F811
+    import yaml
+
+    config = yaml.safe_load(clean_run.config_path.read_text())
+    for section, values in change.items():
+        config[section].update(values)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    planned = run_snakemake(clean_run.workdir, changed, "-n")
+    rules = set(job_stats(planned.stdout + planned.stderr))
+    assert must <= rules and not rules & never, rules

@@ -58,7 +58,8 @@ rule influence:
     resources:
         **attempt_resources("cpu"),
     params:
-        section=config_section("seed", "analysis"),
+        # top_k and permutations are the contrast's alone.
+        section=config_section("seed", "analysis.bootstrap", "analysis.ci_level"),
         out=directory_of("output", "matrix"),
     shell:
         "capatlas influence --config \"$CAPATLAS_CONFIG\" --scores {input.scores:q}"

@@ -42,7 +42,10 @@ rule queries:
     resources:
         **attempt_resources("cpu"),
     params:
-        section=config_section("seed", "benchmarks", "attribution"),
+        # What a query set depends on; attribution.threads or device, say, do not change it.
+        section=config_section(
+            "seed", "benchmarks", "attribution.max_length", "attribution.token_batch_size", "attribution.truncation"
+        ),
         world=flag("--world", DEMO_WORLD if DEMO else None),
     shell:
         "capatlas queries --config \"$CAPATLAS_CONFIG\" --benchmark {wildcards.benchmark:q}"

@@ -95,12 +95,19 @@ def directory_of(io, name):
 
 
 def config_section(*keys):
-    """A rule param that reruns the rule when these config sections change.
+    """A rule param that reruns the rule when these config sections (or "section.key"s) change.
 
     Returned as a function: Snakemake would read the braces of a plain JSON
     string as wildcards.
     """
-    text = json.dumps({k: config[k] for k in keys}, sort_keys=True)
+    def value(key):
+        # "section.key" names one key of a section: settings the rule does not read must not rerun it.
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    text = json.dumps({k: value(k) for k in keys}, sort_keys=True)
     return lambda wildcards: text
 
 

@@ -650,6 +650,11 @@ def bergson_workdir(output: str | os.PathLike) -> Iterator[Path]:
     """A scratch directory beside `output` for Bergson's run directories, always removed."""
     final = Path(output).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A job killed outright (SIGKILL, a lost node) could not clean up; only one job writes `output` at a time,
+    # so any scratch of this output's name is such a leftover.
+    for stale in final.parent.glob(f".{final.name}.bergson-*"):
+        log.warning("removing stale scratch %s of an earlier, killed job", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     work = final.parent / f".{final.name}.bergson-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     try:
