@@ -28,12 +28,16 @@ docs/DESIGN.md.
 Usage:
   python bench/bench_demo_recovery.py [--seeds 42 43 44 45 46] [--threads 1 2] [--keep DIR] [--markdown]
   python bench/bench_demo_recovery.py --from-runs DIR ... [--markdown]   (summarise finished cells)
-One cell takes ~4-5 minutes on 2 idle cores; the default 10-cell grid ~45.
+A cell whose demo model comes out byte-identical to the same seed's first
+cell (other threads) shares that cell's results: only the model is trained
+again, and the line says so. One full cell takes ~4-5 minutes on 2 idle
+cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -50,24 +54,46 @@ from _common import REPO, machine
 from capatlas.unlearning import summary as unlearning_summary
 
 
-def run_cell(seed: int, threads: int, workdir: Path, cores: int, extra_configs: list[str]) -> tuple[Path, float]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    override = workdir / "cell.yaml"
-    override.write_text(yaml.safe_dump({"seed": seed, "demo": {"train": {"threads": threads}}}))
+def snakemake(workdir: Path, cores: int, configs: list[str], *extra: str) -> None:
     command = [
         str(Path(sys.executable).parent / "snakemake"),
         "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir),
         "--cores", str(cores),
-        "--configfile", str(REPO / "config" / "config.yaml"), *extra_configs, str(override),
+        "--configfile", str(REPO / "config" / "config.yaml"), *configs, *extra,
     ]  # fmt: skip
     log = workdir / "bench_demo_recovery.log"
-    start = time.perf_counter()
-    with open(log, "w") as handle:
+    with open(log, "a") as handle:
         returncode = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
     if returncode != 0:
-        raise SystemExit(f"seed {seed} threads {threads}: the demo DAG failed (exit {returncode}); see {log}")
-    return workdir / "results" / "demo", time.perf_counter() - start
+        raise SystemExit(f"{workdir}: the demo DAG failed (exit {returncode}); see {log}")
+
+
+def model_digest(results: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((results / "demo" / "model").glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_cell(seed: int, threads: int, workdir: Path, cores: int, extra_configs: list[str], reference: dict | None):
+    """Run one cell; returns (results dir, seconds, the reference cell's results if the model came out identical).
+
+    Demo-training threads change only the demo model. When this cell's model is byte-identical to the
+    reference cell's (same seed, other threads), every later stage has identical inputs and settings, so
+    the reference cell's results are this cell's; the full DAG runs only when the models differ.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    override = workdir / "cell.yaml"
+    override.write_text(yaml.safe_dump({"seed": seed, "demo": {"train": {"threads": threads}}}))
+    configs = [*extra_configs, str(override)]
+    start = time.perf_counter()
+    if reference is not None:
+        snakemake(workdir, cores, configs, "--until", "demo_model")
+        if model_digest(workdir / "results" / "demo") == reference["model_sha256"]:
+            return reference["results"], time.perf_counter() - start, True
+    snakemake(workdir, cores, configs)
+    return workdir / "results" / "demo", time.perf_counter() - start, False
 
 
 def planted_margins(results: Path, recovery: dict) -> dict[str, float]:
@@ -109,7 +135,9 @@ def summarise(results: Path, seconds: float | None = None) -> dict:
 
 def report(cell: dict) -> None:
     took = f" ({cell['seconds']:.0f} s)" if cell.get("seconds") else ""
-    print(f"seed {cell['seed']} threads {cell['threads']}{took}", file=sys.stderr)
+    same = cell.get("same_model_as_threads")
+    note = f": byte-identical demo model to threads {same}, so its results" if same else ""
+    print(f"seed {cell['seed']} threads {cell['threads']}{took}{note}", file=sys.stderr)
     for name, p in cell["precision"].items():
         line = f"  {name:22s} p@k={p:.2f} ranks={cell['ranks'][name]} margin={cell['margin'][name]:+.2f}"
         if "d" in cell:
@@ -144,7 +172,8 @@ def markdown(cells: list[dict]) -> str:
     head = "| seed | threads | " + " | ".join(f"{n} p@4 (margin)" for n in names) + " | d min (all targets) | min own - others |"
     lines = [head, "|" + "---|" * (len(names) + 4)]
     for c in cells:
-        row = [str(c["seed"]), str(c["threads"])]
+        same = c.get("same_model_as_threads")
+        row = [str(c["seed"]), f"{c['threads']} (model identical to {same}'s)" if same else str(c["threads"])]
         row += [f"{c['precision'][n]:.2f} ({c['margin'][n]:+.1f})" for n in names]
         if "d" in c:
             row.append(f"{min(v for n in names for v in c['d'][n].values()):+.2f}")
@@ -174,10 +203,14 @@ def main() -> None:
         cells = []
         try:
             for seed in args.seeds:
+                reference = None
                 for threads in args.threads:
-                    results, seconds = run_cell(seed, threads, base / f"s{seed}t{threads}", args.cores, extra)
-                    cells.append(summarise(results, seconds))
-                    report(cells[-1])
+                    results, seconds, same = run_cell(seed, threads, base / f"s{seed}t{threads}", args.cores, extra, reference)
+                    cell = summarise(results, seconds) | {"threads": threads, "same_model_as_threads": reference["threads"] if same else None}
+                    if reference is None:
+                        reference = {"results": results, "threads": threads, "model_sha256": model_digest(results)}
+                    cells.append(cell)
+                    report(cell)
         finally:
             if not args.keep:
                 shutil.rmtree(base, ignore_errors=True)
