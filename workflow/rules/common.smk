@@ -67,11 +67,16 @@ def write_resolved_config():
     dry runs and refused runs write nothing into results/. config.yaml is
     for people: the config of the last run started; jobs never read it.
     """
-    if not Path(RESOLVED_CONFIG).exists():
-        write_text(RESOLVED_CONFIG_TEXT, RESOLVED_CONFIG)
     latest = Path(RUN) / "config.yaml"
-    if not latest.exists() or latest.read_text() != RESOLVED_CONFIG_TEXT:
-        write_text(RESOLVED_CONFIG_TEXT, latest)
+    try:
+        if not Path(RESOLVED_CONFIG).exists():
+            write_text(RESOLVED_CONFIG_TEXT, RESOLVED_CONFIG)
+        if not latest.exists() or latest.read_text() != RESOLVED_CONFIG_TEXT:
+            write_text(RESOLVED_CONFIG_TEXT, latest)
+    except OSError as exc:
+        raise WorkflowError(
+            f"cannot write into {RUN} ({exc.strerror}): config key 'results_dir' must name a writable directory"
+        ) from None
 
 
 shell.prefix(
