@@ -24,13 +24,30 @@ def test_bin_matrix_covers_every_bin_of_every_benchmark(demo_run):
         assert part["zscore"].std(ddof=1) == pytest.approx(1.0)
 
 
+# What held in every cell of the grid of world seeds 42-46 x demo-training
+# threads 1 and 2 (docs/DESIGN.md, "The demo world"; bench/bench_demo_recovery.py),
+# asserted with the margin that grid measured, so another machine's float path
+# passes the same assertions: precision at 4 was >= 0.75 everywhere; the
+# weakest planted bin ranked at worst WORST_RANK_IN_GRID (asserted: within the
+# top 5% of the 576 bins); the mean z of a benchmark's planted bins was at
+# least MIN_MEAN_Z_IN_GRID (asserted: >= 2.5, where the strongest of 572
+# filler bins sits at z 2-3.5).
+WORST_RANK_IN_GRID = 16
+MIN_MEAN_Z_IN_GRID = 3.6
+
+
 def test_planted_bins_are_recovered(demo_run):
     recovery = json.loads((demo_run / "contrast" / "demo_recovery.json").read_text())
     truth = json.loads((demo_run / "demo" / "world" / "ground_truth.json").read_text())
+    matrix = pq.read_table(demo_run / "influence" / "bin_matrix.parquet").to_pandas()
     assert set(recovery["benchmarks"]) == set(truth["benchmarks"])
     for name, entry in recovery["benchmarks"].items():
-        assert entry["k"] == len(truth["benchmarks"][name]["planted_bins"])
-        assert entry["precision_at_k"] >= 0.8, (name, entry)
+        planted = [b["bin_id"] for b in truth["benchmarks"][name]["planted_bins"]]
+        assert entry["k"] == len(planted) == 4
+        assert entry["precision_at_k"] >= 0.75, (name, entry)
+        assert max(entry["planted_ranks"].values()) <= 0.05 * N_BINS, (name, entry["planted_ranks"])
+        z = matrix[matrix["benchmark"] == name].set_index("bin_id")["zscore"]
+        assert z[planted].mean() >= 2.5, (name, z[planted].round(2).to_dict())
 
 
 def test_contrast_summary_and_figures_exist(demo_run):
