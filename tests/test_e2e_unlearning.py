@@ -59,8 +59,8 @@ def test_unlearning_planted_documents_hurts_the_target_more_than_random_and_othe
     # log-probability than forgetting as many random documents of the same
     # topic (every seed), and more than it costs the other benchmarks on
     # average: both held in every cell of the seeds x threads grid
-    # (docs/DESIGN.md, "The demo world"), where the smallest d was SMALLEST_D
-    # and the smallest own-minus-others gap SMALLEST_GAP.
+    # (docs/DESIGN.md, "The demo world"), where the smallest d was 0.24 nats
+    # and the smallest own-minus-others gap 0.17 nats (seed 42, SocialIQA).
     root, config = demo
     summary = pd.read_parquet(root / "unlearning" / "summary.parquet")
     cells = unlearning_summary.paired_differences(summary, "logprob", "influence", "random")
