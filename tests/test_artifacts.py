@@ -114,3 +114,20 @@ def test_a_killed_jobs_scratch_is_cleared_when_the_output_is_written_again(tmp_p
     with bergson_workdir(output) as work:
         assert work.is_dir() and not stale.exists()
     assert not work.exists() and other.is_dir()  # another shard's scratch is that job's business
+
+
+def test_a_models_identity_ignores_the_demo_training_summary(tmp_path, monkeypatch):
+    # train_summary.json records wall-clock timings: counted, every run of the same model had another identity.
+    from capatlas.attribution import context
+    from capatlas.attribution.context import model_info
+
+    monkeypatch.setattr(context, "_model_max_length", lambda directory, revision: 64)  # no tokenizer needed here
+
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 64}')
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "train_summary.json").write_text('{"seconds": {"train": 1.0}}')
+    first = model_info(tmp_path).sha256
+    (tmp_path / "train_summary.json").write_text('{"seconds": {"train": 2.0}}')
+    assert model_info(tmp_path).sha256 == first
+    (tmp_path / "model.safetensors").write_bytes(b"weights, retrained")
+    assert model_info(tmp_path).sha256 != first

@@ -75,7 +75,8 @@ MATRIX_FILE = "bin_matrix.parquet"
 TOPIC_FILE = "topic_marginals.parquet"
 FORMAT_FILE = "format_marginals.parquet"
 BOOTSTRAP_FILE = "bin_bootstrap.npz"
-METADATA_KEY = b"capatlas.analysis.influence"
+# A file-format key, not a module path: it stays as it was written before the package had wings.
+METADATA_KEY = b"capatlas.influence"
 
 BIN_TOPIC = np.arange(N_BINS) // N_FORMATS
 BIN_FORMAT = np.arange(N_BINS) % N_FORMATS

@@ -63,8 +63,11 @@ SCORE_PRECISION = "fp32"
 
 # Files that make up a model for attribution: weights, configs, tokenizer.
 _MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".py", ".tiktoken")
+# Files beside a model that are not the model: training state, logs, and the
+# demo's train_summary.json, whose wall-clock timings would otherwise give
+# every run of the same model another identity.
 _NOT_MODEL_FILES = re.compile(
-    r"^(optimizer.*|scheduler.*|trainer_state\.json|training_args\.bin|rng_state.*|train_log.*|.*\.lock)$"
+    r"^(optimizer.*|scheduler.*|trainer_state\.json|training_args\.bin|rng_state.*|train_log.*|train_summary\.json|.*\.lock)$"
 )
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
