@@ -39,8 +39,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 # tqdm reads TQDM_* defaults when imported; one progress line per shard would swamp stderr.
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -50,7 +48,7 @@ from _common import Stopwatch, machine, peak_rss_mb
 
 
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums  # noqa: E402
-from capatlas.artifacts.provenance import PROVENANCE_KEY, canonical_json  # noqa: E402
+from capatlas.artifacts.scores import scores_table, write_scores  # noqa: E402
 from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap  # noqa: E402
 from capatlas.analysis.influence import ShardFiles, compute_influence, write_influence  # noqa: E402
 from capatlas.taxonomy import N_BINS  # noqa: E402
@@ -83,7 +81,6 @@ def write_inputs(
         ],
         "document_bootstrap": {"n_bootstrap": n_bootstrap, "seed": seed, "weights": WEIGHTS_SCHEME},
     }
-    text = canonical_json(provenance)
     per_shard = -(-n_docs // n_shards)
     # One bin sequence for every shard, so one bin-sums file fits them all.
     bins = rng.integers(0, N_BINS, size=per_shard).astype(np.int32)
@@ -112,15 +109,10 @@ def write_inputs(
     shards = []
     for k in range(n_shards):
         key = f"shard-{k:05d}"
-        columns = {
-            "doc_id": pa.array([f"doc-{k * per_shard + i}" for i in range(per_shard)], pa.string()),
-            "bin_id": pa.array(bins, pa.int32()),
-        }
-        for j, name in enumerate(split):
-            columns[name] = pa.array(shard_scores[k][:, j], pa.float32())
-        table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: text.encode()})
+        doc_ids = [f"doc-{k * per_shard + i}" for i in range(per_shard)]
+        table = scores_table(doc_ids, bins, {name: shard_scores[k][:, j] for j, name in enumerate(split)}, provenance)
         scores = root / "scores" / f"{key}.parquet"
-        pq.write_table(table, scores, compression="zstd")
+        write_scores(scores, table)
         binsums = root / "binsums" / f"{key}.safetensors"
         os.link(shared_binsums, binsums)
         shards.append(ShardFiles(key, scores, binsums))

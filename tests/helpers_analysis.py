@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
 from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
-from capatlas.artifacts.provenance import PROVENANCE_KEY
+from capatlas.artifacts.scores import scores_table, write_scores
 from capatlas.taxonomy import N_BINS
 
 BENCHMARKS = ("socialiqa", "mmlu_social_sciences", "arc_challenge", "mmlu_stem")
@@ -135,21 +132,16 @@ def write_shards(
             for part in path:
                 target = target[part]
             target[last] = value
-        text = json.dumps(provenance, sort_keys=True, separators=(",", ":"))
-        columns = {
-            "doc_id": pa.array([data.doc_ids[i] for i in rows], pa.string()),
-            "bin_id": pa.array(data.bins[rows].astype(np.int32), pa.int32()),
-        }
+        doc_ids = [data.doc_ids[i] for i in rows]
         bin_sums = BinSums(provenance=provenance)
         bins = data.bins[rows]
         doc_scores = np.column_stack([data.per_query[name][rows].mean(axis=1) for name in data.benchmarks])
         doc_scores = doc_scores.astype(np.float32)
         boot_sum, boot_weight = shard_bootstrap(
-            columns["doc_id"].to_pylist(), bins, doc_scores.astype(np.float64), n_bootstrap, seed
+            doc_ids, bins, doc_scores.astype(np.float64), n_bootstrap, seed
         )
         for j, name in enumerate(data.benchmarks):
             values = data.per_query[name][rows]
-            columns[name] = pa.array(doc_scores[:, j], pa.float32())
             scored = np.isfinite(values).all(axis=1)
             s = np.zeros((N_BINS, values.shape[1]))
             ss = np.zeros((N_BINS, values.shape[1]))
@@ -163,10 +155,10 @@ def write_shards(
                 boot_sum=boot_sum[j],
                 boot_weight=boot_weight[j],
             )
-        table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: text.encode()})
+        table = scores_table(doc_ids, bins, {n: doc_scores[:, j] for j, n in enumerate(data.benchmarks)}, provenance)
         score_path = root / "scores" / f"shard-{k:05d}.parquet"
         binsum_path = root / "binsums" / f"shard-{k:05d}.safetensors"
-        pq.write_table(table, score_path, write_page_checksum=True)
+        write_scores(score_path, table)
         write_bin_sums(binsum_path, bin_sums)
         score_files.append(score_path)
         binsum_files.append(binsum_path)

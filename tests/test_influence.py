@@ -178,7 +178,10 @@ def test_a_damaged_bin_sums_file_stops_influence_naming_it(data, tmp_path):
     _, binsums = write_shards(data, tmp_path, 1, n_bootstrap=7, seed=5)
     truncated = tmp_path / "binsums" / "shard-00009.safetensors"
     truncated.write_bytes(binsums[0].read_bytes()[:-5000])
-    scores, _ = write_shards(data, tmp_path / "other", 1, n_bootstrap=7, seed=5)
+    scores, _ = write_shards(
+        data, tmp_path / "other", 1, n_bootstrap=7, seed=5,
+        provenance_edits={0: {"shard.path": "/run/shards/shard-00009.parquet"}},
+    )  # fmt: skip
     renamed = scores[0].with_name("shard-00009.parquet")
     scores[0].rename(renamed)
     with pytest.raises(CapatlasError, match=r"shard-00009\.safetensors is not a readable bin-sums file"):

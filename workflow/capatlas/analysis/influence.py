@@ -60,6 +60,7 @@ from tqdm import tqdm
 
 from capatlas.command import Command
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, read_bin_sums
+from capatlas.artifacts.scores import read_scores
 from capatlas.artifacts.provenance import canonical_json, identity_differences, parquet_provenance
 from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME
 from capatlas.errors import CapatlasError
@@ -327,11 +328,8 @@ def _read_shard_scores(shard: ShardFiles, benchmarks: list[str]) -> tuple[np.nda
     missing = [c for c in ("doc_id", "bin_id", *benchmarks) if c not in names]
     if missing:
         raise CapatlasError(f"{shard.scores} lacks column(s) {', '.join(missing)}")
-    try:
-        # Page checksums (written by score-shard) catch a flipped bit in the data.
-        table = pq.read_table(shard.scores, columns=["bin_id", *benchmarks], page_checksum_verification=True)
-    except OSError as exc:
-        raise CapatlasError(f"{shard.scores} is corrupted ({exc}): rescore {shard.key}") from None
+    # Page checksums (written by score-shard) catch a flipped bit in the data.
+    table = read_scores(shard.scores, ["bin_id", *benchmarks], rerun=f"rescore {shard.key}")
     bins = table.column("bin_id").to_numpy(zero_copy_only=False).astype(np.int64)
     if len(bins) and (bins.min() < 0 or bins.max() >= N_BINS):
         raise CapatlasError(f"{shard.scores}: bin_id outside 0..{N_BINS - 1}")

@@ -52,8 +52,6 @@ import pyarrow.parquet as pq
 from capatlas.command import Command
 from capatlas.artifacts.provenance import (
     PROVENANCE_FILE,
-    PROVENANCE_KEY,
-    canonical_json,
     check_identity,
     provenance_sha256,
     read_provenance,
@@ -79,6 +77,7 @@ from capatlas.attribution.context import (
 )
 from capatlas.attribution.query_gradients import check_preconditioner
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
+from capatlas.artifacts.scores import scores_table, write_scores
 from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path, file_sha256
@@ -453,10 +452,6 @@ def _provenance(config, inputs: _Inputs, shard: Path, docs: _ShardDocs, ranges) 
 def _outputs(provenance: dict, indices, docs: _ShardDocs, means, sums, sumsq, counts) -> tuple[pa.Table, BinSums]:
     """The scores table (float32 document means) and the bin sums, with the shard's document bootstrap."""
     n_docs = len(docs.doc_ids)
-    columns: dict[str, pa.Array] = {
-        "doc_id": pa.array(docs.doc_ids, pa.string()),
-        "bin_id": pa.array(docs.bins.astype(np.int32), pa.int32()),
-    }
     doc_scores = np.full((n_docs, len(indices)), np.nan, dtype=np.float32)
     for j, mean in enumerate(means):
         doc_scores[docs.scored, j] = mean
@@ -468,11 +463,10 @@ def _outputs(provenance: dict, indices, docs: _ShardDocs, means, sums, sumsq, co
     )
     bin_sums = BinSums(provenance=provenance)
     for j, (q, s, ss) in enumerate(zip(indices, sums, sumsq)):
-        columns[q.name] = pa.array(doc_scores[:, j], pa.float32())
         bin_sums.benchmarks[q.name] = BenchmarkSums(
             item_ids=list(q.item_ids), sum=s, sumsq=ss, count=counts, boot_sum=boot_sum[j], boot_weight=boot_weight[j]
         )
-    table = pa.table(columns).replace_schema_metadata({PROVENANCE_KEY: canonical_json(provenance).encode()})
+    table = scores_table(docs.doc_ids, docs.bins, {q.name: doc_scores[:, j] for j, q in enumerate(indices)}, provenance)
     return table, bin_sums
 
 
@@ -513,7 +507,7 @@ def score_shard(
         provenance = _provenance(config, inputs, shard, docs, ranges)
         table, bin_sums = _outputs(provenance, inputs.indices, docs, means, sums, sumsq, counts)
         with atomic_path(out_scores) as tmp_scores, atomic_path(out_binsums) as tmp_binsums:
-            pq.write_table(table, tmp_scores, compression="zstd", write_statistics=True, write_page_checksum=True)
+            write_scores(tmp_scores, table)
             write_bin_sums(tmp_binsums, bin_sums)
     return provenance
 
