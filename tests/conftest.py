@@ -73,7 +73,7 @@ def run_snakemake(repo_root, venv_bin, workdir, *extra, check=True):
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
+        timeout=1800,  # the demo takes ~8 minutes on 2 idle cores; a loaded CI machine needs room
     )
     if check:
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
