@@ -37,14 +37,14 @@ def demo(demo_run):
         "model": model,
         "optimizer_state": model / "optimizer.pt",
         "benchmarks": benchmarks,
-        "shards": [demo_run / "shards" / f"shard-{k:05d}.parquet" for k in range(config["shards"].count)],
+        "shards": [demo_run / "shards" / f"shard-{k:05d}.parquet" for k in range(config["shards"]["count"])],
         "preconditioner": demo_run / "attribution" / "preconditioner",
         "query_indices": {name: demo_run / "attribution" / "queries" / name for name in benchmarks},
         "scores": [
-            demo_run / "attribution" / "scores" / f"shard-{k:05d}.parquet" for k in range(config["shards"].count)
+            demo_run / "attribution" / "scores" / f"shard-{k:05d}.parquet" for k in range(config["shards"]["count"])
         ],
         "binsums": [
-            demo_run / "attribution" / "binsums" / f"shard-{k:05d}.safetensors" for k in range(config["shards"].count)
+            demo_run / "attribution" / "binsums" / f"shard-{k:05d}.safetensors" for k in range(config["shards"]["count"])
         ],
     }
 

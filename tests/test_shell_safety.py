@@ -34,8 +34,8 @@ def shell_commands() -> dict[str, str]:
             stripped = line.strip()
             if stripped == "shell:":
                 in_shell, parts = True, []
-            elif in_shell and stripped.startswith('"'):
-                parts.append(stripped.strip('"'))
+            elif in_shell and stripped[:1] in ("'", '"'):
+                parts.append(stripped[1:-1])
             elif in_shell:
                 commands[f"{path.name}:{rule}"] = "".join(parts)
                 in_shell = False

@@ -62,7 +62,7 @@ rule influence:
         section=config_section("seed", "analysis.bootstrap", "analysis.ci_level"),
         out=directory_of("output", "matrix"),
     shell:
-        "capatlas influence --config \"$CAPATLAS_CONFIG\" --scores {input.scores:q}"
+        'capatlas influence --config "$CAPATLAS_CONFIG" --scores {input.scores:q}'
         " --binsums {input.binsums:q} --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -107,10 +107,12 @@ rule contrast:
         **attempt_resources("cpu"),
     params:
         section=ANALYSIS_SECTION,
-        truth=flag("--ground-truth", f"{DEMO_WORLD}/ground_truth.json" if DEMO else None),
+        truth=flag(
+            "--ground-truth", f"{DEMO_WORLD}/ground_truth.json" if DEMO else None
+        ),
         out=directory_of("output", "summary"),
     shell:
-        "capatlas contrast --config \"$CAPATLAS_CONFIG\" --bin-matrix {input.matrix:q}"
+        'capatlas contrast --config "$CAPATLAS_CONFIG" --bin-matrix {input.matrix:q}'
         " --out {params.out:q} {params.truth:q} > {log:q} 2>&1"
 
 

@@ -44,11 +44,15 @@ rule queries:
     params:
         # What a query set depends on; attribution.threads or device, say, do not change it.
         section=config_section(
-            "seed", "benchmarks", "attribution.max_length", "attribution.token_batch_size", "attribution.truncation"
+            "seed",
+            "benchmarks",
+            "attribution.max_length",
+            "attribution.token_batch_size",
+            "attribution.truncation",
         ),
         world=flag("--world", DEMO_WORLD if DEMO else None),
     shell:
-        "capatlas queries --config \"$CAPATLAS_CONFIG\" --benchmark {wildcards.benchmark:q}"
+        'capatlas queries --config "$CAPATLAS_CONFIG" --benchmark {wildcards.benchmark:q}'
         " --tokenizer {input.model:q} {params.world:q} --out {output.queries:q} > {log:q} 2>&1"
 
 
@@ -75,7 +79,7 @@ rule preconditioner:
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.queries)
         ],
     shell:
-        "capatlas preconditioner --config \"$CAPATLAS_CONFIG\" --model {input.model:q} {params.revision:q}"
+        'capatlas preconditioner --config "$CAPATLAS_CONFIG" --model {input.model:q} {params.revision:q}'
         " --shards {params.shards:q} --queries {params.queries:q} {params.optimizer_state:q}"
         " --threads {threads:q} --out {output.preconditioner:q} > {log:q} 2>&1"
 
@@ -103,7 +107,7 @@ rule query_gradients:
         revision=revision_flag("query"),
         optimizer_state=OPTIMIZER_FLAG,
     shell:
-        "capatlas query-gradients --config \"$CAPATLAS_CONFIG\" --model {input.query_model:q} {params.revision:q}"
+        'capatlas query-gradients --config "$CAPATLAS_CONFIG" --model {input.query_model:q} {params.revision:q}'
         " --benchmark {wildcards.benchmark:q} --queries {input.queries:q}"
         " --preconditioner {input.preconditioner:q} {params.optimizer_state:q}"
         " --threads {threads:q} --out {output.index:q} > {log:q} 2>&1"
@@ -134,7 +138,8 @@ rule score_shard:
         revision=revision_flag("document"),
         # Only a query model of its own is named: hashing a 7B model twice per shard is waste.
         query_model=(
-            flag("--query-model", query_model()) + revision_flag("query", "--query-revision")
+            flag("--query-model", query_model())
+            + revision_flag("query", "--query-revision")
             if config["models"]["query"]["path"]
             else []
         ),
@@ -146,7 +151,7 @@ rule score_shard:
             f"{name}={path}" for name, path in zip(BENCHMARKS, input.query_indices)
         ],
     shell:
-        "capatlas score-shard --config \"$CAPATLAS_CONFIG\" --model {input.model:q} {params.revision:q}"
+        'capatlas score-shard --config "$CAPATLAS_CONFIG" --model {input.model:q} {params.revision:q}'
         " {params.query_model:q} --shard {params.shard:q}"
         " --preconditioner {input.preconditioner:q} --query-index {params.indices:q}"
         " {params.optimizer_state:q} --threads {threads:q}"

@@ -56,7 +56,9 @@ RESOLVED_CONFIG_TEXT = json.dumps(config, indent=2, sort_keys=True) + "\n"
 # that a config change reruns only the rules whose own sections
 # (params.section) changed.
 RESOLVED_CONFIG = str(
-    Path(RUN) / "configs" / f"{hashlib.sha256(RESOLVED_CONFIG_TEXT.encode()).hexdigest()[:16]}.yaml"
+    Path(RUN)
+    / "configs"
+    / f"{hashlib.sha256(RESOLVED_CONFIG_TEXT.encode()).hexdigest()[:16]}.yaml"
 )
 
 
@@ -80,8 +82,11 @@ def write_resolved_config():
 
 
 shell.prefix(
-    f"set -euo pipefail; export CAPATLAS_CONFIG={shlex.quote(RESOLVED_CONFIG)}; {CAPATLAS_FUNCTION}"
-    .replace("{", "{{").replace("}", "}}")
+    f"set -euo pipefail; export CAPATLAS_CONFIG={shlex.quote(RESOLVED_CONFIG)}; {CAPATLAS_FUNCTION}".replace(
+        "{", "{{"
+    ).replace(
+        "}", "}}"
+    )
 )
 
 
@@ -105,6 +110,7 @@ def config_section(*keys):
     Returned as a function: Snakemake would read the braces of a plain JSON
     string as wildcards.
     """
+
     def value(key):
         # "section.key" names one key of a section: settings the rule does not read must not rerun it.
         node = config

@@ -34,7 +34,7 @@ rule labels:
     params:
         section=config_section("corpus"),
     shell:
-        "capatlas labels --config \"$CAPATLAS_CONFIG\" --file {input.corpus:q}"
+        'capatlas labels --config "$CAPATLAS_CONFIG" --file {input.corpus:q}'
         " --out {output.labels:q} > {log:q} 2>&1"
 
 
@@ -64,7 +64,7 @@ rule manifest:
         labels_dir=flag("--labels-dir", f"{RUN}/labels" if CLASSIFIED else None),
         out=directory_of("output", "manifest"),
     shell:
-        "capatlas manifest --config \"$CAPATLAS_CONFIG\" --out {params.out:q}"
+        'capatlas manifest --config "$CAPATLAS_CONFIG" --out {params.out:q}'
         " {params.files:q} {params.labels_dir:q} --tokenizer {input.tokenizer:q}"
         " --threads {threads:q} > {log:q} 2>&1"
 
@@ -91,5 +91,5 @@ rule shards:
         manifest_dir=directory_of("input", "manifest"),
         out=directory_of("output", "summary"),
     shell:
-        "capatlas shard --config \"$CAPATLAS_CONFIG\" --manifest {params.manifest_dir:q}"
+        'capatlas shard --config "$CAPATLAS_CONFIG" --manifest {params.manifest_dir:q}'
         " --out {params.out:q} > {log:q} 2>&1"

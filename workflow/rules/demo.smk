@@ -21,7 +21,7 @@ rule demo_world:
     params:
         section=config_section("seed", "demo"),
     shell:
-        "capatlas demo-world --config \"$CAPATLAS_CONFIG\" --out {output.world:q} > {log:q} 2>&1"
+        'capatlas demo-world --config "$CAPATLAS_CONFIG" --out {output.world:q} > {log:q} 2>&1'
 
 
 rule demo_model:
@@ -41,5 +41,5 @@ rule demo_model:
     params:
         section=config_section("seed", "demo"),
     shell:
-        "capatlas demo-model --config \"$CAPATLAS_CONFIG\" --world {input.world:q}"
+        'capatlas demo-model --config "$CAPATLAS_CONFIG" --world {input.world:q}'
         " --out {output.model:q} > {log:q} 2>&1"

@@ -50,7 +50,7 @@ rule evaluate_base:
         section=config_section("seed", "benchmarks", "evaluation"),
         world=WORLD_ARG,
     shell:
-        "capatlas evaluate --config \"$CAPATLAS_CONFIG\" --model {input.model:q}"
+        'capatlas evaluate --config "$CAPATLAS_CONFIG" --model {input.model:q}'
         " {params.world:q} --out {output.evaluation:q} > {log:q} 2>&1"
 
 
@@ -82,7 +82,7 @@ rule forget_sets:
         shards=SHARD_FILES,
         out=directory_of("output", "summary"),
     shell:
-        "capatlas forget-sets --config \"$CAPATLAS_CONFIG\" --manifest {input.manifest:q}"
+        'capatlas forget-sets --config "$CAPATLAS_CONFIG" --manifest {input.manifest:q}'
         " --scores {input.scores:q} --shards {params.shards:q} {params.bin_matrix:q}"
         " --out {params.out:q} > {log:q} 2>&1"
 
@@ -119,7 +119,7 @@ rule unlearn:
         world=WORLD_ARG,
         out=directory_of("output", "evaluation"),
     shell:
-        "capatlas unlearn --config \"$CAPATLAS_CONFIG\" --model {input.model:q}"
+        'capatlas unlearn --config "$CAPATLAS_CONFIG" --model {input.model:q}'
         " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
         " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
 
@@ -176,5 +176,5 @@ rule unlearning_summary:
         unlearning_dir=directory_of("output", "summary"),
         figures=directory_of("output", "paired_figures"),
     shell:
-        "capatlas unlearning-summary --config \"$CAPATLAS_CONFIG\" --baseline {input.baseline:q}"
+        'capatlas unlearning-summary --config "$CAPATLAS_CONFIG" --baseline {input.baseline:q}'
         " --unlearning-dir {params.unlearning_dir:q} --figures {params.figures:q} > {log:q} 2>&1"
