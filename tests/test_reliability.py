@@ -59,13 +59,3 @@ def test_dry_runs_write_nothing_and_runs_never_rewrite_a_planned_config(repo_roo
     assert "rule demo_world" not in again.stdout + again.stderr
     assert world.stat().st_mtime_ns == before_world
     assert original.read_text() == text
-
-
-def test_a_run_without_benchmarks_stops_at_planning_naming_the_key(repo_root, venv_bin, tmp_path):
-    empty = tmp_path / "empty.yaml"
-    empty.write_text(yaml.safe_dump({"benchmarks": []}))
-    result = snakemake(repo_root, venv_bin, tmp_path, "--configfile", str(repo_root / "config" / "config.yaml"), str(empty), "-n")
-    assert result.returncode != 0
-    assert "config key 'benchmarks' is empty" in result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    assert not (tmp_path / "results").exists()
