@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from capatlas.command import build_parser, run_stage, set_torch_threads
+from capatlas.artifacts import scores as artifact_scores
 from capatlas.artifacts.provenance import PROVENANCE_FILE, PROVENANCE_KEY, provenance_sha256
 from capatlas.attribution import precondition as attribution_precondition
 from capatlas.attribution import query_gradients as attribution_queries
@@ -311,7 +312,8 @@ def reference(world, tmp_path_factory):
 
 
 def read_scores(path: Path) -> pa.Table:
-    return pq.read_table(path)
+    # The stage's own reader: page checksums verified, as influence reads them.
+    return artifact_scores.read_scores(path)
 
 
 # --------------------------------------------------------------------------- equivalence

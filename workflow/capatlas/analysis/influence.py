@@ -425,8 +425,8 @@ def compute_influence(
         if n_bootstrap
         else np.full((len(names), 0, N_BINS), np.nan)
     )
-    matrix = _bin_matrix(names, bin_stats, doc_reps, query_reps, ci_level)
     z = zscore(bin_stats["mean"])
+    matrix = _bin_matrix(names, bin_stats, z, doc_reps, query_reps, ci_level)
     replicate_z = zscore(doc_reps) if n_bootstrap else None
     topics = _marginals("topic", names, bin_stats["n_docs"], z, replicate_z, ci_level)
     formats = _marginals("format", names, bin_stats["n_docs"], z, replicate_z, ci_level)
@@ -448,8 +448,7 @@ def compute_influence(
     return InfluenceResult(names, matrix, topics, formats, doc_reps, query_reps, provenance)
 
 
-def _bin_matrix(names, bin_stats: dict, doc_reps: np.ndarray, query_reps: np.ndarray, ci_level: float) -> pd.DataFrame:
-    z = zscore(bin_stats["mean"])
+def _bin_matrix(names, bin_stats: dict, z: np.ndarray, doc_reps, query_reps, ci_level: float) -> pd.DataFrame:
     doc_low, doc_high = percentile_ci(doc_reps, ci_level, axis=1)
     query_low, query_high = percentile_ci(query_reps, ci_level, axis=1)
     rows = []

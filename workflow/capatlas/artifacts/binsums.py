@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,11 +124,3 @@ def read_bin_sums(path: str | os.PathLike, arrays: Iterable[str] = ARRAYS) -> Bi
     except (SafetensorError, OSError, KeyError, ValueError) as exc:
         raise CapatlasError(f"{path} is not a readable bin-sums file ({exc}): {rerun}") from None
     return out
-
-
-def bin_sums_of(provenance: Mapping, benchmarks: Mapping[str, Mapping[str, object]]) -> BinSums:
-    """A BinSums from plain mappings ({benchmark: {item_ids, sum, sumsq, ...}}), for writers that build dicts."""
-    return BinSums(
-        provenance=dict(provenance),
-        benchmarks={name: BenchmarkSums(**{k: v for k, v in parts.items()}) for name, parts in benchmarks.items()},
-    )
