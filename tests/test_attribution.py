@@ -230,24 +230,21 @@ def world(tmp_path_factory):
             str(results / "preconditioner"),
         ],
     )
-    for name, path in queries.items():
-        cli_run(
-            attribution_queries,
-            [
-                "--config",
-                str(config_path),
-                "--model",
-                str(model),
-                "--queries",
-                str(path),
-                "--preconditioner",
-                str(results / "preconditioner"),
-                "--benchmark",
-                name,
-                "--out",
-                str(results / "queries" / name),
-            ],
-        )
+    cli_run(
+        attribution_queries,
+        [
+            "--config",
+            str(config_path),
+            "--model",
+            str(model),
+            "--queries",
+            *(f"{name}={path}" for name, path in queries.items()),
+            "--preconditioner",
+            str(results / "preconditioner"),
+            "--out",
+            *(f"{name}={results / 'queries' / name}" for name in queries),
+        ],
+    )
     index_args = [f"{name}={results / 'queries' / name}" for name in BENCHMARKS]
     outputs = {}
     for count, paths in shards.items():
@@ -840,7 +837,7 @@ def test_paper_scale_plan_has_one_scoring_job_per_shard_on_a_gpu(repo_root, venv
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     counts = job_counts(output)
-    assert counts["preconditioner"] == 1 and counts["query_gradients"] == 4 and counts["score_shard"] == 316
+    assert counts["preconditioner"] == 1 and counts["query_gradients"] == 1 and counts["score_shard"] == 316
     shell = next(line for line in output.splitlines() if " score-shard " in line)
     models = tmp_path / "models"
     # Documents with the base model, queries with the Instruct model; no optimizer state in HF checkpoints.

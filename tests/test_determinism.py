@@ -1,7 +1,7 @@
-"""Determinism on CPU: two clean runs agree to the byte; 4 and 8 shards give the same bin matrix.
+"""Determinism on CPU: two clean runs agree to the byte; 4 and 3 shards give the same bin matrix.
 
 The runs are reduced demos (helpers_runs): the reference run is shared with
-test_reruns; a second one is built from scratch here, and an 8-shard run
+test_reruns; a second one is built from scratch here, and a 3-shard run
 re-shards the reference's working set (same demo world, model and manifest)
 the way a user changes `shards.count` and reruns.
 """
@@ -40,9 +40,10 @@ def second_run(runs_dir) -> Run:
 
 
 @pytest.fixture(scope="module")
-def eight_shards(clean_run, runs_dir) -> Run:
-    run = copy_run(clean_run, runs_dir / "eight-shards")
-    config_path = write_config(runs_dir / "eight-shards-config", reduced_config(shards=8))
+def three_shards(clean_run, runs_dir) -> Run:
+    # Three, not a multiple of four: every shard boundary but none of the clean run's moves.
+    run = copy_run(clean_run, runs_dir / "three-shards")
+    config_path = write_config(runs_dir / "three-shards-config", reduced_config(shards=3))
     result = run_snakemake(run.workdir, config_path, BIN_MATRIX)
     return Run(run.workdir, config_path, result.stdout + result.stderr)
 
@@ -72,23 +73,23 @@ def test_two_clean_runs_give_identical_bin_matrices(clean_run, second_run):
     pd.testing.assert_frame_equal(read_matrix(clean_run.results), read_matrix(second_run.results), check_exact=True)
 
 
-def test_four_and_eight_shards_give_the_same_bin_matrix(clean_run, eight_shards):
-    # The 8-shard run really rescored eight shards of the same documents.
-    assert job_stats(eight_shards.output)["score_shard"] == 8
-    eight_docs = pd.concat(
-        pd.read_parquet(eight_shards.results / "shards" / f"shard-{k:05d}.parquet", columns=["doc_id"])
-        for k in range(8)
+def test_four_and_three_shards_give_the_same_bin_matrix(clean_run, three_shards):
+    # The 3-shard run really rescored three shards of the same documents.
+    assert job_stats(three_shards.output)["score_shard"] == 3
+    three_docs = pd.concat(
+        pd.read_parquet(three_shards.results / "shards" / f"shard-{k:05d}.parquet", columns=["doc_id"])
+        for k in range(3)
     )
     four_docs = pd.read_parquet(clean_run.results / "manifest" / "manifest.parquet", columns=["doc_id"])
-    assert sorted(eight_docs["doc_id"]) == sorted(four_docs["doc_id"])
+    assert sorted(three_docs["doc_id"]) == sorted(four_docs["doc_id"])
 
-    four, eight = read_matrix(clean_run.results), read_matrix(eight_shards.results)
-    assert list(four.columns) == list(eight.columns)
-    np.testing.assert_array_equal(four[["benchmark", "bin_id"]].to_numpy(), eight[["benchmark", "bin_id"]].to_numpy())
-    np.testing.assert_array_equal(four["n_docs"], eight["n_docs"])
+    four, three = read_matrix(clean_run.results), read_matrix(three_shards.results)
+    assert list(four.columns) == list(three.columns)
+    np.testing.assert_array_equal(four[["benchmark", "bin_id"]].to_numpy(), three[["benchmark", "bin_id"]].to_numpy())
+    np.testing.assert_array_equal(four["n_docs"], three["n_docs"])
     tolerance = 1e-6 * np.nanmax(np.abs(four["mean"]))
     for column in ("mean", "sd", "sem", "ci_low", "ci_high", "query_ci_low", "query_ci_high"):
-        np.testing.assert_allclose(four[column], eight[column], rtol=0, atol=tolerance, equal_nan=True, err_msg=column)
+        np.testing.assert_allclose(four[column], three[column], rtol=0, atol=tolerance, equal_nan=True, err_msg=column)
     np.testing.assert_allclose(
-        four["zscore"], eight["zscore"], rtol=0, atol=1e-6 * np.nanmax(np.abs(four["zscore"])), equal_nan=True
+        four["zscore"], three["zscore"], rtol=0, atol=1e-6 * np.nanmax(np.abs(four["zscore"])), equal_nan=True
     )

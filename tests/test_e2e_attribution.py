@@ -191,7 +191,7 @@ def test_demo_scores_do_not_depend_on_sharding(demo, tmp_path):
     by_doc = {doc: i for i, doc in enumerate(dag.column("doc_id").to_pylist())}
     docs = pa.concat_tables([pq.read_table(p, columns=["doc_id", "bin_id", "text"]) for p in demo["shards"]])
     docs = docs.sort_by("doc_id")  # another order than the DAG's token-balanced shards
-    for k in (0, 1):  # two of the eight; each mixes documents of all four DAG shards
+    for k in (0, 1):  # two of the eight; each mixes documents of every DAG shard
         rows = list(range(k, docs.num_rows, 8))
         part = docs.take(rows)
         shard = write_shard(

@@ -88,8 +88,8 @@ def test_bad_forget_sets_and_missing_adapters_name_the_run(demo, tmp_path):
     pq.write_table(table.slice(0, 0), empty_dir / "forget_set.parquet")
     with pytest.raises(CapatlasError, match=r"socialiqa/top1/influence/seed0: forget set .* is empty"):
         unlearn.run_unlearning(
-            config, str(root / "demo" / "model"), empty_dir / "forget_set.parquet",
-            root / "unlearning" / "retain" / "seed0.parquet", root / "eval" / "base.json", empty_dir,
+            config, str(root / "demo" / "model"), [(empty_dir / "forget_set.parquet", empty_dir)],
+            root / "unlearning" / "retain" / "seed0.parquet", root / "eval" / "base.json",
         )  # fmt: skip
 
     docs = fs.read_scored_docs(

@@ -193,11 +193,11 @@ def test_guard_stops_and_keeps_the_last_passing_parameters(tmp_path, model_dir):
     assert outcome.stop_reason == "forget_loss" and outcome.steps == 1
 
 
-def write_run_inputs(tmp_path, texts, seed=0):
+def write_run_inputs(tmp_path, texts, seed=0, condition="influence"):
     forget = pd.DataFrame({"doc_id": [f"f{k}" for k in range(len(texts))], "n_tokens": 10, "text": texts})
     meta = {"target": "bench_a", "unit_slot": "top1", "unit": "literature", "level": "topic",
-            "condition": "influence", "seed": seed}  # fmt: skip
-    run_dir = tmp_path / "unlearning" / "bench_a" / "top1" / "influence" / f"seed{seed}"
+            "condition": condition, "seed": seed}  # fmt: skip
+    run_dir = tmp_path / "unlearning" / "bench_a" / "top1" / condition / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(forget, preserve_index=False)
     pq.write_table(table.replace_schema_metadata({b"capatlas": json.dumps(meta).encode()}), run_dir / "forget_set.parquet")
@@ -215,9 +215,10 @@ def test_run_writes_adapter_log_and_eval(tmp_path, model_dir):
     run_dir = write_run_inputs(tmp_path, sentences(3, seed=40))
     baseline = evaluate.evaluate_model(config, str(model_dir))
     (tmp_path / "base.json").write_text(json.dumps(baseline))
-    summary = unlearn.run_unlearning(
-        config, str(model_dir), run_dir / "forget_set.parquet", tmp_path / "retain.parquet", tmp_path / "base.json", run_dir
-    )
+    [summary] = unlearn.run_unlearning(
+        config, str(model_dir), [(run_dir / "forget_set.parquet", run_dir)], tmp_path / "retain.parquet",
+        tmp_path / "base.json",
+    )  # fmt: skip
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     log = pd.read_csv(run_dir / "train_log.csv")
     assert list(log["step"]) == [1, 2, 3] and log["guard"].notna().sum() == 1
@@ -229,15 +230,37 @@ def test_run_writes_adapter_log_and_eval(tmp_path, model_dir):
     assert again["benchmarks"]["bench_a"]["logprob"] == pytest.approx(written["benchmarks"]["bench_a"]["logprob"])
 
 
+def test_runs_sharing_a_job_equal_runs_alone(tmp_path, model_dir):
+    """A job's runs each start from the base model and the run's seed: same bytes as one run per process."""
+    config = make_config(write_benchmarks(tmp_path / "b"))
+    influence = write_run_inputs(tmp_path, sentences(3, seed=40))
+    random = write_run_inputs(tmp_path, sentences(3, seed=42), condition="random")
+    (tmp_path / "base.json").write_text(json.dumps(evaluate.evaluate_model(config, str(model_dir))))
+    args = (tmp_path / "retain.parquet", tmp_path / "base.json")
+    pair = [(d / "forget_set.parquet", d) for d in (influence, random)]
+    together = unlearn.run_unlearning(config, str(model_dir), pair, *args)
+    adapters = [(d / "adapter" / "adapter_model.safetensors").read_bytes() for d in (influence, random)]
+    alone = [unlearn.run_unlearning(config, str(model_dir), [run], *args)[0] for run in reversed(pair)][::-1]
+    for joint, single, adapter, directory in zip(together, alone, adapters, (influence, random)):
+        assert {k: v for k, v in joint.items() if k != "seconds"} == {k: v for k, v in single.items() if k != "seconds"}
+        assert (directory / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    assert together[0]["benchmarks"] != together[1]["benchmarks"]  # two different runs, not one twice
+    other_seed = write_run_inputs(tmp_path, sentences(3, seed=43), seed=1, condition="random")
+    with pytest.raises(CapatlasError, match=r"seeds \[0, 1\]"):
+        unlearn.run_unlearning(config, str(model_dir), [pair[0], (other_seed / "forget_set.parquet", other_seed)], *args)
+
+
 def test_empty_forget_set_and_missing_inputs_name_the_run(tmp_path, model_dir):
     config = make_config(write_benchmarks(tmp_path / "b", names=("bench_a",)))
     run_dir = write_run_inputs(tmp_path, [])
     (tmp_path / "base.json").write_text(json.dumps({"benchmarks": {}}))
-    args = (str(model_dir), run_dir / "forget_set.parquet", tmp_path / "retain.parquet", tmp_path / "base.json", run_dir)
+    retain, base = tmp_path / "retain.parquet", tmp_path / "base.json"
     with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*is empty"):
-        unlearn.run_unlearning(config, *args)
+        unlearn.run_unlearning(config, str(model_dir), [(run_dir / "forget_set.parquet", run_dir)], retain, base)
     with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*does not exist"):
-        unlearn.run_unlearning(config, str(model_dir), run_dir / "nope.parquet", *args[2:])
+        unlearn.run_unlearning(config, str(model_dir), [(run_dir / "nope.parquet", run_dir)], retain, base)
     write_run_inputs(tmp_path, sentences(2, seed=41))
     with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*retain pool"):
-        unlearn.run_unlearning(config, str(model_dir), args[1], tmp_path / "nope.parquet", *args[3:])
+        unlearn.run_unlearning(
+            config, str(model_dir), [(run_dir / "forget_set.parquet", run_dir)], tmp_path / "nope.parquet", base
+        )

@@ -31,7 +31,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("shard", "capatlas.corpus.shard", "split the manifest into token-balanced shards with text"),
     ("queries", "capatlas.benchmarks.queries", "tokenize a benchmark's items as attribution queries (completion-only labels)"),
     ("preconditioner", "capatlas.attribution.precondition", "fit TrackStar's mixed preconditioner R on a seeded sample of all shards plus the queries"),
-    ("query-gradients", "capatlas.attribution.query_gradients", "one benchmark's preconditioned, unit-normalised query gradients (Bergson query index)"),
+    ("query-gradients", "capatlas.attribution.query_gradients", "each benchmark's preconditioned, unit-normalised query gradients (one Bergson query index each)"),
     ("score-shard", "capatlas.attribution.score_shard", "score one shard against every benchmark's queries; per-bin sums per query"),
     ("influence", "capatlas.analysis.influence", "bin-level influence matrix (means, z, bootstrap CIs) and topic/format marginals from shard scores"),
     ("contrast", "capatlas.analysis.contrast", "2 x 2 contrasts of a bin matrix: correlations, contrasts, sharpness, interaction, robustness"),

@@ -1,9 +1,19 @@
 # TrackStar attribution with Bergson: benchmark queries, one preconditioner
-# for the whole corpus, one query index per benchmark, one job per shard.
+# for the whole corpus, one query index per benchmark (built in one job),
+# one job per shard.
 
 BENCHMARKS = [b["name"] for b in config["benchmarks"]]
 ATTRIBUTION = f"{RUN}/attribution"
-FINAL_TARGETS.extend(expand(f"{RUN}/queries/{{benchmark}}", benchmark=BENCHMARKS))
+QUERY_INDICES = expand(f"{ATTRIBUTION}/queries/{{benchmark}}", benchmark=BENCHMARKS)
+
+
+def named_paths(paths):
+    """NAME=PATH per benchmark, in BENCHMARKS order (the order the paths were declared in)."""
+    return [f"{name}={path}" for name, path in zip(BENCHMARKS, paths, strict=True)]
+
+
+QUERY_SETS = expand(f"{RUN}/queries/{{benchmark}}", benchmark=BENCHMARKS)
+FINAL_TARGETS.extend(QUERY_SETS)
 FINAL_TARGETS.extend(
     expand(
         [
@@ -24,18 +34,17 @@ ATTRIBUTION_THREADS = (
 )
 
 
+# One job for every benchmark's query set: the imports are paid once.
 rule queries:
     input:
         unpack(lambda wildcards: {"world": DEMO_WORLD} if DEMO else {}),
         model=query_model(),
     output:
-        queries=directory(f"{RUN}/queries/{{benchmark}}"),
+        queries=[directory(path) for path in QUERY_SETS],
     log:
-        f"{RUN}/logs/queries/{{benchmark}}.log",
+        f"{RUN}/logs/queries.log",
     benchmark:
-        f"{RUN}/benchmarks/queries/{{benchmark}}.tsv"
-    wildcard_constraints:
-        benchmark="|".join(BENCHMARKS) or "NONE",
+        f"{RUN}/benchmarks/queries.tsv"
     conda:
         "../../envs/attribution.yaml"
     threads: 1
@@ -50,9 +59,10 @@ rule queries:
             "attribution.token_batch_size",
             "attribution.truncation",
         ),
+        names=BENCHMARKS,
         world=flag("--world", DEMO_WORLD if DEMO else None),
     shell:
-        'capatlas queries --config "$CAPATLAS_CONFIG" --benchmark {wildcards.benchmark:q}'
+        'capatlas queries --config "$CAPATLAS_CONFIG" --benchmark {params.names:q}'
         " --tokenizer {input.model:q} {params.world:q} --out {output.queries:q} > {log:q} 2>&1"
 
 
@@ -75,28 +85,24 @@ rule preconditioner:
         revision=revision_flag("document"),
         optimizer_state=OPTIMIZER_FLAG,
         shards=SHARD_FILES,
-        queries=lambda wildcards, input: [
-            f"{name}={path}" for name, path in zip(BENCHMARKS, input.queries)
-        ],
+        queries=lambda wildcards, input: named_paths(input.queries),
     shell:
         'capatlas preconditioner --config "$CAPATLAS_CONFIG" --model {input.model:q} {params.revision:q}'
         " --shards {params.shards:q} --queries {params.queries:q} {params.optimizer_state:q}"
         " --threads {threads:q} --out {output.preconditioner:q} > {log:q} 2>&1"
 
 
+# One job for every benchmark: Bergson's import and the model's hash are paid once.
 rule query_gradients:
     input:
-        unpack(attribution_inputs("query_model")),
-        queries=f"{RUN}/queries/{{benchmark}}",
+        unpack(attribution_inputs("query_model", "queries")),
         preconditioner=f"{ATTRIBUTION}/preconditioner",
     output:
-        index=directory(f"{ATTRIBUTION}/queries/{{benchmark}}"),
+        indices=[directory(path) for path in QUERY_INDICES],
     log:
-        f"{RUN}/logs/attribution/queries/{{benchmark}}.log",
+        f"{RUN}/logs/attribution/query_gradients.log",
     benchmark:
-        f"{RUN}/benchmarks/attribution/queries/{{benchmark}}.tsv"
-    wildcard_constraints:
-        benchmark="|".join(BENCHMARKS) or "NONE",
+        f"{RUN}/benchmarks/attribution/query_gradients.tsv"
     conda:
         "../../envs/attribution.yaml"
     threads: ATTRIBUTION_THREADS
@@ -106,11 +112,12 @@ rule query_gradients:
         section=ATTRIBUTION_SECTION,
         revision=revision_flag("query"),
         optimizer_state=OPTIMIZER_FLAG,
+        queries=lambda wildcards, input: named_paths(input.queries),
+        out=lambda wildcards, output: named_paths(output.indices),
     shell:
         'capatlas query-gradients --config "$CAPATLAS_CONFIG" --model {input.query_model:q} {params.revision:q}'
-        " --benchmark {wildcards.benchmark:q} --queries {input.queries:q}"
-        " --preconditioner {input.preconditioner:q} {params.optimizer_state:q}"
-        " --threads {threads:q} --out {output.index:q} > {log:q} 2>&1"
+        " --queries {params.queries:q} --preconditioner {input.preconditioner:q} {params.optimizer_state:q}"
+        " --threads {threads:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule score_shard:
@@ -147,9 +154,7 @@ rule score_shard:
         # The shard file itself is not a declared output of `shards` (see
         # SHARDS_SUMMARY): the job depends on shards.json and reads this path.
         shard=SHARD_PATTERN,
-        indices=lambda wildcards, input: [
-            f"{name}={path}" for name, path in zip(BENCHMARKS, input.query_indices)
-        ],
+        indices=lambda wildcards, input: named_paths(input.query_indices),
     shell:
         'capatlas score-shard --config "$CAPATLAS_CONFIG" --model {input.model:q} {params.revision:q}'
         " {params.query_model:q} --shard {params.shard:q}"

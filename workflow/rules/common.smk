@@ -226,13 +226,9 @@ def attribution_inputs(*parts):
         if "shards" in parts:
             named["shards"] = SHARDS_SUMMARY
         if "queries" in parts:
-            named["queries"] = expand(
-                f"{RUN}/queries/{{benchmark}}", benchmark=BENCHMARKS
-            )
+            named["queries"] = QUERY_SETS
         if "query_indices" in parts:
-            named["query_indices"] = expand(
-                f"{ATTRIBUTION}/queries/{{benchmark}}", benchmark=BENCHMARKS
-            )
+            named["query_indices"] = QUERY_INDICES
         return named
 
     return inputs

@@ -1,8 +1,14 @@
 # Benchmark evaluation, forget sets, one unlearning job per (target, unit,
-# condition, seed) and the paired statistics. Runs are enumerated from the
-# config when the DAG is planned; top-k units are rank slots (top1, ...)
-# that the forget_sets job resolves from the bin matrix (no checkpoint).
-from capatlas.unlearning.forget_sets import planned_runs, unlearning_targets
+# seed) running its conditions, and the paired statistics. Runs are
+# enumerated from the config when the DAG is planned; top-k units are rank
+# slots (top1, ...) that the forget_sets job resolves from the bin matrix.
+from capatlas.unlearning.forget_sets import (
+    GLOBAL_CONDITIONS,
+    GLOBAL_UNIT,
+    UNIT_CONDITIONS,
+    planned_runs,
+    unlearning_targets,
+)
 
 UNLEARNING = f"{RUN}/unlearning"
 EVAL_DIR = f"{RUN}/eval"
@@ -87,41 +93,114 @@ rule forget_sets:
         " --out {params.out:q} > {log:q} 2>&1"
 
 
-rule unlearn:
-    input:
-        unpack(world_input),
-        model=document_model(),
-        forget=f"{UNLEARNING}/{{target}}/{{unit}}/{{condition}}/seed{{seed}}/forget_set.parquet",
-        retain=f"{UNLEARNING}/retain/seed{{seed}}.parquet",
-        baseline=rules.evaluate_base.output.evaluation,
-    output:
-        model=directory(
-            f"{UNLEARNING}/{{target}}/{{unit}}/{{condition}}/seed{{seed}}/{UNLEARN_MODEL_DIR}"
+def unlearn_runs(unit, conditions):
+    """The per-condition paths of one (target, unit, seed) job; `unit` is a wildcard or "global"."""
+    run = f"{UNLEARNING}/{{target}}/{unit}/{{condition}}/seed{{seed}}"
+    return {
+        "forget": expand(
+            f"{run}/forget_set.parquet", condition=conditions, allow_missing=True
         ),
-        train_log=f"{UNLEARNING}/{{target}}/{{unit}}/{{condition}}/seed{{seed}}/train_log.csv",
-        evaluation=f"{UNLEARNING}/{{target}}/{{unit}}/{{condition}}/seed{{seed}}/eval.json",
-    log:
-        f"{RUN}/logs/unlearning/{{target}}/{{unit}}/{{condition}}/seed{{seed}}.log",
-    benchmark:
-        f"{RUN}/benchmarks/unlearning/{{target}}/{{unit}}/{{condition}}/seed{{seed}}.tsv"
-    wildcard_constraints:
-        target="|".join(UNLEARN_TARGETS) or "NONE",
-        unit="[^/]+",
-        condition="influence|random|global_influence|global_random",
-        seed=r"\d+",
-    conda:
-        "../../envs/unlearning.yaml"
-    threads: UNLEARN_CFG["threads"]
-    resources:
-        **attempt_resources("gpu"),
-    params:
-        section=config_section("seed", "benchmarks", "evaluation", "unlearning"),
-        world=WORLD_ARG,
-        out=directory_of("output", "evaluation"),
-    shell:
-        'capatlas unlearn --config "$CAPATLAS_CONFIG" --model {input.model:q}'
-        " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
-        " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
+        "model": expand(
+            f"{run}/{UNLEARN_MODEL_DIR}", condition=conditions, allow_missing=True
+        ),
+        "train_log": expand(
+            f"{run}/train_log.csv", condition=conditions, allow_missing=True
+        ),
+        "evaluation": expand(
+            f"{run}/eval.json", condition=conditions, allow_missing=True
+        ),
+        "log": f"{RUN}/logs/unlearning/{{target}}/{unit}/seed{{seed}}.log",
+        "benchmark": f"{RUN}/benchmarks/unlearning/{{target}}/{unit}/seed{{seed}}.tsv",
+    }
+
+
+# One job per (target, unit, seed): the conditions a paired test compares
+# run in one process (one start-up, one node, one float path), each from
+# the base model. Global units have their own conditions, hence two rules.
+UNIT_RUN_CONDITIONS = [
+    c for c in UNLEARN_CFG["forget"]["conditions"] if c in UNIT_CONDITIONS
+]
+GLOBAL_RUN_CONDITIONS = [
+    c for c in UNLEARN_CFG["forget"]["conditions"] if c in GLOBAL_CONDITIONS
+]
+UNIT_RUNS = unlearn_runs("{unit}", UNIT_RUN_CONDITIONS)
+GLOBAL_RUNS = unlearn_runs(GLOBAL_UNIT, GLOBAL_RUN_CONDITIONS)
+UNLEARN_SHELL = (
+    'capatlas unlearn --config "$CAPATLAS_CONFIG" --model {input.model:q}'
+    " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
+    " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
+)
+
+
+if UNIT_RUN_CONDITIONS:
+
+    rule unlearn:
+        input:
+            unpack(world_input),
+            model=document_model(),
+            forget=UNIT_RUNS["forget"],
+            retain=f"{UNLEARNING}/retain/seed{{seed}}.parquet",
+            baseline=rules.evaluate_base.output.evaluation,
+        output:
+            model=[directory(path) for path in UNIT_RUNS["model"]],
+            train_log=UNIT_RUNS["train_log"],
+            evaluation=UNIT_RUNS["evaluation"],
+        log:
+            UNIT_RUNS["log"],
+        benchmark:
+            UNIT_RUNS["benchmark"]
+        wildcard_constraints:
+            target="|".join(UNLEARN_TARGETS) or "NONE",
+            unit=f"(?!{GLOBAL_UNIT}/)[^/]+",
+            seed=r"\d+",
+        conda:
+            "../../envs/unlearning.yaml"
+        threads: UNLEARN_CFG["threads"]
+        resources:
+            **attempt_resources("gpu"),
+        params:
+            section=config_section("seed", "benchmarks", "evaluation", "unlearning"),
+            world=WORLD_ARG,
+            out=lambda wildcards, output: [
+                os.path.dirname(path) for path in output.evaluation
+            ],
+        shell:
+            UNLEARN_SHELL
+
+
+if GLOBAL_RUN_CONDITIONS:
+
+    rule unlearn_global:
+        input:
+            unpack(world_input),
+            model=document_model(),
+            forget=GLOBAL_RUNS["forget"],
+            retain=f"{UNLEARNING}/retain/seed{{seed}}.parquet",
+            baseline=rules.evaluate_base.output.evaluation,
+        output:
+            model=[directory(path) for path in GLOBAL_RUNS["model"]],
+            train_log=GLOBAL_RUNS["train_log"],
+            evaluation=GLOBAL_RUNS["evaluation"],
+        log:
+            GLOBAL_RUNS["log"],
+        benchmark:
+            GLOBAL_RUNS["benchmark"]
+        wildcard_constraints:
+            target="|".join(UNLEARN_TARGETS) or "NONE",
+            seed=r"\d+",
+        conda:
+            "../../envs/unlearning.yaml"
+        threads: UNLEARN_CFG["threads"]
+        resources:
+            **attempt_resources("gpu"),
+        params:
+            section=config_section("seed", "benchmarks", "evaluation", "unlearning"),
+            world=WORLD_ARG,
+            out=lambda wildcards, output: [
+                os.path.dirname(path) for path in output.evaluation
+            ],
+        shell:
+            UNLEARN_SHELL
 
 
 rule unlearning_summary:

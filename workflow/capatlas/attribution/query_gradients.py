@@ -1,4 +1,4 @@
-"""`capatlas query-gradients`: one benchmark's query gradients as a Bergson query index.
+"""`capatlas query-gradients`: each benchmark's query gradients as a Bergson query index, in one process.
 
 Each query's gradient (loss on the answer tokens only) is randomly
 projected, preconditioned with the mixed R^-1/2 and unit-normalised by
@@ -7,7 +7,7 @@ hessian_path=<preconditioner>/hessian)`` (bergson-notes 1). Gradients stay
 per query (aggregation ``none``), so shard scoring yields every query's
 cosine and the benchmark score is their mean (bergson-notes 3).
 
-Output (replaced atomically) ``<out>/``:
+Output per benchmark (replaced atomically) ``<out>/``:
   index/            the Bergson query index (gradients.bin, info.json, ...)
   items.parquet     row, item_id, n_tokens, n_label_tokens, loss (index row order)
   provenance.json   model, versions, attribution fingerprint, the
@@ -85,18 +85,25 @@ def _fitted_with(pre_provenance: dict, query_set, benchmark: str) -> bool:
     return False
 
 
-def build_query_gradients(
+def build_query_indices(
     config: Mapping,
     *,
     model: str | os.PathLike,
-    queries: str | os.PathLike,
+    query_sets: Mapping[str, str | os.PathLike],
     preconditioner: str | os.PathLike,
-    benchmark: str,
-    out: str | os.PathLike,
+    out: Mapping[str, str | os.PathLike],
     revision: str | None = None,
     optimizer_state: str | None = None,
-) -> dict:
-    """Build the benchmark's query index into `out` atomically; return its provenance."""
+) -> dict[str, dict]:
+    """Build each benchmark's query index into its `out` directory atomically; return their provenances.
+
+    One process for every benchmark: the model is hashed and Bergson
+    imported once (~15 s on CPU per process), not once per benchmark.
+    """
+    if set(query_sets) != set(out):
+        raise CapatlasError(
+            f"query-gradients: query sets for {sorted(query_sets)} but outputs for {sorted(out)}"
+        )
     job = make_job(config, str(model), revision=revision, optimizer_state=optimizer_state)
     preconditioner = Path(preconditioner).resolve()
     pre_provenance = check_preconditioner(preconditioner, job)
@@ -106,6 +113,17 @@ def build_query_gradients(
             job.model.path,
             pre_provenance.get("model", {}).get("path"),
         )
+    return {
+        name: _build_one(job, pre_provenance, preconditioner, name, query_sets[name], out[name]) for name in query_sets
+    }
+
+
+def build_query_gradients(config: Mapping, *, queries, benchmark: str, out, **kwargs) -> dict:
+    """One benchmark's query index (build_query_indices for a single benchmark)."""
+    return build_query_indices(config, query_sets={benchmark: queries}, out={benchmark: out}, **kwargs)[benchmark]
+
+
+def _build_one(job, pre_provenance: dict, preconditioner: Path, benchmark: str, queries, out) -> dict:
     query_set = load_query_set(queries, name=benchmark, max_length=job.effective_max_length)
     in_preconditioner = _fitted_with(pre_provenance, query_set, benchmark)
     log.info("building %d query gradients for %s on %s", len(query_set.item_ids), benchmark, job.device)
@@ -170,22 +188,36 @@ def _query_losses(index_path: Path, n: int) -> list[float | None]:
     return losses if len(losses) == n else [None] * n
 
 
+def _named_paths(values: list[str], option: str) -> dict[str, str]:
+    named = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise CapatlasError(f"{option} {value!r}: expected NAME=DIRECTORY")
+        if name in named:
+            raise CapatlasError(f"{option}: benchmark {name!r} given twice")
+        named[name] = path
+    return named
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, model_help="query model directory (default document model)")
-    parser.add_argument("--queries", required=True, help="the benchmark's query set (`capatlas queries` output)")
+    parser.add_argument(
+        "--queries", required=True, nargs="+", metavar="NAME=DIR", help="each benchmark's `capatlas queries` output"
+    )
     parser.add_argument("--preconditioner", required=True, help="`capatlas preconditioner` output directory")
-    parser.add_argument("--benchmark", required=True, help="benchmark name (score column name)")
-    parser.add_argument("--out", required=True, help="query index directory (replaced atomically)")
+    parser.add_argument(
+        "--out", required=True, nargs="+", metavar="NAME=DIR", help="each benchmark's query index (replaced atomically)"
+    )
 
 
 def run(args: argparse.Namespace, config: dict | None) -> None:
-    build_query_gradients(
+    build_query_indices(
         config,
         model=args.model,
         revision=args.revision,
-        queries=args.queries,
+        query_sets=_named_paths(args.queries, "--queries"),
         preconditioner=args.preconditioner,
-        benchmark=args.benchmark,
         optimizer_state=args.optimizer_state,
-        out=args.out,
+        out=_named_paths(args.out, "--out"),
     )

@@ -1,4 +1,4 @@
-"""`capatlas queries`: one benchmark's items as tokenized attribution queries.
+"""`capatlas queries`: benchmarks' items as tokenized attribution queries (one set per benchmark).
 
 A query is an item's prompt followed by its correct continuation; its loss,
 and so its gradient, covers the continuation tokens only. Bergson's own
@@ -301,13 +301,17 @@ def resolve_tokenizer_path(config: dict, given: str | None) -> tuple[str, str | 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", required=True, help="benchmark name (config 'benchmarks' entry)")
+    parser.add_argument(
+        "--benchmark", required=True, nargs="+", help="benchmark names (config 'benchmarks' entries), one per --out"
+    )
     parser.add_argument(
         "--tokenizer",
         default=None,
         help="query model or tokenizer directory (default: models.query.path, else models.document.path)",
     )
-    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    parser.add_argument(
+        "--out", required=True, nargs="+", help="each benchmark's output directory (replaced atomically), in order"
+    )
     parser.add_argument(
         "--world", default=None, help="demo world directory that {world} in a source stands for (default: the run's)"
     )
@@ -321,13 +325,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: dict | None) -> None:
+    """Every named benchmark's query set, in one process (one import of transformers and datasets)."""
     from capatlas.config import run_dir
 
-    bench = benchmark_config(config, args.benchmark)
-    seed = int(config["seed"])
+    if len(args.benchmark) != len(args.out):
+        raise CapatlasError(f"{len(args.benchmark)} --benchmark names but {len(args.out)} --out directories")
     world = args.world
     if world is None and config["demo"]["enabled"]:
         world = str(run_dir(config) / "demo" / "world")
+    for name, out in zip(args.benchmark, args.out):
+        write_query_set(config, name, out, world=world, tokenizer_arg=args.tokenizer, max_length_arg=args.max_length)
+
+
+def write_query_set(
+    config: dict, name: str, out: str, *, world: str | None, tokenizer_arg: str | None, max_length_arg: int | None
+) -> None:
+    bench = benchmark_config(config, name)
+    seed = int(config["seed"])
     truncation = bool(config["attribution"].get("truncation", True))
 
     all_items = load_all_items(bench, world_dir=world)
@@ -335,10 +349,10 @@ def run(args: argparse.Namespace, config: dict | None) -> None:
     pool = load_fewshot_pool(bench, all_items, world_dir=world) if bench.get("fewshot") else None
     rendered = render_items(items, bench, seed=seed, pool=pool)
 
-    tokenizer_path, revision = resolve_tokenizer_path(config, args.tokenizer)
+    tokenizer_path, revision = resolve_tokenizer_path(config, tokenizer_arg)
     tokenizer = load_tokenizer(tokenizer_path, revision=revision)
     model_limit = model_length_limit(tokenizer, tokenizer_path, revision=revision)
-    max_length = query_max_length(config, model_limit, args.max_length)
+    max_length = query_max_length(config, model_limit, max_length_arg)
     bos_id = default_bos(tokenizer)
     dataset = build_queries(
         items,
@@ -376,15 +390,15 @@ def run(args: argparse.Namespace, config: dict | None) -> None:
             "attribution.max_length": int(config["attribution"]["max_length"]),
             "attribution.token_batch_size": int(config["attribution"]["token_batch_size"]),
             "model": model_limit,
-            "--max-length": args.max_length,
+            "--max-length": max_length_arg,
         },
         "columns": list(dataset.column_names),
         **stats,
         "item_ids": list(dataset["item_id"]),
     }
-    write_queries(dataset, args.out, summary)
+    write_queries(dataset, out, summary)
     log.info(
         "benchmark %s: %d queries (%d available), label tokens per query %d-%d, written to %s",
         bench["name"], len(items), len(all_items),
-        stats["label_tokens"]["min"], stats["label_tokens"]["max"], args.out,
+        stats["label_tokens"]["min"], stats["label_tokens"]["max"], out,
     )  # fmt: skip

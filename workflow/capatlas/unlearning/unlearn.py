@@ -1,4 +1,4 @@
-"""`capatlas unlearn`: one unlearning run (target, unit, condition, seed) and its evaluation.
+"""`capatlas unlearn`: the unlearning runs of one (target, unit, seed), each condition from the base model, and their evaluations.
 
 The model forgets the documents of one forget set while a retain set keeps
 the rest of its behaviour. Methods (``unlearning.method``), all on the
@@ -458,55 +458,72 @@ def _make_guard(stop: dict, prepared, baseline: dict, baseline_path, run_name: s
     return guard
 
 
-def run_unlearning(
-    config: dict,
-    model_path: str,
-    forget_path: Path,
-    retain_path: Path,
-    baseline_path: Path,
-    out: Path,
-    *,
-    world_dir: str | None = None,
-) -> dict:
+@dataclass
+class SharedInputs:
+    """What every run of one job reads once: tokenizer, prepared benchmarks, retain pool, baseline."""
+
+    model_path: str
+    device: str
+    tokenizer: object
+    prepared: list
+    pool: pd.DataFrame
+    baseline: dict
+    baseline_path: Path
+    prefix: int | None
+
+
+def load_shared_inputs(config: dict, model_path: str, retain_path: Path, baseline_path: Path, *, world_dir, job_name):
+    if not retain_path.is_file():
+        raise CapatlasError(f"{job_name}: retain pool {retain_path} does not exist (run capatlas forget-sets)")
+    tokenizer = load_tokenizer(model_path)
+    return SharedInputs(
+        model_path=str(model_path),
+        device=resolve_device(config["unlearning"]["device"]),
+        tokenizer=tokenizer,
+        prepared=prepare_benchmarks(config, tokenizer, world_dir=world_dir),
+        pool=pd.read_parquet(retain_path),
+        baseline=read_baseline(baseline_path, job_name),
+        baseline_path=baseline_path,
+        prefix=prefix_id(tokenizer, config["evaluation"]["prefix_token"]),
+    )
+
+
+def run_one(config: dict, shared: SharedInputs, forget_path: Path, out: Path) -> dict:
+    """One run from the base model: forget, evaluate, write `out` (eval.json last)."""
     import torch
 
     section = config["unlearning"]
+    eval_cfg = config["evaluation"]
     run_name = f"unlearning run {'/'.join(Path(out).parts[-4:])}"
     forget, meta = read_forget_set(forget_path, run_name=run_name)
     seed = int(meta.get("seed", 0))
-    if not retain_path.is_file():
-        raise CapatlasError(f"{run_name}: retain pool {retain_path} does not exist (run capatlas forget-sets)")
-    pool = pd.read_parquet(retain_path)
-    baseline = read_baseline(baseline_path, run_name)
-
     started = time.perf_counter()
-    torch.set_num_threads(section["threads"])
+    # Seeded before the model is loaded and LoRA attached, as a run of its
+    # own would be: a run's bytes do not depend on what else its job ran.
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(section["device"])
-    tokenizer = load_tokenizer(model_path)
-    base = load_model(model_path, device=device, precision=section["precision"])
-    check_tokenizer_fits(tokenizer, base, model_path)
-    prefix = prefix_id(tokenizer, config["evaluation"]["prefix_token"])
-    max_length = min(section["train"]["max_length"], model_max_length(base, None) or section["train"]["max_length"])
-    data = load_run_data(tokenizer, forget, meta, pool, max_length=max_length, prefix=prefix, run_name=run_name)
-    prepared = prepare_benchmarks(config, tokenizer, world_dir=world_dir)
-    eval_cfg = config["evaluation"]
+    base = load_model(shared.model_path, device=shared.device, precision=section["precision"])
+    check_tokenizer_fits(shared.tokenizer, base, shared.model_path)
+    train_len = section["train"]["max_length"]
+    max_length = min(train_len, model_max_length(base, None) or train_len)
     eval_len = model_max_length(base, eval_cfg["max_length"])
+    data = load_run_data(
+        shared.tokenizer, forget, meta, shared.pool, max_length=max_length, prefix=shared.prefix, run_name=run_name
+    )
     model = prepare_model(base, section)
-
-    guard = _make_guard(section["stop"], prepared, baseline, baseline_path, run_name, eval_cfg["batch_size"], eval_len)
+    guard = _make_guard(
+        section["stop"], shared.prepared, shared.baseline, shared.baseline_path, run_name, eval_cfg["batch_size"], eval_len
+    )
     outcome = train_unlearning(model, data, section, seed, guard=guard, run_name=run_name)
-    results = evaluate_prepared(model, prepared, batch_size=eval_cfg["batch_size"], max_length=eval_len)
+    results = evaluate_prepared(model, shared.prepared, batch_size=eval_cfg["batch_size"], max_length=eval_len)
     model_dir = out / ("adapter" if section["lora"]["enabled"] else "checkpoint")
     with atomic_path(model_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         if not section["lora"]["enabled"]:
-            tokenizer.save_pretrained(tmp)
+            shared.tokenizer.save_pretrained(tmp)
     write_train_log(outcome.rows, out / "train_log.csv")
     summary = {
         "run": {k: meta.get(k) for k in ("target", "unit_slot", "unit", "level", "condition")} | {"seed": seed},
-        "model": str(model_path),
+        "model": shared.model_path,
         "adapter": str(model_dir) if section["lora"]["enabled"] else None,
         "checkpoint": None if section["lora"]["enabled"] else str(model_dir),
         "method": section["method"],
@@ -518,37 +535,72 @@ def run_unlearning(
         "final_forget_loss": outcome.rows[-1]["forget_loss"] if outcome.rows else None,
         "seconds": time.perf_counter() - started,
         "benchmarks": results,
-        "baseline": {name: baseline.get(name) for name in results},
+        "baseline": {name: shared.baseline.get(name) for name in results},
     }
     write_json(summary, out / "eval.json")
     return summary
 
 
+def run_unlearning(
+    config: dict,
+    model_path: str,
+    runs: Sequence[tuple[Path, Path]],
+    retain_path: Path,
+    baseline_path: Path,
+    *,
+    world_dir: str | None = None,
+) -> list[dict]:
+    """Every (forget set, output directory) run of one job, each from the base model.
+
+    A job holds the runs of one (target, unit, seed): the conditions a paired
+    test compares share the process start-up (~15 s of imports on CPU), the
+    retain pool of their seed and, on a cluster, the node's float path.
+    """
+    import torch
+
+    if not runs:
+        raise CapatlasError("capatlas unlearn: no runs given (--forget-set/--out)")
+    job_name = "unlearning job " + ", ".join("/".join(Path(out).parts[-4:]) for _, out in runs)
+    seeds = {int(read_forget_set(path, run_name=job_name)[1].get("seed", 0)) for path, _ in runs}
+    if len(seeds) > 1:
+        raise CapatlasError(f"{job_name}: the forget sets come from seeds {sorted(seeds)}; one job is one seed")
+    torch.set_num_threads(config["unlearning"]["threads"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    shared = load_shared_inputs(config, model_path, retain_path, baseline_path, world_dir=world_dir, job_name=job_name)
+    return [run_one(config, shared, forget_path, out) for forget_path, out in runs]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="base model directory")
-    parser.add_argument("--forget-set", required=True, help="the run's forget_set.parquet")
+    parser.add_argument("--forget-set", required=True, nargs="+", help="each run's forget_set.parquet")
     parser.add_argument("--retain-pool", required=True, help="unlearning/retain/seed<s>.parquet")
     parser.add_argument("--baseline", required=True, help="eval/base.json (guard baseline)")
     parser.add_argument("--world", default=None, help="demo world directory (default: the run's)")
-    parser.add_argument("--out", required=True, help="the run's directory unlearning/<target>/<unit>/<condition>/seed<s>")
+    parser.add_argument(
+        "--out", required=True, nargs="+", help="each run's directory unlearning/<target>/<unit>/<condition>/seed<s>"
+    )
 
 
 def run(args: argparse.Namespace, config: dict | None) -> None:
-    summary = run_unlearning(
+    if len(args.forget_set) != len(args.out):
+        raise CapatlasError(
+            f"capatlas unlearn: {len(args.forget_set)} --forget-set paths but {len(args.out)} --out directories"
+        )
+    summaries = run_unlearning(
         config,
         args.model,
-        Path(args.forget_set),
+        [(Path(f), Path(o)) for f, o in zip(args.forget_set, args.out)],
         Path(args.retain_pool),
         Path(args.baseline),
-        Path(args.out),
         world_dir=default_world(config, args.world),
     )
-    target = summary["run"]["target"]
-    after = summary["benchmarks"].get(target, {})
-    before = summary["baseline"].get(target) or {}
-    log.info(
-        "%s: %d steps (%s); %s logprob %.4f -> %.4f, acc %.3f -> %.3f",
-        args.out, summary["steps"], summary["stop_reason"], target,
-        before.get("logprob", float("nan")), after.get("logprob", float("nan")),
-        before.get("acc", float("nan")), after.get("acc", float("nan")),
-    )  # fmt: skip
+    for out, summary in zip(args.out, summaries):
+        target = summary["run"]["target"]
+        after = summary["benchmarks"].get(target, {})
+        before = summary["baseline"].get(target) or {}
+        log.info(
+            "%s: %d steps (%s); %s logprob %.4f -> %.4f, acc %.3f -> %.3f",
+            out, summary["steps"], summary["stop_reason"], target,
+            before.get("logprob", float("nan")), after.get("logprob", float("nan")),
+            before.get("acc", float("nan")), after.get("acc", float("nan")),
+        )  # fmt: skip
