@@ -19,6 +19,13 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/corpus.smk"
+
+
+# Left without benchmarks (the key out), a run is corpus-only: its default
+# targets stop at the working set and shards.
+CORPUS_TARGETS = list(FINAL_TARGETS)
+
+
 include: "workflow/rules/attribution.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/unlearning.smk"
@@ -31,4 +38,4 @@ onstart:
 rule all:
     default_target: True
     input:
-        FINAL_TARGETS,
+        FINAL_TARGETS if BENCHMARKS else CORPUS_TARGETS,

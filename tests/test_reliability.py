@@ -1,17 +1,24 @@
-"""A job never reads a config that another invocation can rewrite under it.
+"""Reliability of planning and of the run's config (issue 15), case by case.
 
 Each run's jobs read results/<run>/configs/<sha256>.yaml, written once by the
-run that holds the lock (`onstart`); a dry run writes nothing into results/,
-and a run with other settings writes a file of its own.
+run that holds the lock (`onstart`); a dry run and a run refused by the lock
+write nothing into results/, and a run with other settings writes a file of
+its own. Bad configs are named when the DAG is planned, not in a late job.
+Bad inputs to the stages themselves: tests/test_bad_input.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
+import time
 
+import pytest
 import yaml
+
+from helpers_runs import job_stats
 
 
 def snakemake(repo_root, venv_bin, workdir, *extra):
@@ -59,3 +66,80 @@ def test_dry_runs_write_nothing_and_runs_never_rewrite_a_planned_config(repo_roo
     assert "rule demo_world" not in again.stdout + again.stderr
     assert world.stat().st_mtime_ns == before_world
     assert original.read_text() == text
+
+
+def test_a_run_refused_by_the_lock_writes_nothing(repo_root, venv_bin, tmp_path):
+    """A second run while the first holds the lock is refused and leaves the first run's files alone."""
+    first = subprocess.Popen(
+        [str(venv_bin / "snakemake"), "--snakefile", str(repo_root / "Snakefile"), "--directory", str(tmp_path),
+         "--cores", "1", "--configfile", str(repo_root / "config" / "config.yaml"), "--until", "demo_model"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )  # fmt: skip
+    try:
+        model_log = tmp_path / "results" / "demo" / "logs" / "demo_model.log"
+        deadline = time.monotonic() + 240
+        while not model_log.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert model_log.exists(), "the first run never reached demo_model"
+        resolved = (tmp_path / "results" / "demo" / "config.yaml").read_bytes()
+        before = snapshot(tmp_path / "results" / "demo" / "configs")
+        other = tmp_path / "other.yaml"
+        other.write_text(yaml.safe_dump({"analysis": {"top_k": 3}}))
+        refused = snakemake(
+            repo_root, venv_bin, tmp_path, "--configfile", str(repo_root / "config" / "config.yaml"), str(other),
+            "--until", "demo_model",
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "cannot be locked" in refused.stdout + refused.stderr
+        assert snapshot(tmp_path / "results" / "demo" / "configs") == before
+        assert (tmp_path / "results" / "demo" / "config.yaml").read_bytes() == resolved
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def demo_without(key):
+    def change(config):
+        del config[key]
+        config["unlearning"]["enabled"] = False
+        return config
+
+    return change
+
+
+def demo_with(key, value):
+    def change(config):
+        config[key] = value
+        return config
+
+    return change
+
+
+# Planning cases: the config a user writes, and what planning must say or plan.
+PLANNING = {
+    "empty benchmark list": (demo_with("benchmarks", []), ["config key 'benchmarks' is an empty list"], None),
+    "no benchmarks: corpus-only": (
+        demo_without("benchmarks"),
+        [],
+        {"demo_world", "demo_model", "manifest", "shards", "all"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLANNING))
+def test_planning_names_the_problem_or_plans_what_the_config_asks(case, repo_root, venv_bin, tmp_path):
+    change, messages, jobs = PLANNING[case]
+    config = change(yaml.safe_load((repo_root / "config" / "config.yaml").read_text()))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    planned = snakemake(repo_root, venv_bin, tmp_path, "--configfile", str(path), "-n")
+    output = planned.stdout + planned.stderr
+    for message in messages:
+        assert message in output, output[-3000:]
+    if jobs is None:
+        assert planned.returncode != 0 and "Traceback" not in output, output[-3000:]
+    else:
+        assert planned.returncode == 0, output[-3000:]
+        assert set(job_stats(output)) == jobs
+    assert not (tmp_path / "results").exists()

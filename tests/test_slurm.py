@@ -193,7 +193,7 @@ def test_slurm_profile_sends_labels_jobs_in_batches_of_four(repo_root, venv_bin,
             },
         },
         "models": {"document": {"path": str(tmp_path / "model")}},
-        "benchmarks": [],
+        # No benchmarks key: a corpus-only run.
     }
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -81,6 +81,13 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
 def validate_config(config: dict, *, source: str = "config") -> dict:
     """Return a validated copy of `config` with every default filled in."""
     schema = load_schema()
+    if isinstance(config, dict) and config.get("benchmarks", None) == []:
+        # Left out, the key means a corpus-only run; given empty, it is a mistake
+        # that would otherwise surface only in the first attribution job.
+        raise CapatlasError(
+            f"invalid {source}:\n  config key 'benchmarks' is an empty list: name at least one benchmark, "
+            "or leave the key out for a corpus-only run (working set and shards)"
+        )
     filled = _fill_defaults(copy.deepcopy(config or {}), schema, schema)
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
