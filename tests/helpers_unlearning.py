@@ -11,7 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from capatlas.artifacts.scores import scores_table, write_scores
 from capatlas.config import validate_config
+from capatlas.fileio import file_sha256
 from capatlas.taxonomy import bin_id
 
 WORDS = (
@@ -161,12 +163,18 @@ def write_inputs(root: Path, docs: pd.DataFrame, benchmarks: tuple[str, ...], n_
     manifest = root / "manifest.parquet"
     pq.write_table(pa.Table.from_pandas(docs[["doc_id", "bin_id", "topic_id", "format_id", "n_tokens"]]), manifest)
     scores, shards = [], []
+    (root / "scores").mkdir(exist_ok=True)
     for k in range(n_shards):
         part = docs.iloc[k::n_shards]
-        scores.append(root / f"scores-{k:05d}.parquet")
-        pq.write_table(pa.Table.from_pandas(part[["doc_id", "bin_id", *benchmarks]], preserve_index=False), scores[-1])
         shards.append(root / f"shard-{k:05d}.parquet")
         pq.write_table(pa.Table.from_pandas(part[["doc_id", "bin_id", "text"]], preserve_index=False), shards[-1])
+        # Through the scores owner, with the provenance score-shard records (which shard, its sha256).
+        provenance = {"stage": "score-shard", "shard": {"path": str(shards[-1]), "sha256": file_sha256(shards[-1])}}
+        table = scores_table(
+            part["doc_id"].tolist(), part["bin_id"].to_numpy(), {b: part[b].to_numpy() for b in benchmarks}, provenance
+        )
+        scores.append(root / "scores" / f"shard-{k:05d}.parquet")
+        write_scores(scores[-1], table)
     matrix = root / "bin_matrix.parquet"
     pq.write_table(pa.Table.from_pandas(bin_matrix_from(docs, benchmarks), preserve_index=False), matrix)
     return {"manifest": manifest, "scores": scores, "shards": shards, "bin_matrix": matrix}

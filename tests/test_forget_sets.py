@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -170,6 +171,29 @@ def test_cli_writes_sets_with_text_and_metadata(tmp_path, config):
     # A shard left out: documents without scores are named.
     args_missing = [a for a in args if a != str(paths["scores"][1])]
     assert cli_main(args_missing) == 2
+
+
+@pytest.mark.parametrize("fault", ["copied over another shard", "duplicate shard", "flipped bit"])
+def test_forget_sets_refuse_swapped_or_corrupted_scores(tmp_path, fault):
+    """The forget sets read the same verified scores influence does: identity from provenance, page checksums."""
+    docs = synthetic_corpus(BENCHES, docs_per_bin=6)
+    paths = write_inputs(tmp_path / "in", docs, BENCHES)
+    scores = paths["scores"]
+    if fault == "copied over another shard":
+        shutil.copyfile(scores[0], scores[1])
+        expected = "holds the scores of shard-00000"
+    elif fault == "duplicate shard":
+        scores = [scores[0], *scores]
+        expected = "scores the same shard file"
+    else:
+        data = bytearray(scores[1].read_bytes())
+        # Inside the data of a column forget-sets reads (a benchmark's scores).
+        chunk = pq.ParquetFile(scores[1]).metadata.row_group(0).column(2)
+        data[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0x04
+        scores[1].write_bytes(bytes(data))
+        expected = "shard-00001.parquet"
+    with pytest.raises(CapatlasError, match=expected):
+        fs.read_scored_docs(paths["manifest"], scores, BENCHES)
 
 
 def test_count_matched_random_ignores_length(tmp_path):

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -60,8 +59,8 @@ from tqdm import tqdm
 
 from capatlas.command import Command
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, read_bin_sums
-from capatlas.artifacts.scores import read_scores
-from capatlas.artifacts.provenance import canonical_json, identity_differences, parquet_provenance
+from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores, shard_key
+from capatlas.artifacts.provenance import canonical_json, identity_differences
 from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path, write_parquet
@@ -82,7 +81,6 @@ METADATA_KEY = b"capatlas.influence"
 BIN_TOPIC = np.arange(N_BINS) // N_FORMATS
 BIN_FORMAT = np.arange(N_BINS) % N_FORMATS
 
-_SHARD_NAME = re.compile(r"(shard-\d+)")
 
 
 # --------------------------------------------------------------------------- shard inputs
@@ -93,13 +91,6 @@ class ShardFiles:
     key: str
     scores: Path
     binsums: Path
-
-
-def shard_key(path: Path) -> str:
-    match = _SHARD_NAME.search(Path(path).name)
-    if not match:
-        raise CapatlasError(f"{path}: cannot tell which shard this is (expected a name like shard-00000.parquet)")
-    return match.group(1)
 
 
 def pair_shards(scores: Sequence[str | os.PathLike], binsums: Sequence[str | os.PathLike]) -> list[ShardFiles]:
@@ -121,34 +112,6 @@ def pair_shards(scores: Sequence[str | os.PathLike], binsums: Sequence[str | os.
         if not path.is_file():
             raise CapatlasError(f"{path} does not exist: run `capatlas score-shard` for it first")
     return [ShardFiles(k, by_scores[k], by_binsums[k]) for k in sorted(by_scores)]
-
-
-def check_shard_identity(shard: ShardFiles, provenance: dict, seen: dict[str, str]) -> None:
-    """The scores must be those of the shard their file is named after, and no shard may come twice."""
-    recorded = provenance.get("shard") or {}
-    key = shard_key(Path(str(recorded.get("path", ""))))
-    if key != shard.key:
-        raise CapatlasError(
-            f"{shard.scores} holds the scores of {key} (its provenance names {recorded.get('path')}), "
-            f"not of {shard.key}: the file was copied or renamed; rescore {shard.key}"
-        )
-    digest = recorded.get("sha256")
-    if digest is None:
-        return
-    if digest in seen:
-        raise CapatlasError(
-            f"{shard.scores} scores the same shard file (sha256 {digest[:12]}...) as {seen[digest]}: "
-            f"its documents would count twice; rescore {shard.key}"
-        )
-    seen[digest] = shard.key
-
-
-def read_score_provenance(path: Path) -> dict:
-    try:
-        metadata = pq.read_schema(path).metadata or {}
-    except Exception as exc:
-        raise CapatlasError(f"{path} is not a readable parquet file: {exc}") from None
-    return parquet_provenance(metadata, path, produced_by="score-shard")
 
 
 def run_signature(provenance: dict) -> dict:
@@ -394,7 +357,7 @@ def compute_influence(
     seen_shards: dict[str, str] = {}
     for shard in tqdm(shards, desc="influence: shards", unit="shard"):
         provenance = read_score_provenance(shard.scores)
-        check_shard_identity(shard, provenance, seen_shards)
+        check_score_identity(shard.scores, provenance, seen_shards)
         sums = _read_bin_sums_of(shard, provenance)
         signature = run_signature(provenance)
         if reference is None:

@@ -12,6 +12,7 @@ checksums that readers verify (`read_scores`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from capatlas.artifacts.provenance import PROVENANCE_KEY, canonical_json
+from capatlas.artifacts.provenance import PROVENANCE_KEY, canonical_json, parquet_provenance
 from capatlas.errors import CapatlasError
 
 
@@ -45,3 +46,48 @@ def read_scores(path: str | os.PathLike, columns: Sequence[str] | None = None, *
         return pq.read_table(path, columns=list(columns) if columns else None, page_checksum_verification=True)
     except (OSError, pa.ArrowInvalid) as exc:
         raise CapatlasError(f"{Path(path)} is corrupted or unreadable ({exc}){': ' + rerun if rerun else ''}") from None
+
+
+_SHARD_NAME = re.compile(r"(shard-\d+)")
+
+
+def shard_key(path: str | os.PathLike) -> str:
+    """`shard-00003` from any file named after its shard (scores, bin sums, the shard itself)."""
+    match = _SHARD_NAME.search(Path(path).name)
+    if not match:
+        raise CapatlasError(f"{path}: cannot tell which shard this is (expected a name like shard-00000.parquet)")
+    return match.group(1)
+
+
+def read_score_provenance(path: str | os.PathLike) -> dict:
+    """The score-shard job's provenance from the file's schema metadata."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception as exc:
+        raise CapatlasError(f"{path} is not a readable parquet file: {exc}") from None
+    return parquet_provenance(metadata, Path(path), produced_by="score-shard")
+
+
+def check_score_identity(path: str | os.PathLike, provenance: Mapping, seen: dict[str, str]) -> None:
+    """The scores in `path` must be those of the shard the file is named after, and no shard may come twice.
+
+    `seen` maps each shard file's sha256 (from provenance) to the shard that
+    claimed it; a reader passes the same dict for every file it reads.
+    """
+    expected = shard_key(path)
+    recorded = provenance.get("shard") or {}
+    key = shard_key(Path(str(recorded.get("path", ""))))
+    if key != expected:
+        raise CapatlasError(
+            f"{path} holds the scores of {key} (its provenance names {recorded.get('path')}), "
+            f"not of {expected}: the file was copied or renamed; rescore {expected}"
+        )
+    digest = recorded.get("sha256")
+    if digest is None:
+        return
+    if digest in seen:
+        raise CapatlasError(
+            f"{path} scores the same shard file (sha256 {digest[:12]}...) as {seen[digest]}: "
+            f"its documents would count twice; rescore {expected}"
+        )
+    seen[digest] = expected

@@ -69,6 +69,7 @@ import pyarrow.parquet as pq
 
 from capatlas.command import Command
 from capatlas.benchmarks.items import stable_hash
+from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_json, write_parquet
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS, bin_slug
@@ -428,14 +429,17 @@ def read_scored_docs(manifest_path: Path, score_paths: Sequence[Path], benchmark
     if not score_paths:
         raise CapatlasError("no document score files were given (attribution/scores/shard-*.parquet)")
     frames = []
+    seen: dict[str, str] = {}
     for path in score_paths:
         if not Path(path).is_file():
             raise CapatlasError(f"score file {path} does not exist")
+        # Named after its shard, scoring that shard and no other one twice, every page intact.
+        check_score_identity(path, read_score_provenance(path), seen)
         schema = pq.read_schema(path)
         missing = [c for c in ("doc_id", *benchmarks) if c not in schema.names]
         if missing:
             raise CapatlasError(f"score file {path} lacks column(s) {', '.join(missing)}")
-        frames.append(pq.read_table(path, columns=["doc_id", *benchmarks]).to_pandas())
+        frames.append(read_scores(path, ["doc_id", *benchmarks], rerun="rerun its score_shard job").to_pandas())
     scores = pd.concat(frames, ignore_index=True)
     if scores["doc_id"].duplicated().any():
         dup = scores.loc[scores["doc_id"].duplicated(), "doc_id"].iloc[0]
