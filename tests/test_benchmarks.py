@@ -311,6 +311,20 @@ def test_generic_loader(tmp_path):
         bm.load_items(cfg("g4", "multiple_choice", src, fields={"question": "prompt"}), seed=0)
 
 
+def test_auto_answers_refuse_integers_that_may_be_one_based(tmp_path):
+    """Labels "1"/"2" of 3 choices read as 0-based would be one choice off on every item: auto must not guess."""
+    rows = [{"question": f"q{k}", "choices": ["a", "b", "c"], "answer": str(1 + k % 2)} for k in range(4)]
+    src = write_jsonl(tmp_path / "one_based" / "test.jsonl", rows)
+    with pytest.raises(CapatlasError, match=r"benchmark 'ob'.*from 1 to 2 and none is 0.*answer_type"):
+        bm.load_items(cfg("ob", "multiple_choice", src), seed=0)
+    items = bm.load_items(cfg("ob", "multiple_choice", src, fields={"answer_type": "index1"}), seed=0)
+    assert [i.gold for i in items] == [0, 1, 0, 1]
+    # A split that uses 0 is 0-based; floats holding integers count as integers.
+    rows[0]["answer"] = 0.0
+    src = write_jsonl(tmp_path / "zero_based" / "test.jsonl", rows)
+    assert [i.gold for i in bm.load_items(cfg("zb", "multiple_choice", src), seed=0)] == [0, 2, 1, 2]
+
+
 @pytest.mark.parametrize(
     ("loader", "row", "item", "reason"),
     [

@@ -335,6 +335,43 @@ def _answer_index(
     return _check_gold(idx, choices, name, where, shown)
 
 
+def _as_integer(value: Any) -> int | None:
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    return None
+
+
+def _check_auto_indices(rows: Sequence[dict], fields: dict, name: str, split: str) -> None:
+    """Refuse integer answers that never use 0: read 0-based they would be 1-based labels, one choice off.
+
+    Item by item, answer "1" is as good a 0-based index as a 1-based one; only
+    the split as a whole tells them apart. Answers that are choice labels
+    ({text, label} choices) are read as labels and are not counted here.
+    """
+    spec = fields.get("answer", "answer")
+    choices_spec = fields.get("choices", "choices")
+    values = []
+    for row in rows:
+        if isinstance(choices_spec, str) and isinstance(row.get(choices_spec), dict):
+            return  # labelled choices: the label reading wins
+        value = _as_integer(row.get(spec)) if "{" not in spec else None
+        if value is None:
+            return  # letters or texts: no index ambiguity across the split
+        values.append(value)
+    if values and min(values) >= 1:
+        raise CapatlasError(
+            f"benchmark '{name}', split '{split}': every answer is an integer from {min(values)} to {max(values)} "
+            "and none is 0, so they may be 1-based; answer_type 'auto' would read them as 0-based. "
+            "Set fields.answer_type to 'index1' (1-based) or 'index' (0-based)"
+        )
+
+
 _ANSWER_KINDS = {
     "auto": ("label", "index", "text", "letter"),
     "label": ("label",),
@@ -416,6 +453,8 @@ def parse_rows(rows: Iterable[dict], bench_cfg: dict) -> list[MCItem]:
             items.append(_parse_generic(row, idx, name, split, fields))
         else:
             raise CapatlasError(f"benchmark '{name}': unknown loader '{loader}' (one of {', '.join(LOADERS)})")
+    if loader == "multiple_choice" and fields.get("answer_type", "auto") == "auto":
+        _check_auto_indices(rows, fields, name, split)
     ids = [item.item_id for item in items]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
