@@ -18,10 +18,10 @@ DOLMA_DIRS = [
 ]
 
 
-def write_fake_dolma(root):
+def write_fake_dolma(root, directories=DOLMA_DIRS):
     """A Dolma 3 mix layout: data/<source>-<topic_slug>-<NNNN>/<shard>.jsonl.zst."""
     files = []
-    for directory in DOLMA_DIRS:
+    for directory in directories:
         for shard in range(2):
             path = root / "data" / directory / f"shard_{shard:08d}.jsonl.zst"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,13 +95,34 @@ def test_paper_scale_dag_plans_on_a_dolma_layout(repo_root, venv_bin, tmp_path):
     assert counts["labels"] == len(files), counts
     assert counts["manifest"] == 1
     assert counts["shards"] == 1
-    assert counts["queries"] == 4  # one per benchmark of the 2 x 2 design
+    assert counts["queries"] == 1  # one job for the four benchmarks of the 2 x 2 design
     assert "demo_world" not in counts and "demo_model" not in counts
     # A dry run writes nothing into results/ (a running job's config is never rewritten under it).
     assert not (tmp_path / "results").exists()
     resolved = load_config(repo_root / "config" / "olmo3-7b.yaml", overrides=yaml.safe_load(site.read_text()))
     assert resolved["shards"]["count"] == 316
     assert resolved["demo"]["enabled"] is False
+
+
+def test_topicless_sources_stop_planning_before_any_labels_job(repo_root, venv_bin, tmp_path):
+    """Dolma 3's code and math sources carry no topic in their directory: named when the DAG is planned."""
+    dolma_root = tmp_path / "dolma3_mix-6T-1025-7B"
+    write_fake_dolma(dolma_root, [*DOLMA_DIRS, "stack_edu-0004", "finemath-0001"])
+    site = site_config(tmp_path, dolma_root)
+    command = [str(venv_bin / "snakemake"), "-n", "--configfile", str(repo_root / "config" / "olmo3-7b.yaml"), str(site)]
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "4 of 10 corpus files have no topic in their path" in output, output[-3000:]
+    assert "finemath-0001, stack_edu-0004" in output and "common_crawl-*/" in output
+    assert "rule labels" not in output
+    # The narrower glob the message suggests plans the web sources only.
+    config = yaml.safe_load(site.read_text())
+    config["corpus"]["paths"] = [str(dolma_root / "data" / "*-*-[0-9]*" / "*.jsonl.zst")]
+    site.write_text(yaml.safe_dump(config))
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout + result.stderr)["labels"] == 2 * len(DOLMA_DIRS)
 
 
 def test_missing_corpus_glob_stops_planning_with_the_glob_named(repo_root, venv_bin, tmp_path):

@@ -11,7 +11,7 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from capatlas.config import validate_config, run_dir
-from capatlas.corpus.readers import expand_paths, file_key
+from capatlas.corpus.readers import check_path_topics, expand_paths, file_key
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_text
 
@@ -146,9 +146,12 @@ def corpus_files():
     if DEMO:
         return []
     try:
-        return expand_paths(config["corpus"]["paths"])
+        files = expand_paths(config["corpus"]["paths"])
+        if config["corpus"]["labels"]["topic"]["source"] == "path":
+            check_path_topics(files)
     except CapatlasError as exc:
         raise WorkflowError(str(exc)) from None
+    return files
 
 
 CORPUS_FILES = corpus_files()

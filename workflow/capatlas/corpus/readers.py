@@ -419,6 +419,30 @@ def topic_from_dolma_path(path: str | os.PathLike) -> int:
 _SLUGS_LONGEST_FIRST = tuple(sorted(TOPIC_SLUGS, key=len, reverse=True))
 
 
+def check_path_topics(files: Sequence[str]) -> None:
+    """Every file must carry its topic in its path, checked when the DAG is planned.
+
+    Dolma 3 also holds sources without a WebOrganizer topic (code, math,
+    papers: ``data/<source>-<NNNN>/``); a glob over ``data/*/`` takes them
+    in, and without this check the manifest failed on them only after every
+    labels job had run.
+    """
+    without = []
+    for path in files:
+        try:
+            topic_from_dolma_path(path)
+        except CapatlasError:
+            without.append(path)
+    if without:
+        directories = sorted({os.path.basename(os.path.dirname(p)) for p in without})
+        raise CapatlasError(
+            f"{len(without)} of {len(files)} corpus files have no topic in their path (corpus.labels.topic.source "
+            f"is 'path'), in {len(directories)} directories such as {', '.join(directories[:3])}; e.g. {without[0]}. "
+            "Narrow corpus.paths to directories named '<source>-<topic_slug>-<NNNN>' "
+            "(e.g. data/common_crawl-*/*.jsonl.zst), or label topics another way"
+        )
+
+
 def sidecar_path(template: str, corpus_path: str | os.PathLike, *, key: str = "sidecar") -> str:
     corpus_path = os.fspath(corpus_path)
     values = {
