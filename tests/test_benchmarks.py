@@ -311,6 +311,25 @@ def test_generic_loader(tmp_path):
         bm.load_items(cfg("g4", "multiple_choice", src, fields={"question": "prompt"}), seed=0)
 
 
+@pytest.mark.parametrize("layout", ["hub parquet branch", "AI2 original download"])
+def test_socialiqa_loads_from_the_layouts_users_have_on_disk(tmp_path, layout):
+    """The hub's main branch holds only a loading script; users have the parquet branch or AI2's zip."""
+    root = tmp_path / "social_i_qa"
+    if layout == "hub parquet branch":  # refs/convert/parquet: <config>/<split>/0000.parquet
+        write_parquet(root / "default" / "validation" / "0000.parquet", SIQA_ROWS)
+        (root / "social_i_qa.py").write_text("# the loading script of the main branch\n")
+    else:  # socialiqa-train-dev.zip: dev.jsonl (no labels) + dev-labels.lst, 1-based
+        write_jsonl(root / "dev.jsonl", [{k: v for k, v in r.items() if k != "label"} for r in SIQA_ROWS])
+        (root / "dev-labels.lst").write_text("".join(r["label"] + "\n" for r in SIQA_ROWS))
+    items = bm.load_items(cfg("siqa", "socialiqa", root, split="validation"), seed=0)
+    assert [i.gold for i in items] == [int(r["label"]) - 1 for r in SIQA_ROWS]
+    assert items[0].choices == [SIQA_ROWS[0]["answerA"], SIQA_ROWS[0]["answerB"], SIQA_ROWS[0]["answerC"]]
+    if layout == "AI2 original download":
+        (root / "dev-labels.lst").write_text("1\n")
+        with pytest.raises(CapatlasError, match=r"dev-labels.lst holds 1 labels but .*dev.jsonl holds"):
+            bm.load_items(cfg("siqa", "socialiqa", root, split="validation"), seed=0)
+
+
 def test_auto_answers_refuse_integers_that_may_be_one_based(tmp_path):
     """Labels "1"/"2" of 3 choices read as 0-based would be one choice off on every item: auto must not guess."""
     rows = [{"question": f"q{k}", "choices": ["a", "b", "c"], "answer": str(1 + k % 2)} for k in range(4)]

@@ -588,8 +588,37 @@ def _rows_from_saved(path: Path, split: str, bench_cfg: dict) -> list[dict]:
     return loaded.to_list()
 
 
+# AI2's own SocialIQA release (socialiqa-train-dev.zip) names the validation split "dev"
+# and keeps the answers apart: dev.jsonl + dev-labels.lst, one 1-based label a line.
+_AI2_SPLITS = {"validation": "dev"}
+
+
+def _socialiqa_original(base: Path, split: str, name: str) -> tuple[list[dict], list[str]] | None:
+    for stem in dict.fromkeys((split, _AI2_SPLITS.get(split, split))):
+        data, labels = base / f"{stem}.jsonl", base / f"{stem}-labels.lst"
+        if not (data.is_file() and labels.is_file()):
+            continue
+        rows = read_rows(data)
+        answers = [line.strip() for line in labels.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(answers) != len(rows):
+            raise CapatlasError(
+                f"benchmark '{name}': {labels} holds {len(answers)} labels but {data} holds {len(rows)} items"
+            )
+        return [{**row, "label": answer} for row, answer in zip(rows, answers)], [str(data), str(labels)]
+    return None
+
+
 def _rows_from_dir(base: Path, bench_cfg: dict, split: str) -> tuple[list[dict], list[str]]:
     name, config_name = bench_cfg["name"], bench_cfg.get("config_name")
+    if bench_cfg["loader"] == "socialiqa" and not config_name:
+        original = _socialiqa_original(base, split, name)
+        if original is not None:
+            return original
+    # The hub's parquet branch (refs/convert/parquet) holds <config>/<split>/0000.parquet;
+    # a dataset with one config calls it "default".
+    if not config_name and not _split_files(base, split) and not _is_saved_dataset(base):
+        if _split_files(base / "default", split) or _is_saved_dataset(base / "default"):
+            config_name = "default"
     bases = [base / config_name] if config_name and (base / config_name).is_dir() else [base]
     if config_name and not (base / config_name).is_dir() and not (_is_saved_dataset(base) or _split_files(base, split)):
         configs = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
