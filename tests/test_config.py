@@ -144,3 +144,18 @@ def test_check_config_cli_prints_defaults(repo_root, tmp_path, capsys):
     bad.write_text("manifets: {}\n")
     assert main(["check-config", "--config", str(bad)]) == 2
     assert "unknown config key 'manifets'" in capsys.readouterr().err
+
+
+def test_an_empty_benchmark_list_is_refused_where_a_user_wrote_it(repo_root, tmp_path, capsys):
+    """Written by a user, `benchmarks: []` is a mistake; in a corpus-only run's resolved config it is the default."""
+    from capatlas.cli import main
+
+    config = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    config["benchmarks"] = []
+    path = tmp_path / "empty.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "config key 'benchmarks' is an empty list" in capsys.readouterr().err
+    del config["benchmarks"]
+    resolved = validate_config(config)
+    assert resolved["benchmarks"] == [] and validate_config(resolved) == resolved

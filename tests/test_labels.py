@@ -154,3 +154,34 @@ def test_labels_errors_leave_no_output(tmp_path, classifier_dir, capsys):
     no_classifier = make_config(classifier_dir, [str(corpus)])
     with pytest.raises(CapatlasError, match="nothing to label"):
         label_file(no_classifier, str(corpus), out)
+
+
+def test_adding_a_corpus_file_relabels_only_that_file(tmp_path, classifier_dir, repo_root, venv_bin):
+    """The labels jobs read their file and the label settings, not corpus.paths: thousands of GPU jobs on Dolma 3."""
+    import subprocess
+
+    files = [
+        write_records(tmp_path / "data" / f"common_crawl-religion-{k:04d}" / "part.jsonl.zst", make_records(3))
+        for k in range(3)
+    ]
+    config = classifier_config(classifier_dir, classifier_dir, [str(f) for f in files[:2]])
+    config["corpus"]["labels"]["topic"] = {"source": "path", "field": "", "sidecar": "", "model": ""}
+    config["run"] = "labels_only"
+    config.pop("benchmarks", None)  # a corpus-only run
+
+    def snakemake(paths, *extra):
+        config["corpus"]["paths"] = [str(f) for f in paths]
+        path = write_config(tmp_path / "config.yaml", config)
+        targets = [f"results/labels_only/labels/{file_key(f)}.parquet" for f in paths]
+        return subprocess.run(
+            [str(venv_bin / "snakemake"), "--snakefile", str(repo_root / "Snakefile"), "--directory", str(tmp_path),
+             "--configfile", str(path), "--cores", "2", *extra, *targets],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    first = snakemake(files[:2])
+    assert first.returncode == 0, first.stderr[-3000:]
+    planned = snakemake(files, "-n")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    output = planned.stdout + planned.stderr
+    assert output.count("rule labels:") == 1 and file_key(files[2]) in output, output[-3000:]

@@ -78,12 +78,18 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
     return f"config key '{where}': {error.message}"
 
 
-def validate_config(config: dict, *, source: str = "config") -> dict:
-    """Return a validated copy of `config` with every default filled in."""
+def validate_config(config: dict, *, source: str = "config", as_written: bool = False) -> dict:
+    """Return a validated copy of `config` with every default filled in.
+
+    `as_written`: `config` is what a user wrote (the Snakefile's merged
+    --configfile files, `capatlas check-config`), not a resolved config a
+    run wrote out; only there does an empty `benchmarks` list mean a mistake
+    (a corpus-only run leaves the key out, and its resolved config holds the
+    default, []).
+    """
     schema = load_schema()
-    if isinstance(config, dict) and config.get("benchmarks", None) == []:
-        # Left out, the key means a corpus-only run; given empty, it is a mistake
-        # that would otherwise surface only in the first attribution job.
+    if as_written and isinstance(config, dict) and config.get("benchmarks", None) == []:
+        # Otherwise it surfaces only in the first attribution job, as an argparse usage line.
         raise CapatlasError(
             f"invalid {source}:\n  config key 'benchmarks' is an empty list: name at least one benchmark, "
             "or leave the key out for a corpus-only run (working set and shards)"

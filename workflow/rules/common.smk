@@ -16,7 +16,7 @@ from capatlas.errors import CapatlasError
 from capatlas.fileio import write_text
 
 try:
-    config.update(validate_config(config, source="Snakemake config"))
+    config.update(validate_config(config, source="Snakemake config", as_written=True))
 except CapatlasError as exc:
     raise WorkflowError(str(exc)) from None
 

@@ -32,7 +32,13 @@ rule labels:
     resources:
         **attempt_resources("gpu"),
     params:
-        section=config_section("corpus"),
+        # Not corpus.paths: adding or removing files must not relabel the others.
+        section=config_section(
+            "corpus.id_field",
+            "corpus.text_field",
+            "corpus.labels",
+            "corpus.classifier",
+        ),
     shell:
         'capatlas labels --config "$CAPATLAS_CONFIG" --file {input.corpus:q}'
         " --out {output.labels:q} > {log:q} 2>&1"
