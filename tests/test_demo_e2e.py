@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from capatlas import taxonomy
-from conftest import run_snakemake
+from conftest import REPO_ROOT, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +47,8 @@ def test_demo_manifest_covers_every_bin_within_quota(demo_run):
 def test_demo_shards_partition_the_manifest(demo_run):
     manifest = pq.read_table(demo_run / "manifest" / "manifest.parquet").to_pandas()
     shard_ids = []
-    for k in range(4):  # shards.count of the demo config
+    count = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())["shards"]["count"]
+    for k in range(count):
         shard = pq.read_table(demo_run / "shards" / f"shard-{k:05d}.parquet").to_pandas()
         assert len(shard) > 0
         shard_ids.extend(shard["doc_id"])

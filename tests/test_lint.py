@@ -42,8 +42,8 @@ def test_snakemake_lint_reports_nothing(config, tmp_path):
     args: tuple[str, ...] = ()
     if config == "study":
         # The study's rules (labels from a classifier, a query model of its own) over a one-file corpus.
-        corpus = tmp_path / "corpus" / "part-0.jsonl"
-        corpus.parent.mkdir()
+        corpus = tmp_path / "corpus" / "common_crawl-religion-0000" / "part-0.jsonl"  # Dolma 3: topic in the path
+        corpus.parent.mkdir(parents=True)
         corpus.write_text('{"id": "a", "text": "x"}\n')
         site = tmp_path / "site.yaml"
         site.write_text(f"corpus:\n  paths: [{corpus}]\n")

@@ -28,7 +28,7 @@ def shell_commands() -> dict[str, str]:
     for path in sorted(RULES.glob("*.smk")):
         rule, in_shell, parts = None, False, []
         for line in path.read_text().splitlines() + [""]:
-            match = re.match(r"^rule (\w+):", line)
+            match = re.match(r"^\s*rule (\w+):", line)
             if match:
                 rule = match.group(1)
             stripped = line.strip()

@@ -7,11 +7,6 @@ ATTRIBUTION = f"{RUN}/attribution"
 QUERY_INDICES = expand(f"{ATTRIBUTION}/queries/{{benchmark}}", benchmark=BENCHMARKS)
 
 
-def named_paths(paths):
-    """NAME=PATH per benchmark, in BENCHMARKS order (the order the paths were declared in)."""
-    return [f"{name}={path}" for name, path in zip(BENCHMARKS, paths, strict=True)]
-
-
 QUERY_SETS = expand(f"{RUN}/queries/{{benchmark}}", benchmark=BENCHMARKS)
 FINAL_TARGETS.extend(QUERY_SETS)
 FINAL_TARGETS.extend(

@@ -252,3 +252,29 @@ def forget_set_inputs(wildcards):
     if UNLEARN_CFG["units"]["select"] == "top_k":
         inputs["bin_matrix"] = f"{RUN}/influence/bin_matrix.parquet"
     return inputs
+
+
+def named_paths(paths):
+    """NAME=PATH per benchmark, in BENCHMARKS order (the order the paths were declared in)."""
+    return [f"{name}={path}" for name, path in zip(BENCHMARKS, paths, strict=True)]
+
+
+def unlearn_runs(unit, conditions):
+    """The per-condition paths of one (target, unit, seed) job; `unit` is a wildcard or "global"."""
+    run = f"{UNLEARNING}/{{target}}/{unit}/{{condition}}/seed{{seed}}"
+    return {
+        "forget": expand(
+            f"{run}/forget_set.parquet", condition=conditions, allow_missing=True
+        ),
+        "model": expand(
+            f"{run}/{UNLEARN_MODEL_DIR}", condition=conditions, allow_missing=True
+        ),
+        "train_log": expand(
+            f"{run}/train_log.csv", condition=conditions, allow_missing=True
+        ),
+        "evaluation": expand(
+            f"{run}/eval.json", condition=conditions, allow_missing=True
+        ),
+        "log": f"{RUN}/logs/unlearning/{{target}}/{unit}/seed{{seed}}.log",
+        "benchmark": f"{RUN}/benchmarks/unlearning/{{target}}/{unit}/seed{{seed}}.tsv",
+    }

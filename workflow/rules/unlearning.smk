@@ -93,27 +93,6 @@ rule forget_sets:
         " --out {params.out:q} > {log:q} 2>&1"
 
 
-def unlearn_runs(unit, conditions):
-    """The per-condition paths of one (target, unit, seed) job; `unit` is a wildcard or "global"."""
-    run = f"{UNLEARNING}/{{target}}/{unit}/{{condition}}/seed{{seed}}"
-    return {
-        "forget": expand(
-            f"{run}/forget_set.parquet", condition=conditions, allow_missing=True
-        ),
-        "model": expand(
-            f"{run}/{UNLEARN_MODEL_DIR}", condition=conditions, allow_missing=True
-        ),
-        "train_log": expand(
-            f"{run}/train_log.csv", condition=conditions, allow_missing=True
-        ),
-        "evaluation": expand(
-            f"{run}/eval.json", condition=conditions, allow_missing=True
-        ),
-        "log": f"{RUN}/logs/unlearning/{{target}}/{unit}/seed{{seed}}.log",
-        "benchmark": f"{RUN}/benchmarks/unlearning/{{target}}/{unit}/seed{{seed}}.tsv",
-    }
-
-
 # One job per (target, unit, seed): the conditions a paired test compares
 # run in one process (one start-up, one node, one float path), each from
 # the base model. Global units have their own conditions, hence two rules.
@@ -125,11 +104,6 @@ GLOBAL_RUN_CONDITIONS = [
 ]
 UNIT_RUNS = unlearn_runs("{unit}", UNIT_RUN_CONDITIONS)
 GLOBAL_RUNS = unlearn_runs(GLOBAL_UNIT, GLOBAL_RUN_CONDITIONS)
-UNLEARN_SHELL = (
-    'capatlas unlearn --config "$CAPATLAS_CONFIG" --model {input.model:q}'
-    " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
-    " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
-)
 
 
 if UNIT_RUN_CONDITIONS:
@@ -165,7 +139,9 @@ if UNIT_RUN_CONDITIONS:
                 os.path.dirname(path) for path in output.evaluation
             ],
         shell:
-            UNLEARN_SHELL
+            'capatlas unlearn --config "$CAPATLAS_CONFIG" --model {input.model:q}'
+            " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
+            " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 if GLOBAL_RUN_CONDITIONS:
@@ -200,7 +176,9 @@ if GLOBAL_RUN_CONDITIONS:
                 os.path.dirname(path) for path in output.evaluation
             ],
         shell:
-            UNLEARN_SHELL
+            'capatlas unlearn --config "$CAPATLAS_CONFIG" --model {input.model:q}'
+            " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
+            " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule unlearning_summary:
