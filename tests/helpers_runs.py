@@ -21,6 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers_corpus import write_config as write_yaml
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 RUN = "reduced"
@@ -52,10 +54,9 @@ def reduced_config(shards: int = 4) -> dict:
 
 
 def write_config(directory: Path, config: dict) -> Path:
+    """`directory`/config.yaml (the directory made first), through helpers_corpus.write_config."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return write_yaml(directory / "config.yaml", config)
 
 
 def snakemake_command(workdir: Path, config_path: Path, *extra: str, cores: int = 2) -> list[str]:

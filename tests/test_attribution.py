@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from capatlas.command import build_parser, run_stage, set_torch_threads
 from capatlas.artifacts import scores as artifact_scores
@@ -40,6 +39,7 @@ from capatlas.config import validate_config
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import N_BINS
 from helpers_attribution import bergson_score_cli
+from helpers_corpus import write_config
 
 # Tiny models: a second torch thread only adds synchronisation (and spins on a busy CPU).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,11 +72,6 @@ def make_config(**attribution) -> dict:
             "attribution": {**ATTRIBUTION, **attribution},
         }
     )
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def build_model(directory: Path) -> Path:

@@ -23,7 +23,7 @@ import yaml
 
 from capatlas import cli
 from helpers_analysis import make_scores, write_shards
-from helpers_corpus import build_tokenizer, make_records, write_records
+from helpers_corpus import build_tokenizer, make_records, write_config, write_records
 from helpers_runs import snakemake_command
 
 
@@ -94,11 +94,6 @@ def study_config(tmp: Path, **sections) -> dict:
     }
     config.update(sections)
     return config
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 # --------------------------------------------------------------------------- the cases

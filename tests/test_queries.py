@@ -174,7 +174,7 @@ ARC_ROWS = [
 ]  # fmt: skip
 
 
-def write_config(tmp_path: Path, benchmarks: list[dict], **models) -> Path:
+def write_benchmark_config(tmp_path: Path, benchmarks: list[dict], **models) -> Path:
     """The demo config with these benchmarks (the demo keeps every other key valid)."""
     config = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
     config.update(run="t", results_dir=str(tmp_path / "results"), seed=3, benchmarks=benchmarks)
@@ -207,7 +207,7 @@ def test_cli_end_to_end(tmp_path, tok_dir, cli):
     bench = {"name": "arc_challenge", "domain": "stem", "capability": "reasoning", "loader": "arc",
              "source": "{world}/benchmarks/ai2_arc/ARC-Challenge", "prompt_format": "olmes_mc",
              "fewshot": 1, "limit": 5}  # fmt: skip
-    config = write_config(tmp_path, [bench])
+    config = write_benchmark_config(tmp_path, [bench])
     out = tmp_path / "q" / "arc_challenge"
     argv = ["queries", "--config", str(config), "--benchmark", "arc_challenge",
             "--tokenizer", str(tok_dir), "--out", str(out), "--world", str(world)]  # fmt: skip
@@ -242,7 +242,7 @@ def test_cli_bad_item_leaves_no_output(tmp_path, tok_dir, cli, capsys):
     src = tmp_path / "arc.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     bench = {"name": "arc", "domain": "stem", "capability": "reasoning", "loader": "arc", "source": str(src)}
-    config = write_config(tmp_path, [bench], query=tok_dir)
+    config = write_benchmark_config(tmp_path, [bench], query=tok_dir)
     out = tmp_path / "q" / "arc"
     code = cli(["queries", "--config", str(config), "--benchmark", "arc", "--out", str(out)])
     assert code == 2
@@ -255,7 +255,7 @@ def test_cli_bad_item_leaves_no_output(tmp_path, tok_dir, cli, capsys):
     world_src.parent.mkdir(parents=True)
     world_src.write_text("".join(json.dumps(r) + "\n" for r in ARC_ROWS[:3]))
     bench["source"] = "{world}/arc.jsonl"
-    config = write_config(tmp_path, [bench], query=tok_dir)
+    config = write_benchmark_config(tmp_path, [bench], query=tok_dir)
     assert cli(["queries", "--config", str(config), "--benchmark", "arc", "--out", str(out)]) == 0
     summary = json.loads((out / "queries.json").read_text())
     assert summary["tokenizer"] == str(tok_dir.resolve()) and summary["source"] == str(world_src.resolve())
@@ -300,7 +300,7 @@ def test_queries_are_cut_to_what_attribution_takes(tmp_path, tok_dir, cli):
     src = tmp_path / "arc.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in long_rows))
     bench = {"name": "arc", "domain": "stem", "capability": "reasoning", "loader": "arc", "source": str(src)}
-    config_path = write_config(tmp_path, [bench])
+    config_path = write_benchmark_config(tmp_path, [bench])
     config = yaml.safe_load(config_path.read_text())
     config["attribution"].update(max_length=64, token_batch_size=24)
     config_path.write_text(yaml.safe_dump(config))
