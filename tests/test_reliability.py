@@ -116,9 +116,22 @@ def demo_with(key, value):
     return change
 
 
+def demo_without_benchmark(name):
+    def change(config):
+        config["benchmarks"] = [b for b in config["benchmarks"] if b["name"] != name]
+        return config
+
+    return change
+
+
 # Planning cases: the config a user writes, and what planning must say or plan.
 PLANNING = {
     "empty benchmark list": (demo_with("benchmarks", []), ["config key 'benchmarks' is an empty list"], None),
+    "incomplete 2 x 2": (
+        demo_without_benchmark("mmlu_stem"),
+        ["the 2 x 2 design has no benchmark for stem x knowledge"],
+        None,
+    ),
     "no benchmarks: corpus-only": (
         demo_without("benchmarks"),
         [],

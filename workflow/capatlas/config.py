@@ -101,7 +101,20 @@ def validate_config(config: dict, *, source: str = "config", as_written: bool = 
         lines = [_describe(e, schema) for e in errors[:10]]
         raise CapatlasError(f"invalid {source}:\n  " + "\n  ".join(lines))
     _check_semantics(filled, source)
+    if as_written and filled["benchmarks"]:
+        _check_design(filled["benchmarks"], source)
     return filled
+
+
+def _check_design(benchmarks: list, source: str) -> None:
+    """The 2 x 2 contrast needs a benchmark in each of its four cells."""
+    present = {(b.get("domain"), b.get("capability")) for b in benchmarks if isinstance(b, dict)}
+    missing = [f"{d} x {c}" for d in ("social", "stem") for c in ("reasoning", "knowledge") if (d, c) not in present]
+    if missing:
+        raise CapatlasError(
+            f"invalid {source}:\n  config key 'benchmarks': the 2 x 2 design has no benchmark for "
+            f"{', '.join(missing)} (domain x capability); the contrasts need one in each of the four cells"
+        )
 
 
 def _check_semantics(config: dict, source: str) -> None:

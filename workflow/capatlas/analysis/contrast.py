@@ -578,6 +578,7 @@ def analyse(
         summary["topic_contrast"] = summary["format_contrast"] = summary["sharpness"] = None
         summary["interaction"] = None
         summary["input"]["note"] = "the 2 x 2 design needs a benchmark in each of the four cells; contrasts skipped"
+        log.warning("%s: the 2 x 2 design is incomplete (a cell has no benchmark); contrasts skipped", matrix.source)
 
     z = zscore(matrix.means)  # all bins with a score, per benchmark (the study's z)
     summary["top_bins"] = _top_bins(matrix, z, top_k)
