@@ -841,3 +841,28 @@ def test_paper_scale_plan_has_one_scoring_job_per_shard_on_a_gpu(repo_root, venv
     assert re.search(r"score_shard:.*?resources:[^\n]*\bgpu=1\b", output, re.S)
     for k in (0, 315):
         assert f"attribution/scores/shard-{k:05d}.parquet" in output
+
+
+def test_documents_cut_to_max_length_are_counted(world, caplog):
+    """Every document that reached max_length is counted (log and provenance), as the queries count theirs."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from capatlas.attribution import score_shard as stage
+
+    shard = world["shards"][4][0]
+    texts = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
+    tokenizer = AutoTokenizer.from_pretrained(world["model"])
+    limit = 12
+    expected = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) >= limit for t in texts)
+    assert 0 < expected < len(texts)  # the test cuts some documents and not others
+    job = SimpleNamespace(
+        model=SimpleNamespace(path=str(world["model"])),
+        effective_max_length=limit,
+        settings=SimpleNamespace(truncation=True),
+    )
+    with caplog.at_level("INFO", logger=stage.__name__):
+        docs = stage._tokenized_shard(job, shard)
+    assert docs.n_at_limit == expected and docs.lengths.max() == limit
+    assert f"{expected} of {len(texts)} documents of {shard.name}" in caplog.text

@@ -367,6 +367,7 @@ class _ShardDocs:
     token_ids: list
     lengths: np.ndarray
     scored: np.ndarray  # rows with >= 2 tokens: Bergson skips shorter documents, nothing to predict
+    n_at_limit: int  # documents that reached max_length: cut to it (or exactly that long)
 
 
 def _tokenized_shard(job, shard: Path) -> _ShardDocs:
@@ -385,7 +386,16 @@ def _tokenized_shard(job, shard: Path) -> _ShardDocs:
     scored = np.flatnonzero(lengths >= 2)
     if len(scored) < len(doc_ids):
         log.warning("%d document(s) of %s have fewer than 2 tokens and score NaN", len(doc_ids) - len(scored), shard)
-    return _ShardDocs(doc_ids, bins, token_ids, lengths, scored)
+    # Tokenised with truncation on, a document that reached the limit was (almost surely) cut to it;
+    # its score covers its first max_length tokens only. Counted here as the queries count theirs.
+    n_at_limit = int((lengths >= job.effective_max_length).sum())
+    if n_at_limit:
+        log.info(
+            "%d of %d documents of %s (%.0f%%) reached max_length = %d tokens and were scored on their first %d",
+            n_at_limit, len(doc_ids), shard.name, 100 * n_at_limit / len(doc_ids), job.effective_max_length,
+            job.effective_max_length,
+        )  # fmt: skip
+    return _ShardDocs(doc_ids, bins, token_ids, lengths, scored, n_at_limit)
 
 
 def _query_ranges(indices: list[QueryIndex]) -> list[tuple[int, int]]:
@@ -428,6 +438,8 @@ def _provenance(config, inputs: _Inputs, shard: Path, docs: _ShardDocs, ranges) 
             "n_docs": len(docs.doc_ids),
             "n_scored": int(len(docs.scored)),
             "n_tokens_scored": int(docs.lengths[docs.scored].sum()),
+            "n_at_max_length": docs.n_at_limit,
+            "max_length": job.effective_max_length,
         },
         preconditioner={
             "path": str(inputs.preconditioner),
