@@ -503,6 +503,11 @@ def test_fewshot_pools(tmp_path):
         shots = bm.select_fewshot(item, spool, 3, seed=5, name="s")
         assert len(shots) == 3 and item.item_id not in {s.item_id for s in shots}
         assert shots == bm.select_fewshot(item, spool, 3, seed=5, name="s")
+    # With a train split beside it (lm-eval's and OLMES's choice), SocialIQA's and ARC's examples come from train.
+    write_jsonl(tmp_path / "s" / "train.jsonl", [dict(SIQA_ROWS[i % 3], question=f"t{i}?") for i in range(5)])
+    tpool = bm.load_fewshot_pool(sbench, sitems)
+    assert tpool.source == "train" and not tpool.same_split
+    assert all(s.question.startswith("t") for s in bm.select_fewshot(sitems[0], tpool, 3, seed=5, name="s"))
     # An MMLU file has no dev split beside it: examples come from the file, never the item.
     mfile = write_jsonl(tmp_path / "mfile.jsonl", mmlu_rows(3))
     mbench = cfg("mf", "mmlu", mfile, fewshot=2)

@@ -765,23 +765,31 @@ def load_items(bench_cfg: dict, *, seed: int, world_dir: str | os.PathLike | Non
 @dataclass
 class FewshotPool:
     items: list[MCItem]
-    source: str  # "dev" or the evaluation split's name
+    source: str  # "dev", "train" or the evaluation split's name
     same_split: bool
 
 
 def load_fewshot_pool(
     bench_cfg: dict, all_items: list[MCItem], *, world_dir: str | os.PathLike | None = None
 ) -> FewshotPool:
-    """Where few-shot examples come from: MMLU's dev split when the source has one, else the split itself."""
+    """Where few-shot examples come from, as lm-eval and OLMES take them: MMLU's dev split, SocialIQA's and
+    ARC's train split, when the source has it; else the evaluated split itself (an item is never its own shot)."""
     split = bench_cfg.get("split", "test")
-    if bench_cfg["loader"] == "mmlu" and split != "dev":
+    pool_split = _FEWSHOT_SPLITS.get(bench_cfg["loader"])
+    if pool_split and split != pool_split:
         try:
-            rows, _ = load_rows(bench_cfg, split="dev", world_dir=world_dir)
+            rows, _ = load_rows(bench_cfg, split=pool_split, world_dir=world_dir)
         except SplitNotFoundError:
-            log.info("benchmark %s: no dev split; few-shot examples come from '%s'", bench_cfg["name"], split)
+            log.info(
+                "benchmark %s: no %s split; few-shot examples come from '%s'", bench_cfg["name"], pool_split, split
+            )
         else:
-            return FewshotPool(parse_rows(rows, {**bench_cfg, "split": "dev"}), "dev", False)
+            return FewshotPool(parse_rows(rows, {**bench_cfg, "split": pool_split}), pool_split, False)
     return FewshotPool(list(all_items), split, True)
+
+
+# The split lm-eval's and OLMES's task definitions draw few-shot examples from.
+_FEWSHOT_SPLITS = {"mmlu": "dev", "socialiqa": "train", "arc": "train"}
 
 
 def select_fewshot(item: MCItem, pool: FewshotPool, k: int, *, seed: int, name: str) -> list[MCItem]:
