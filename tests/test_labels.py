@@ -185,3 +185,18 @@ def test_adding_a_corpus_file_relabels_only_that_file(tmp_path, classifier_dir, 
     assert planned.returncode == 0, planned.stderr[-3000:]
     output = planned.stdout + planned.stderr
     assert output.count("rule labels:") == 1 and file_key(files[2]) in output, output[-3000:]
+
+
+def test_classifier_precision_follows_the_device(classifier_dir):
+    """`auto`: bf16 on a GPU, fp32 on a CPU; an explicit precision is used as given."""
+    import torch
+
+    from capatlas.corpus.labels import classifier_dtype
+
+    assert classifier_dtype("auto", "cpu") == torch.float32
+    assert classifier_dtype("auto", "cuda:1") == torch.bfloat16
+    model, tokenizer = load_classifier(str(classifier_dir), trust_remote_code=False, precision="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    texts = [f"record {i} about rivers and courts" for i in range(6)]
+    ids, probs = classify_texts(model, tokenizer, texts, batch_size=4, max_length=32)
+    assert ids.shape == (6,) and probs.dtype == np.float32 and ((probs > 0) & (probs <= 1)).all()

@@ -57,9 +57,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_classifier(model_dir: str, *, trust_remote_code: bool = True, device: str = "cpu") -> tuple[Any, Any]:
-    """Load a 24-class WebOrganizer classifier and its tokenizer from a local directory."""
+def classifier_dtype(precision: str, device: str):
+    """`auto`: bf16 where a GPU runs the classifier, fp32 on a CPU (where bf16 is slow, not cheap)."""
     import torch
+
+    if precision == "auto":
+        precision = "bf16" if str(device).startswith("cuda") else "fp32"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+def load_classifier(
+    model_dir: str, *, trust_remote_code: bool = True, device: str = "cpu", precision: str = "fp32"
+) -> tuple[Any, Any]:
+    """Load a 24-class WebOrganizer classifier and its tokenizer from a local directory."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if not model_dir or not os.path.isdir(model_dir):
@@ -67,7 +77,10 @@ def load_classifier(model_dir: str, *, trust_remote_code: bool = True, device: s
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch.float32
+            model_dir,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            dtype=classifier_dtype(precision, device),
         )
     except (OSError, ValueError, KeyError) as exc:
         raise CapatlasError(f"cannot load the classifier from {model_dir}: {exc}") from None
@@ -158,8 +171,11 @@ def label_file(config: dict, corpus_file: str, out: str | os.PathLike, *, device
     models = {}
     for facet in facets:
         model_dir = corpus["labels"][facet]["model"]
-        log.info("loading %s classifier from %s on %s", facet, model_dir, device)
-        models[facet] = load_classifier(model_dir, trust_remote_code=settings["trust_remote_code"], device=device)
+        dtype = classifier_dtype(settings["precision"], device)
+        log.info("loading %s classifier from %s on %s (%s)", facet, model_dir, device, str(dtype).removeprefix("torch."))
+        models[facet] = load_classifier(
+            model_dir, trust_remote_code=settings["trust_remote_code"], device=device, precision=settings["precision"]
+        )
 
     rows: list[np.ndarray] = []
     doc_ids: list[str] = []
