@@ -37,6 +37,7 @@ import numpy as np
 from capatlas.command import Command
 from capatlas.benchmarks.items import load_all_items, load_fewshot_pool, render_items, subsample
 from capatlas.config import run_dir
+from capatlas.devices import resolve_device as claim_device
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_json
 
@@ -55,14 +56,9 @@ class Request:
     continuation: tuple[int, ...]
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CapatlasError(f"device '{name}' was requested but CUDA is not available")
-    return name
+def resolve_device(name: str, *, key: str = "evaluation.device") -> str:
+    """The device of an evaluation or unlearning process (capatlas.devices: a free GPU of the node's)."""
+    return claim_device(name, key=key)
 
 
 def prefix_id(tokenizer, kind: str) -> int | None:

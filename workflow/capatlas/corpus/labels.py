@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from capatlas.command import Command
 from capatlas.corpus.readers import CorpusRecord, get_field, iter_records
+from capatlas.devices import resolve_device
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_parquet
 from capatlas.taxonomy import FACETS
@@ -47,14 +48,6 @@ def labels_schema(facets: Sequence[str]) -> pa.Schema:
     for facet in facets:
         fields += [pa.field(f"{facet}_id", pa.int32()), pa.field(f"{facet}_prob", pa.float32())]
     return pa.schema(fields)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def classifier_dtype(precision: str, device: str):
@@ -167,7 +160,7 @@ def label_file(config: dict, corpus_file: str, out: str | os.PathLike, *, device
     if not facets:
         raise CapatlasError("no facet has source 'classifier' (corpus.labels.topic/format.source); nothing to label")
     settings = corpus["classifier"]
-    device = resolve_device(device or settings["device"])
+    device = resolve_device(device or settings["device"], key="corpus.classifier.device")
     models = {}
     for facet in facets:
         model_dir = corpus["labels"][facet]["model"]

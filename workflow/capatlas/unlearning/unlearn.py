@@ -478,7 +478,7 @@ def load_shared_inputs(config: dict, model_path: str, retain_path: Path, baselin
     tokenizer = load_tokenizer(model_path)
     return SharedInputs(
         model_path=str(model_path),
-        device=resolve_device(config["unlearning"]["device"]),
+        device=resolve_device(config["unlearning"]["device"], key="unlearning.device"),
         tokenizer=tokenizer,
         prepared=prepare_benchmarks(config, tokenizer, world_dir=world_dir),
         pool=pd.read_parquet(retain_path),
