@@ -214,7 +214,7 @@ class Case:
 CASES = {
     "config typo": Case(config_typo, ("unknown config key 'manifest.docs_per_bn'", "did you mean 'docs_per_bin'")),
     "config wrong type": Case(config_wrong_type, ("config key 'shards.count'", "'four'", "integer")),
-    "missing model path": Case(missing_model, ("Missing input files for rule manifest", "no_such_model")),
+    "missing model path": Case(missing_model, ("configured input(s) do not exist", "models.document.path", "no_such_model")),
     "missing corpus path": Case(missing_corpus, ("corpus glob", "no_such_corpus/*.jsonl.zst", "matches no file")),
     # Stage commands: exit status 2, "capatlas <stage>: error: <message>" on stderr.
     "malformed corpus line": Case(

@@ -35,6 +35,14 @@ def write_fake_dolma(root, directories=DOLMA_DIRS):
     return files
 
 
+def stand_in_benchmarks(tmp_path):
+    """benchmark_root with the paper config's three dataset directories (planning checks they exist)."""
+    root = tmp_path / "benchmarks"
+    for name in ("allenai/social_i_qa", "cais/mmlu", "allenai/ai2_arc"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def site_config(tmp_path, dolma_root):
     models = tmp_path / "models"
     for name in ("Olmo-3-1025-7B", "Olmo-3-7B-Instruct", "FormatClassifier-NoURL"):
@@ -42,6 +50,7 @@ def site_config(tmp_path, dolma_root):
         (models / name / "config.json").write_text("{}")
     site = {
         "results_dir": str(tmp_path / "results"),
+        "benchmark_root": str(stand_in_benchmarks(tmp_path)),
         "corpus": {
             "paths": [str(dolma_root / "data" / "*" / "*.jsonl.zst")],
             "labels": {"format": {"model": str(models / "FormatClassifier-NoURL")}},
@@ -123,6 +132,26 @@ def test_topicless_sources_stop_planning_before_any_labels_job(repo_root, venv_b
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert job_counts(result.stdout + result.stderr)["labels"] == 2 * len(DOLMA_DIRS)
+
+
+def test_planning_names_every_missing_input_path(repo_root, venv_bin, tmp_path):
+    """README step 2's site file with paths that do not exist: every one is named before any job runs."""
+    dolma_root = tmp_path / "dolma3_mix-6T-1025-7B"
+    write_fake_dolma(dolma_root)
+    site = site_config(tmp_path, dolma_root)
+    config = yaml.safe_load(site.read_text())
+    config["benchmark_root"] = str(tmp_path / "no_benchmarks")
+    config["models"]["query"]["path"] = str(tmp_path / "no_instruct")
+    site.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [str(venv_bin / "snakemake"), "-n", "--configfile", str(repo_root / "config" / "olmo3-7b.yaml"), str(site)],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "5 configured input(s) do not exist" in output, output[-3000:]
+    for key in ("benchmarks[socialiqa].source", "benchmarks[mmlu_stem].source", "models.query.path"):
+        assert key in output
+    assert str(tmp_path / "no_benchmarks" / "allenai" / "ai2_arc") in output and "rule " not in output
 
 
 def test_missing_corpus_glob_stops_planning_with_the_glob_named(repo_root, venv_bin, tmp_path):

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from test_dag import site_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -46,7 +48,9 @@ def test_snakemake_lint_reports_nothing(config, tmp_path):
         corpus.parent.mkdir(parents=True)
         corpus.write_text('{"id": "a", "text": "x"}\n')
         site = tmp_path / "site.yaml"
-        site.write_text(f"corpus:\n  paths: [{corpus}]\n")
+        config = yaml.safe_load(site_config(tmp_path, tmp_path / "dolma").read_text())
+        config["corpus"]["paths"] = [str(corpus)]
+        site.write_text(yaml.safe_dump(config))
         args = ("--configfile", str(REPO_ROOT / "config" / "olmo3-7b.yaml"), str(site))
     result = lint(tmp_path, *args)
     output = result.stdout + result.stderr

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from test_dag import write_fake_dolma
+from test_dag import stand_in_benchmarks, write_fake_dolma
 
 RULES = Path(__file__).resolve().parent.parent / "workflow" / "rules"
 NASTY = "x$(touch PWNED) it's"
@@ -72,6 +72,7 @@ def test_paper_plan_passes_hostile_values_as_single_arguments(repo_root, venv_bi
     results = tmp_path / f"res {NASTY}"
     site = {
         "results_dir": str(results),
+        "benchmark_root": str(stand_in_benchmarks(tmp_path)),
         "corpus": {
             "paths": [str(dolma / "data" / "*" / "*.jsonl.zst")],
             "labels": {"format": {"model": str(models / names["format"])}},

@@ -101,9 +101,24 @@ def validate_config(config: dict, *, source: str = "config", as_written: bool = 
         lines = [_describe(e, schema) for e in errors[:10]]
         raise CapatlasError(f"invalid {source}:\n  " + "\n  ".join(lines))
     _check_semantics(filled, source)
+    _fill_benchmark_root(filled, source)
     if as_written and filled["benchmarks"]:
         _check_design(filled["benchmarks"], source)
     return filled
+
+
+def _fill_benchmark_root(config: dict, source: str) -> None:
+    """`{benchmark_root}` in a benchmark's source becomes the configured directory."""
+    root = config["benchmark_root"]
+    for bench in config["benchmarks"]:
+        if "{benchmark_root}" not in bench["source"]:
+            continue
+        if root is None:
+            raise CapatlasError(
+                f"invalid {source}: benchmark '{bench['name']}' has source {bench['source']!r} "
+                "but config key 'benchmark_root' is not set"
+            )
+        bench["source"] = bench["source"].replace("{benchmark_root}", str(root).rstrip("/"))
 
 
 def _check_design(benchmarks: list, source: str) -> None:

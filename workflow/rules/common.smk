@@ -11,6 +11,7 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from capatlas.config import validate_config, run_dir
+from capatlas.benchmarks.items import missing_local_inputs
 from capatlas.corpus.readers import check_path_topics, expand_paths, file_key
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_text
@@ -154,6 +155,23 @@ def corpus_files():
     return files
 
 
+def check_local_inputs():
+    """Every configured local path that does not exist, named in one message before any job runs."""
+    if DEMO:
+        return
+    missing = missing_local_inputs(config)
+    try:
+        expand_paths(config["corpus"]["paths"])
+    except CapatlasError as exc:
+        missing.append(str(exc))
+    if missing:
+        raise WorkflowError(
+            f"{len(missing)} configured input(s) do not exist:\n  "
+            + "\n  ".join(missing)
+        )
+
+
+check_local_inputs()
 CORPUS_FILES = corpus_files()
 CORPUS_BY_KEY = {file_key(path): path for path in CORPUS_FILES}
 CLASSIFIED = any(

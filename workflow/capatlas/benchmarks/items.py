@@ -467,6 +467,31 @@ def parse_rows(rows: Iterable[dict], bench_cfg: dict) -> list[MCItem]:
 # Sources
 
 
+def missing_local_inputs(config: dict) -> list[str]:
+    """Config keys naming a local path that does not exist: benchmark sources, models, classifiers.
+
+    Hub ids ("owner/name") are read from the local cache at run time and are
+    not checked here; `{world}` sources are made by the demo's DAG.
+    """
+    named: list[tuple[str, str | None]] = [
+        (f"benchmarks[{b['name']}].source", None if "{world}" in b["source"] else b["source"])
+        for b in config["benchmarks"]
+    ]
+    named += [(f"models.{role}.path", (config["models"][role] or {}).get("path")) for role in ("document", "query")]
+    named += [("models.tokenizer", config["models"].get("tokenizer"))]
+    named += [
+        (f"corpus.labels.{facet}.model", config["corpus"]["labels"][facet].get("model"))
+        for facet in ("topic", "format")
+        if config["corpus"]["labels"][facet]["source"] == "classifier"
+    ]
+    named += [("attribution.optimizer_state", config["attribution"].get("optimizer_state"))]
+    return [
+        f"{key}: {value}"
+        for key, value in named
+        if value and looks_like_path(str(value)) and not Path(str(value)).expanduser().exists()
+    ]
+
+
 def resolve_source(source: str, world_dir: str | os.PathLike | None, *, benchmark: str = "?") -> str:
     if "{world}" in source:
         if world_dir is None:
@@ -477,7 +502,7 @@ def resolve_source(source: str, world_dir: str | os.PathLike | None, *, benchmar
     return source
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     """True for what can only be a filesystem path, never an HF hub id ("owner/name" or "name")."""
     return (
         source.startswith(("/", ".", "~"))
@@ -703,7 +728,7 @@ def load_rows(
     if path.is_dir():
         rows, used = _rows_from_dir(path, bench_cfg, split)
         return rows, str(path.resolve()) if len(used) != 1 else used[0]
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise CapatlasError(f"benchmark '{name}': source {source} does not exist")
     return _rows_from_hub(source, bench_cfg, split), f"hf:{source}"
 
