@@ -229,11 +229,14 @@ def test_field_labels_accept_ids_names_and_slugs(tmp_path):
         {"id": "2", "text": "x", "t": "Religion", "f": "Knowledge Article"},
         {"id": "3", "text": "x", "t": "religion", "f": "knowledge_article"},
         {"id": "4", "text": "x", "t": "Science, Math & Technology", "f": "documentation"},
+        {"id": "5", "text": "x", "t": 18.0, "f": 7.0},  # integer ids stored as floats (a column with gaps)
     ]
     path = write_records(tmp_path / "x.jsonl", rows)
     labels = _resolver({"source": "field", "field": "t"}, {"source": "field", "field": "f"}).for_file(path)
     got = [labels(rec) for rec in iter_records(path)]
-    assert got == [(18, 7), (18, 7), (18, 7), (19, FORMAT.resolve("Technical Writing"))]
+    assert got == [(18, 7), (18, 7), (18, 7), (19, FORMAT.resolve("Technical Writing")), (18, 7)]
+    with pytest.raises(CapatlasError, match="ids are whole numbers"):
+        FORMAT.resolve(7.5)
 
 
 def test_unknown_label_names_file_line_and_value(tmp_path):

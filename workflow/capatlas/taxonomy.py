@@ -117,6 +117,11 @@ class Facet:
         """Map an id (int or digit string), display name or slug to an id."""
         if isinstance(value, bool) or value is None:
             raise CapatlasError(f"unknown {self.name} label {value!r}")
+        if isinstance(value, float) or (hasattr(value, "is_integer") and not isinstance(value, (int, str))):
+            # Parquet and pandas store integer labels as floats once a column has a gap: 3.0 is id 3.
+            if not float(value).is_integer():
+                raise CapatlasError(f"unknown {self.name} label {value!r}: ids are whole numbers 0-{self.size - 1}")
+            return self.resolve(int(value))
         if isinstance(value, (int,)) or (hasattr(value, "__index__") and not isinstance(value, str)):
             idx = int(value)  # numpy integers too
             if 0 <= idx < self.size:
