@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -57,3 +58,15 @@ def test_device_specs_are_checked_and_cpu_stays_cpu(locks):
         assert devices.resolve_device("auto", key="corpus.classifier.device") == "cpu"
         with pytest.raises(CapatlasError, match="'corpus.classifier.device' is 'cuda' but CUDA is not available"):
             devices.resolve_device("cuda", key="corpus.classifier.device")
+
+
+def test_slurm_jobs_on_one_node_do_not_share_lock_names(monkeypatch, tmp_path):
+    """SLURM renumbers each job's GPUs from 0: the locks are per job, or job B would wait on job A's "GPU 0"."""
+    monkeypatch.delenv("CAPATLAS_GPU_LOCKS", raising=False)
+    monkeypatch.setattr(devices.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("SLURM_JOB_ID", "101")
+    first = devices.lock_dir()
+    monkeypatch.setenv("SLURM_JOB_ID", "102")
+    assert devices.lock_dir() != first and first.parent == tmp_path
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert devices.lock_dir().name == f"capatlas-gpu-locks-{os.getuid()}"

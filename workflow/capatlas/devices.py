@@ -23,9 +23,16 @@ _HELD: list = []
 
 
 def lock_dir() -> Path:
-    """Node-local lock directory ($CAPATLAS_GPU_LOCKS, else one per user in the temp dir)."""
+    """Node-local lock directory: $CAPATLAS_GPU_LOCKS, else one per user (and per SLURM job) in the temp dir.
+
+    Per SLURM job because SLURM's device cgroups renumber each job's GPUs from
+    0: two jobs on one node both see "GPU 0", which are different GPUs.
+    """
     configured = os.environ.get("CAPATLAS_GPU_LOCKS")
-    path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"capatlas-gpu-locks-{os.getuid()}"
+    name = f"capatlas-gpu-locks-{os.getuid()}"
+    if os.environ.get("SLURM_JOB_ID"):
+        name += f"-slurm{os.environ['SLURM_JOB_ID']}"
+    path = Path(configured) if configured else Path(tempfile.gettempdir()) / name
     path.mkdir(parents=True, exist_ok=True)
     return path
 
