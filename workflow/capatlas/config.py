@@ -103,7 +103,7 @@ def validate_config(config: dict, *, source: str = "config", as_written: bool = 
     _check_semantics(filled, source)
     _fill_benchmark_root(filled, source)
     if as_written and filled["benchmarks"]:
-        _check_design(filled["benchmarks"], source)
+        _check_design(filled["benchmarks"], schema, source)
     return filled
 
 
@@ -121,10 +121,12 @@ def _fill_benchmark_root(config: dict, source: str) -> None:
         bench["source"] = bench["source"].replace("{benchmark_root}", str(root).rstrip("/"))
 
 
-def _check_design(benchmarks: list, source: str) -> None:
-    """The 2 x 2 contrast needs a benchmark in each of its four cells."""
-    present = {(b.get("domain"), b.get("capability")) for b in benchmarks if isinstance(b, dict)}
-    missing = [f"{d} x {c}" for d in ("social", "stem") for c in ("reasoning", "knowledge") if (d, c) not in present]
+def _check_design(benchmarks: list, schema: dict, source: str) -> None:
+    """The 2 x 2 contrast needs a benchmark in each of its four cells (the schema's domains x capabilities)."""
+    fields = schema["definitions"]["benchmark"]["properties"]
+    present = {(b["domain"], b["capability"]) for b in benchmarks}
+    cells = [(d, c) for d in fields["domain"]["enum"] for c in fields["capability"]["enum"]]
+    missing = [f"{d} x {c}" for d, c in cells if (d, c) not in present]
     if missing:
         raise CapatlasError(
             f"invalid {source}:\n  config key 'benchmarks': the 2 x 2 design has no benchmark for "

@@ -8,6 +8,7 @@ Ids are the class indices of the WebOrganizer classifiers; a bin id is
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -117,7 +118,7 @@ class Facet:
         """Map an id (int or digit string), display name or slug to an id."""
         if isinstance(value, bool) or value is None:
             raise CapatlasError(f"unknown {self.name} label {value!r}")
-        if isinstance(value, float) or (hasattr(value, "is_integer") and not isinstance(value, (int, str))):
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
             # Parquet and pandas store integer labels as floats once a column has a gap: 3.0 is id 3.
             if not float(value).is_integer():
                 raise CapatlasError(f"unknown {self.name} label {value!r}: ids are whole numbers 0-{self.size - 1}")

@@ -143,25 +143,17 @@ def tokenizer_path():
 
 
 def corpus_files():
-    """Corpus files known at parse time (the demo world's are read from its directory)."""
+    """Corpus files known at parse time (the demo world's are read from its directory).
+
+    Every configured local path that does not exist, a corpus glob that
+    matches nothing among them, is named in one message before any job runs.
+    """
     if DEMO:
         return []
+    missing = missing_local_inputs(config)
+    files = []
     try:
         files = expand_paths(config["corpus"]["paths"])
-        if config["corpus"]["labels"]["topic"]["source"] == "path":
-            check_path_topics(files)
-    except CapatlasError as exc:
-        raise WorkflowError(str(exc)) from None
-    return files
-
-
-def check_local_inputs():
-    """Every configured local path that does not exist, named in one message before any job runs."""
-    if DEMO:
-        return
-    missing = missing_local_inputs(config)
-    try:
-        expand_paths(config["corpus"]["paths"])
     except CapatlasError as exc:
         missing.append(str(exc))
     if missing:
@@ -169,9 +161,14 @@ def check_local_inputs():
             f"{len(missing)} configured input(s) do not exist:\n  "
             + "\n  ".join(missing)
         )
+    if config["corpus"]["labels"]["topic"]["source"] == "path":
+        try:
+            check_path_topics(files)
+        except CapatlasError as exc:
+            raise WorkflowError(str(exc)) from None
+    return files
 
 
-check_local_inputs()
 CORPUS_FILES = corpus_files()
 CORPUS_BY_KEY = {file_key(path): path for path in CORPUS_FILES}
 CLASSIFIED = any(
@@ -280,19 +277,17 @@ def named_paths(paths):
 def unlearn_runs(unit, conditions):
     """The per-condition paths of one (target, unit, seed) job; `unit` is a wildcard or "global"."""
     run = f"{UNLEARNING}/{{target}}/{unit}/{{condition}}/seed{{seed}}"
+    files = {
+        "forget": "forget_set.parquet",
+        "model": UNLEARN_MODEL_DIR,
+        "train_log": "train_log.csv",
+        "evaluation": "eval.json",
+    }
     return {
-        "forget": expand(
-            f"{run}/forget_set.parquet", condition=conditions, allow_missing=True
-        ),
-        "model": expand(
-            f"{run}/{UNLEARN_MODEL_DIR}", condition=conditions, allow_missing=True
-        ),
-        "train_log": expand(
-            f"{run}/train_log.csv", condition=conditions, allow_missing=True
-        ),
-        "evaluation": expand(
-            f"{run}/eval.json", condition=conditions, allow_missing=True
-        ),
+        **{
+            key: expand(f"{run}/{name}", condition=conditions, allow_missing=True)
+            for key, name in files.items()
+        },
         "log": f"{RUN}/logs/unlearning/{{target}}/{unit}/seed{{seed}}.log",
         "benchmark": f"{RUN}/benchmarks/unlearning/{{target}}/{unit}/seed{{seed}}.tsv",
     }

@@ -36,6 +36,7 @@ from capatlas.attribution.context import (
     bergson_workdir,
     load_query_set,
     make_job,
+    parse_named_paths,
     prepare_run_path,
     save_token_dataset,
     deterministic_torch,
@@ -188,18 +189,6 @@ def _query_losses(index_path: Path, n: int) -> list[float | None]:
     return losses if len(losses) == n else [None] * n
 
 
-def _named_paths(values: list[str], option: str) -> dict[str, str]:
-    named = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise CapatlasError(f"{option} {value!r}: expected NAME=DIRECTORY")
-        if name in named:
-            raise CapatlasError(f"{option}: benchmark {name!r} given twice")
-        named[name] = path
-    return named
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, model_help="query model directory (default document model)")
     parser.add_argument(
@@ -216,8 +205,8 @@ def run(args: argparse.Namespace, config: dict | None) -> None:
         config,
         model=args.model,
         revision=args.revision,
-        query_sets=_named_paths(args.queries, "--queries"),
+        query_sets=parse_named_paths(args.queries, flag="--queries", require_name=True),
         preconditioner=args.preconditioner,
         optimizer_state=args.optimizer_state,
-        out=_named_paths(args.out, "--out"),
+        out=parse_named_paths(args.out, flag="--out", require_name=True),
     )

@@ -37,7 +37,7 @@ import numpy as np
 from capatlas.command import Command
 from capatlas.benchmarks.items import load_all_items, load_fewshot_pool, render_items, subsample
 from capatlas.config import run_dir
-from capatlas.devices import resolve_device as claim_device
+from capatlas.devices import resolve_device
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_json
 
@@ -54,11 +54,6 @@ class Request:
 
     context: tuple[int, ...]
     continuation: tuple[int, ...]
-
-
-def resolve_device(name: str, *, key: str = "evaluation.device") -> str:
-    """The device of an evaluation or unlearning process (capatlas.devices: a free GPU of the node's)."""
-    return claim_device(name, key=key)
 
 
 def prefix_id(tokenizer, kind: str) -> int | None:
@@ -294,7 +289,7 @@ def evaluate_model(
 
     settings = config["evaluation"]
     torch.set_num_threads(settings["threads"])
-    device = resolve_device(settings["device"])
+    device = resolve_device(settings["device"], key="evaluation.device")
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, adapter=adapter, device=device, precision=settings["precision"])
     check_tokenizer_fits(tokenizer, model, model_path)

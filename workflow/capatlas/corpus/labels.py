@@ -164,11 +164,11 @@ def label_file(config: dict, corpus_file: str, out: str | os.PathLike, *, device
     models = {}
     for facet in facets:
         model_dir = corpus["labels"][facet]["model"]
-        dtype = classifier_dtype(settings["precision"], device)
-        log.info("loading %s classifier from %s on %s (%s)", facet, model_dir, device, str(dtype).removeprefix("torch."))
         models[facet] = load_classifier(
             model_dir, trust_remote_code=settings["trust_remote_code"], device=device, precision=settings["precision"]
         )
+        dtype = str(next(models[facet][0].parameters()).dtype).removeprefix("torch.")
+        log.info("loaded %s classifier from %s on %s (%s)", facet, model_dir, device, dtype)
 
     rows: list[np.ndarray] = []
     doc_ids: list[str] = []

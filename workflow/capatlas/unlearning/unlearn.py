@@ -62,8 +62,8 @@ from capatlas.benchmarks.evaluate import (
     model_max_length,
     prefix_id,
     prepare_benchmarks,
-    resolve_device,
 )
+from capatlas.devices import resolve_device
 from capatlas.unlearning.forget_sets import GLOBAL_UNIT, read_forget_set
 from capatlas.fileio import atomic_path, write_json
 
@@ -488,14 +488,13 @@ def load_shared_inputs(config: dict, model_path: str, retain_path: Path, baselin
     )
 
 
-def run_one(config: dict, shared: SharedInputs, forget_path: Path, out: Path) -> dict:
-    """One run from the base model: forget, evaluate, write `out` (eval.json last)."""
+def run_one(config: dict, shared: SharedInputs, forget: pd.DataFrame, meta: dict, out: Path) -> dict:
+    """One run from the base model: forget `forget`, evaluate, write `out` (eval.json last)."""
     import torch
 
     section = config["unlearning"]
     eval_cfg = config["evaluation"]
     run_name = f"unlearning run {'/'.join(Path(out).parts[-4:])}"
-    forget, meta = read_forget_set(forget_path, run_name=run_name)
     seed = int(meta.get("seed", 0))
     started = time.perf_counter()
     # Seeded before the model is loaded and LoRA attached, as a run of its
@@ -561,13 +560,14 @@ def run_unlearning(
     if not runs:
         raise CapatlasError("capatlas unlearn: no runs given (--forget-set/--out)")
     job_name = "unlearning job " + ", ".join("/".join(Path(out).parts[-4:]) for _, out in runs)
-    seeds = {int(read_forget_set(path, run_name=job_name)[1].get("seed", 0)) for path, _ in runs}
+    forget_sets = [read_forget_set(path, run_name=job_name) for path, _ in runs]
+    seeds = {int(meta.get("seed", 0)) for _, meta in forget_sets}
     if len(seeds) > 1:
         raise CapatlasError(f"{job_name}: the forget sets come from seeds {sorted(seeds)}; one job is one seed")
     torch.set_num_threads(config["unlearning"]["threads"])
     torch.use_deterministic_algorithms(True, warn_only=True)
     shared = load_shared_inputs(config, model_path, retain_path, baseline_path, world_dir=world_dir, job_name=job_name)
-    return [run_one(config, shared, forget_path, out) for forget_path, out in runs]
+    return [run_one(config, shared, forget, meta, out) for (forget, meta), (_, out) in zip(forget_sets, runs)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
