@@ -80,6 +80,34 @@ def build_tokenizer(directory: str | Path) -> Path:
     return directory
 
 
+def build_classifier(directory, num_labels=24):
+    """A randomly initialised 24-class BERT with the word-level tokenizer: a stand-in format classifier."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer_dir = build_tokenizer(directory)
+    from transformers import AutoTokenizer
+
+    vocab_size = len(AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=1,
+    )
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        # Larger head weights so the random model spreads its predictions over classes.
+        model.classifier.weight.normal_(0, 2.0)
+    model.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))

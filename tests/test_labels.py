@@ -5,40 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers_corpus import build_tokenizer, make_config, make_records, write_config, write_records
+from helpers_corpus import build_classifier, make_config, make_records, write_config, write_records
 
 from capatlas import cli
 from capatlas.corpus.readers import LabelResolver, file_key, iter_records
 from capatlas.errors import CapatlasError
 from capatlas.corpus.labels import classifier_input, classify_texts, label_file, load_classifier
 from capatlas.taxonomy import TOPIC
-
-
-def build_classifier(directory, num_labels=24):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    tokenizer_dir = build_tokenizer(directory)
-    from transformers import AutoTokenizer
-
-    vocab_size = len(AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        pad_token_id=1,
-    )
-    model = BertForSequenceClassification(config)
-    with torch.no_grad():
-        # Larger head weights so the random model spreads its predictions over classes.
-        model.classifier.weight.normal_(0, 2.0)
-    model.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

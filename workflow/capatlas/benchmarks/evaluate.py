@@ -299,7 +299,7 @@ def evaluate_model(
     return {
         "model": str(model_path),
         "adapter": None if adapter is None else str(adapter),
-        "settings": {**settings, "device": device, "max_length": max_length},
+        "settings": {**settings, "device": device, "max_length": max_length, "dtype": str(model.dtype).removeprefix("torch.")},
         "benchmarks": results,
     }
 

@@ -526,6 +526,10 @@ def run_one(config: dict, shared: SharedInputs, forget: pd.DataFrame, meta: dict
         "adapter": str(model_dir) if section["lora"]["enabled"] else None,
         "checkpoint": None if section["lora"]["enabled"] else str(model_dir),
         "method": section["method"],
+        # The base weights' dtype as loaded, not only the setting asked for.
+        "precision": section["precision"],
+        "dtype": str(base.dtype).removeprefix("torch."),
+        "device": str(shared.device),
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
         "forget_docs": data.forget_docs,
