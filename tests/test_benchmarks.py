@@ -435,9 +435,13 @@ MMLU_SHOT = bm.MCItem("m2", "What is 1 + 1?", ["2", "3", "4", "5"], 0, subject="
         (MMLU, "mmlu", "lm_eval",
          "The following are multiple choice questions (with answers) about high school mathematics.\n\n"
          "What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:", [" A", " B", " C", " D"]),
-        (MMLU, "mmlu", "olmes_rc", "Question: What is 2 + 2?\nAnswer:", [" 3", " 4", " 5", " 6"]),
-        (MMLU, "mmlu", "olmes_mc", "Question: What is 2 + 2?\n A. 3\n B. 4\n C. 5\n D. 6\nAnswer:",
-         [" A", " B", " C", " D"]),
+        # OLMES's MMLU prompts carry the same subject header (oe-eval's MMLU task description).
+        (MMLU, "mmlu", "olmes_rc",
+         "The following are multiple choice questions (with answers) about high school mathematics.\n\n"
+         "Question: What is 2 + 2?\nAnswer:", [" 3", " 4", " 5", " 6"]),
+        (MMLU, "mmlu", "olmes_mc",
+         "The following are multiple choice questions (with answers) about high school mathematics.\n\n"
+         "Question: What is 2 + 2?\n A. 3\n B. 4\n C. 5\n D. 6\nAnswer:", [" A", " B", " C", " D"]),
         (ARC, "multiple_choice", "lm_eval", "Question: Which is a mammal?\nAnswer:",
          [" shark", " whale", " trout", " eel"]),
     ],
@@ -470,6 +474,18 @@ def test_render_fewshot_layout():
     )
     with pytest.raises(CapatlasError, match="unknown prompt format 'harness'"):
         bm.render(ARC, "harness", benchmark_loader="arc")
+
+
+def test_subject_header_can_be_turned_off_and_needs_a_subject():
+    plain = bm.render(MMLU, "olmes_mc", benchmark_loader="mmlu", subject_header=False)
+    assert plain.prompt == "Question: What is 2 + 2?\n A. 3\n B. 4\n C. 5\n D. 6\nAnswer:"
+    headed = bm.render(MMLU, "olmes_mc", benchmark_loader="mmlu", fewshot_items=[MMLU_SHOT])
+    assert headed.prompt.startswith("The following are multiple choice questions (with answers) about high school")
+    assert headed.prompt.count("The following are") == 1
+    # Only MMLU has subjects; an MMLU item without one gets no header rather than "about ."
+    assert bm.render(ARC, "olmes_mc", benchmark_loader="arc").prompt.startswith("Question:")
+    no_subject = bm.MCItem("m3", "Q?", ["a", "b"], 0)
+    assert bm.render(no_subject, "olmes_rc", benchmark_loader="mmlu").prompt == "Question: Q?\nAnswer:"
 
 
 def test_fewshot_pools(tmp_path):

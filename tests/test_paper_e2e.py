@@ -125,6 +125,12 @@ def test_queries_are_olmes_mc_and_their_gradients_come_from_the_instruct_model(p
         assert len(queries) > 0
         for row in queries:
             assert row["prompt"].endswith("\nAnswer:") and "\n A. " in row["prompt"], row["prompt"]
+            if name.startswith("mmlu"):  # OLMES's MMLU prompts open with the subject header
+                subject = row["subject"].replace("_", " ")
+                header = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+                assert row["prompt"].startswith(header + "Question: "), row["prompt"]
+            else:
+                assert row["prompt"].startswith("Question: "), row["prompt"]
             assert row["completion"] == " " + "ABCDE"[row["gold"]]
         record = json.loads((results / "queries" / name / "queries.json").read_text())
         assert record["prompt_format"] == "olmes_mc"

@@ -895,12 +895,20 @@ def _render_one(item: MCItem, fmt: str, loader: str) -> tuple[str, list[str]]:
     raise CapatlasError(f"unknown prompt format '{fmt}' (one of {', '.join(PROMPT_FORMATS)})")
 
 
-def render(item: MCItem, fmt: str, *, benchmark_loader: str, fewshot_items: Sequence[MCItem] = ()) -> Rendered:
+def render(
+    item: MCItem,
+    fmt: str,
+    *,
+    benchmark_loader: str,
+    fewshot_items: Sequence[MCItem] = (),
+    subject_header: bool = True,
+) -> Rendered:
     """Prompt and continuations of `item` in format `fmt`, with few-shot examples in front.
 
     Each example is its prompt plus its gold continuation; examples and the
-    prompt are separated by a blank line. The lm-eval MMLU header comes once,
-    at the very top.
+    prompt are separated by a blank line. MMLU prompts start with the
+    subject header lm-eval and OLMES both use (in every format), once, at
+    the very top, unless `subject_header` is off.
     """
     prompt, continuations = _render_one(item, fmt, benchmark_loader)
     shots = []
@@ -908,7 +916,7 @@ def render(item: MCItem, fmt: str, *, benchmark_loader: str, fewshot_items: Sequ
         shot_prompt, shot_conts = _render_one(shot, fmt, benchmark_loader)
         shots.append(shot_prompt + shot_conts[shot.gold])
     text = FEWSHOT_SEPARATOR.join([*shots, prompt])
-    if fmt == "lm_eval" and benchmark_loader == "mmlu":
+    if subject_header and benchmark_loader == "mmlu":
         text = _mmlu_header(item) + text
     return Rendered(prompt=text, continuations=continuations, gold=item.gold, choice_texts=list(item.choices))
 
@@ -928,5 +936,13 @@ def render_items(
     out = []
     for item in items:
         shots = select_fewshot(item, pool, k, seed=seed, name=bench_cfg["name"]) if k else []
-        out.append(render(item, fmt, benchmark_loader=bench_cfg["loader"], fewshot_items=shots))
+        out.append(
+            render(
+                item,
+                fmt,
+                benchmark_loader=bench_cfg["loader"],
+                fewshot_items=shots,
+                subject_header=bench_cfg.get("subject_header", True),
+            )
+        )
     return out
