@@ -1,10 +1,15 @@
-"""Reduced demo runs shared by the rerun and determinism tests.
+"""Reduced demo runs shared by the rerun, determinism and SLURM tests.
 
 A reduced demo (a model of a few thousand parameters trained for a few
 steps, a couple of documents per bin, 4 shards) takes the DAG up to the
 bin matrix in well under a minute of CPU. Runs are cached in this module,
 so every test module that asks for the same run gets the same directory:
 pytest builds a fixture imported into two modules twice, this cache once.
+
+The reference run is built twice from scratch for the determinism tests,
+and its first stages a third time through a single-node SLURM cluster on
+localhost for the SLURM tests, which compare those outputs with the
+reference's instead of making a local run of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pandas as pd
@@ -48,8 +54,10 @@ def reduced_config(shards: int = 4) -> dict:
     config["shards"]["count"] = shards
     config["attribution"]["preconditioner_docs"] = 64
     config["analysis"].update(bootstrap=20, permutations=20)
-    # One thread per job: two jobs share the two cores.
+    # One thread per job: two jobs share the two cores. CPU-family resources
+    # other than the defaults, so the SLURM test sees them reach sbatch.
     config["resources"]["gpu"]["threads"] = 1
+    config["resources"]["cpu"] = {"threads": 1, "mem_mb": 1500, "runtime": 20}
     return config
 
 
@@ -74,8 +82,8 @@ def snakemake_command(workdir: Path, config_path: Path, *extra: str, cores: int 
     ]
 
 
-def snakemake_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "CAPATLAS_FAIL_SHARDS"}
+def snakemake_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k != "CAPATLAS_FAIL_SHARDS"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
     return env
 
@@ -129,6 +137,8 @@ class Run:
     workdir: Path
     config_path: Path
     output: str
+    # The SLURM cluster the run was submitted to, None for a local run.
+    slurm: Any = None
 
     @property
     def results(self) -> Path:
@@ -157,6 +167,55 @@ def runs_dir(tmp_path_factory) -> Path:
 def clean_run(runs_dir) -> Run:
     """The reference: a clean reduced run with 4 shards."""
     return cached_run("clean", runs_dir)
+
+
+def _slurm_profile(cluster, directory: Path) -> Path:
+    """profiles/slurm with its partition set the way a user sets it: in default-resources."""
+    profile = directory / "slurm"
+    shutil.copytree(REPO_ROOT / "profiles" / "slurm", profile)
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    settings["default-resources"]["slurm_partition"] = cluster.partition
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    return profile
+
+
+@pytest.fixture(scope="session")
+def second_clean_run(runs_dir) -> Run:
+    """The reference run again from scratch, locally (test_determinism compares the two)."""
+    return cached_run("clean-again", runs_dir)
+
+
+# The start of the reference run's DAG: demo world and model, working set,
+# shards and queries. SLURM's status polling backs off by 10 s a round while
+# no job finishes, so each step of a long chain costs up to a round more
+# than locally; this short chain shows everything a SLURM submission must get
+# right, and its outputs are compared with the local reference run's.
+
+
+@pytest.fixture(scope="session")
+def slurm_run(runs_dir, request) -> Run:
+    """The reference config's first stages through a single-node SLURM cluster on localhost."""
+    from slurm_cluster import ensure_installed, start_cluster
+
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(f"no SLURM for this test: {reason}")
+    cluster = start_cluster()
+    request.addfinalizer(cluster.stop)
+    workdir = runs_dir / "slurm"
+    config_path = write_config(runs_dir / "slurm-config", reduced_config())
+    targets = [f"results/{RUN}/shards/shards.json"]
+    targets += [f"results/{RUN}/queries/{b['name']}" for b in reduced_config()["benchmarks"]]
+    result = run_snakemake(
+        workdir, config_path, *targets,
+        "--profile", str(_slurm_profile(cluster, runs_dir / "profile")),
+        # This cluster has no accounting database, so no sacct: squeue sees
+        # finished jobs for MinJobAge seconds. Short jobs: poll early.
+        "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "2",
+        env=snakemake_env(cluster.env),
+    )  # fmt: skip
+    return Run(workdir, config_path, result.stdout + result.stderr, slurm=cluster)
 
 
 def copy_run(run: Run, dest: Path) -> Run:

@@ -1,7 +1,7 @@
 """Determinism on CPU: two clean runs agree to the byte; 4 and 3 shards give the same bin matrix.
 
 The runs are reduced demos (helpers_runs): the reference run is shared with
-test_reruns; a second one is built from scratch here, and a 3-shard run
+test_reruns and test_slurm; a second one is built from scratch, and a 3-shard run
 re-shards the reference's working set (same demo world, model and manifest)
 the way a user changes `shards.count` and reruns.
 """
@@ -18,7 +18,6 @@ from capatlas.artifacts.binsums import ARRAYS, read_bin_sums
 from helpers_runs import (
     BIN_MATRIX,
     Run,
-    cached_run,
     clean_run,  # noqa: F401  (fixture)
     copy_run,
     job_stats,
@@ -26,6 +25,7 @@ from helpers_runs import (
     reduced_config,
     run_snakemake,
     runs_dir,  # noqa: F401  (fixture)
+    second_clean_run,  # noqa: F401  (fixture)
     write_config,
 )
 
@@ -35,8 +35,9 @@ SHARDS = ["00000", "00001", "00002", "00003"]
 
 
 @pytest.fixture(scope="module")
-def second_run(runs_dir) -> Run:
-    return cached_run("clean-again", runs_dir)
+def second_run(second_clean_run) -> Run:  # noqa: F811
+    """The same config from scratch."""
+    return second_clean_run
 
 
 @pytest.fixture(scope="module")

@@ -1,117 +1,33 @@
 """The SLURM profile on a real (single-node, localhost) SLURM cluster.
 
-A reduced demo runs twice from scratch: once locally with profiles/default,
-once through SLURM with profiles/slurm (its partition set the way a user
-sets it, by editing the profile's default-resources). Every job must go
-through sbatch with the resources its rule declares, and the results must be
-byte-identical to the local run's.
+The reduced demo's first stages (helpers_runs.slurm_run: demo world and
+model, working set, shards, queries) run through SLURM with profiles/slurm,
+its partition set the way a user sets it, by editing the profile's
+default-resources. Every job must go through sbatch with the resources its
+rule declares, and the outputs must be byte-identical to the local
+reference run's (helpers_runs.clean_run, the same config).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-import helpers_runs
-from slurm_cluster import ensure_installed, start_cluster
+from helpers_runs import (
+    clean_run,  # noqa: F401  (fixture)
+    job_stats,
+    runs_dir,  # noqa: F401  (fixture)
+    slurm_run,  # noqa: F401  (fixture)
+)
 
-RUN = "slurm_check"
-BENCHMARK = "socialiqa"
-# Demo world, demo model, working set, shards and one benchmark's queries:
-# later stages are not targeted, so this test does not depend on them.
-TARGETS = [
-    f"results/{RUN}/shards/shards.json",
-    f"results/{RUN}/queries/{BENCHMARK}",
-]
-EXPECTED_RULES = {"demo_world", "demo_model", "manifest", "shards", "queries"}
+BENCHMARKS = ["socialiqa", "mmlu_social_sciences", "arc_challenge", "mmlu_stem"]
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.")
 # Snakemake's bookkeeping and the datasets library's random fingerprint.
 NOT_COMPARED = {".snakemake_timestamp", "state.json"}
-
-
-@pytest.fixture(scope="module")
-def slurm(request):
-    reason = ensure_installed()
-    if reason:
-        pytest.skip(f"no SLURM for this test: {reason}")
-    cluster = start_cluster()
-    request.addfinalizer(cluster.stop)
-    return cluster
-
-
-@pytest.fixture(scope="module")
-def reduced_config(tmp_path_factory):
-    """The reduced demo config of the rerun tests, 2 shards, with resources distinct from the defaults."""
-    config = helpers_runs.reduced_config(shards=2)
-    config["run"] = RUN
-    config["resources"]["cpu"] = {"threads": 1, "mem_mb": 1500, "runtime": 20}
-    path = tmp_path_factory.mktemp("slurm_config") / "reduced.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path, config
-
-
-def snakemake(repo_root, venv_bin, workdir, config_path, *extra, env=None):
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = {**(env or os.environ), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run(
-        [
-            str(venv_bin / "snakemake"),
-            "--snakefile",
-            str(repo_root / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(config_path),
-            *extra,
-            *TARGETS,
-        ],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=480,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def local_run(repo_root, venv_bin, reduced_config, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("local_run")
-    snakemake(
-        repo_root, venv_bin, workdir, reduced_config[0],
-        "--profile", str(repo_root / "profiles" / "default"), "--cores", "2",
-    )
-    return workdir / "results" / RUN
-
-
-@pytest.fixture(scope="module")
-def slurm_run(repo_root, venv_bin, reduced_config, slurm, local_run, tmp_path_factory):
-    """The same targets through SLURM; returns (results dir, Snakemake's output, workdir)."""
-    # The user's step: set the partition in (a copy of) profiles/slurm.
-    profile = tmp_path_factory.mktemp("profile") / "slurm"
-    shutil.copytree(repo_root / "profiles" / "slurm", profile)
-    settings = yaml.safe_load((profile / "config.yaml").read_text())
-    settings["default-resources"]["slurm_partition"] = slurm.partition
-    (profile / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-
-    workdir = tmp_path_factory.mktemp("slurm_run")
-    result = snakemake(
-        repo_root, venv_bin, workdir, reduced_config[0],
-        "--profile", str(profile),
-        # This cluster has no accounting database, so no sacct: squeue sees
-        # finished jobs for MinJobAge seconds. Short jobs: poll early.
-        "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "2",
-        env=slurm.env,
-    )
-    return workdir / "results" / RUN, result.stdout + result.stderr, workdir
 
 
 def submissions(output: str, slurm_logdir: Path) -> list[tuple[str, str, Path]]:
@@ -128,10 +44,10 @@ def submissions(output: str, slurm_logdir: Path) -> list[tuple[str, str, Path]]:
 
 
 @pytest.mark.slow
-def test_every_job_goes_through_sbatch_with_its_rules_resources(slurm, slurm_run, reduced_config):
-    _, output, workdir = slurm_run
-    submitted = submissions(output, workdir / "logs" / "slurm")
-    assert submitted, output[-4000:]
+def test_every_job_goes_through_sbatch_with_its_rules_resources(slurm_run):  # noqa: F811
+    slurm = slurm_run.slurm
+    submitted = submissions(slurm_run.output, slurm_run.workdir / "logs" / "slurm")
+    assert submitted, slurm_run.output[-4000:]
     for _, slurm_id, log in submitted:
         # Kept after success (slurm-keep-successful-logs), named by the job id.
         assert log.is_file(), f"no SLURM log {log}"
@@ -139,11 +55,13 @@ def test_every_job_goes_through_sbatch_with_its_rules_resources(slurm, slurm_run
         job = slurm.command("scontrol", "show", "job", "--oneliner", slurm_id)
         assert "JobState=COMPLETED" in job, job
         assert f"Partition={slurm.partition}" in job, job
-    # One SLURM job per rule job, each submitted once (none failed and was retried).
-    assert sorted(rule for rule, _, _ in submitted) == sorted(EXPECTED_RULES)
+    # One SLURM job per planned job, each submitted once (none failed and was retried).
+    planned = job_stats(slurm_run.output)
+    assert set(planned) == {"demo_world", "demo_model", "manifest", "shards", "queries"}
+    assert sorted(rule for rule, _, _ in submitted) == sorted(r for r, n in planned.items() for _ in range(n))
 
     # CPU-family rules ask SLURM for what config `resources.cpu` declares (attempt 1).
-    cpu = reduced_config[1]["resources"]["cpu"]
+    cpu = yaml.safe_load(slurm_run.config_path.read_text())["resources"]["cpu"]
     shards_id = next(slurm_id for rule, slurm_id, _ in submitted if rule == "shards")
     job = slurm.command("scontrol", "show", "job", "--oneliner", shards_id)
     assert f"MinMemoryNode={cpu['mem_mb']}M" in job, job
@@ -152,17 +70,17 @@ def test_every_job_goes_through_sbatch_with_its_rules_resources(slurm, slurm_run
 
 
 @pytest.mark.slow
-def test_slurm_results_equal_the_local_run(local_run, slurm_run):
-    slurm_results, _, _ = slurm_run
+def test_slurm_results_equal_the_local_run(clean_run, slurm_run):  # noqa: F811
+    local_run, slurm_results = clean_run.results, slurm_run.results
     compared = ["manifest/manifest.parquet", "shards/shards.json"]
     compared += [f"shards/{p.name}" for p in sorted((local_run / "shards").glob("shard-*.parquet"))]
     compared += [
         str(p.relative_to(local_run))
-        for p in sorted((local_run / "queries" / BENCHMARK).iterdir())
+        for p in sorted((local_run / "queries").glob("*/*"))
         if p.name not in NOT_COMPARED
     ]
-    assert len([c for c in compared if c.startswith("shards/shard-")]) == 2
-    assert f"queries/{BENCHMARK}/queries.json" in compared
+    assert len([c for c in compared if c.startswith("shards/shard-")]) == 4
+    assert {f"queries/{b}/queries.json" for b in BENCHMARKS} <= set(compared)
     for relative in compared:
         assert (slurm_results / relative).is_file(), f"SLURM run lacks {relative}"
         local_bytes = (local_run / relative).read_bytes()
