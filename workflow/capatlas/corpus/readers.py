@@ -84,8 +84,8 @@ def expand_paths(globs: Sequence[str]) -> list[str]:
                     f"use a glob such as {os.path.join(pattern, '**', '*.jsonl.zst')!r}"
                 )
             if glob.has_magic(pattern):
-                raise CapatlasError(f"corpus glob {pattern!r} matches no file")
-            raise CapatlasError(f"corpus file {pattern!r} does not exist")
+                raise CapatlasError(f"corpus glob {pattern!r} (corpus.paths) matches no file")
+            raise CapatlasError(f"corpus file {pattern!r} (corpus.paths) does not exist")
         for match in files:
             found.add(os.path.normpath(match))
     for path in sorted(found):
