@@ -103,6 +103,13 @@ def write_dolma(dolma_root: Path, directories=(*TOPICAL_DIRS, TOPICLESS_DIR), do
     return files
 
 
+def empty_benchmark_root(benchmark_root: Path) -> Path:
+    """The three dataset directories the paper config names, empty (enough for planning)."""
+    for name in ("allenai/social_i_qa", "cais/mmlu", "allenai/ai2_arc"):
+        (benchmark_root / name).mkdir(parents=True, exist_ok=True)
+    return benchmark_root
+
+
 def _sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 

@@ -1,7 +1,7 @@
 """Reduced demo runs shared by the rerun, determinism and SLURM tests.
 
 A reduced demo (a model of a few thousand parameters trained for a few
-steps, a couple of documents per bin, 4 shards) takes the DAG up to the
+steps, a couple of documents per bin, 2 shards) takes the DAG up to the
 bin matrix in well under a minute of CPU. Runs are cached in this module,
 so every test module that asks for the same run gets the same directory:
 pytest builds a fixture imported into two modules twice, this cache once.
@@ -37,7 +37,7 @@ BIN_MATRIX = f"results/{RUN}/influence/bin_matrix.parquet"
 _JOB_STATS_ROW = re.compile(r"^(\w+)\s+(\d+)\s*$")
 
 
-def reduced_config(shards: int = 4) -> dict:
+def reduced_config(shards: int = 2) -> dict:
     """The demo config shrunk to seconds per job; everything else as shipped."""
     config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
     config["run"] = RUN
@@ -148,7 +148,7 @@ class Run:
 _RUNS: dict[str, Run] = {}
 
 
-def cached_run(name: str, base: Path, shards: int = 4) -> Run:
+def cached_run(name: str, base: Path, shards: int = 2) -> Run:
     """A clean reduced run up to the bin matrix, built once per test session."""
     if name not in _RUNS:
         workdir = base / name
@@ -165,7 +165,7 @@ def runs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def clean_run(runs_dir) -> Run:
-    """The reference: a clean reduced run with 4 shards."""
+    """The reference: a clean reduced run with 2 shards."""
     return cached_run("clean", runs_dir)
 
 

@@ -810,11 +810,9 @@ def test_threads_flag_bounds_torch(world, tmp_path):
 
 
 def test_paper_scale_plan_has_one_scoring_job_per_shard_on_a_gpu(repo_root, venv_bin, tmp_path):
-    from test_dag import job_counts, site_config, write_fake_dolma
+    from test_dag import job_counts, site_config
 
-    dolma_root = tmp_path / "dolma3_mix-6T-1025-7B"
-    write_fake_dolma(dolma_root)
-    site = site_config(tmp_path, dolma_root)
+    site, _ = site_config(tmp_path)
     result = subprocess.run(
         [
             str(venv_bin / "snakemake"),
@@ -834,7 +832,7 @@ def test_paper_scale_plan_has_one_scoring_job_per_shard_on_a_gpu(repo_root, venv
     counts = job_counts(output)
     assert counts["preconditioner"] == 1 and counts["query_gradients"] == 1 and counts["score_shard"] == 316
     shell = next(line for line in output.splitlines() if " score-shard " in line)
-    models = tmp_path / "models"
+    models = tmp_path / "models" / "allenai"
     # Documents with the base model, queries with the Instruct model; no optimizer state in HF checkpoints.
     assert f"--model {models / 'Olmo-3-1025-7B'}" in shell and f"--query-model {models / 'Olmo-3-7B-Instruct'}" in shell
     assert "--optimizer-state" not in shell

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from capatlas.config import load_config
-from helpers_paper import readme_site, relocate, write_dolma, write_site
+from helpers_paper import empty_benchmark_root, readme_site, relocate, write_dolma, write_site
 
 DOLMA_DIRS = [
     "common_crawl-religion-0016",
@@ -31,8 +31,7 @@ def site_config(tmp_path, dolma_dirs=DOLMA_DIRS):
                  site["corpus"]["labels"]["format"]["model"]):  # fmt: skip
         Path(path).mkdir(parents=True)
         (Path(path) / "config.json").write_text("{}")
-    for name in ("allenai/social_i_qa", "cais/mmlu", "allenai/ai2_arc"):
-        (Path(site["benchmark_root"]) / name).mkdir(parents=True, exist_ok=True)
+    empty_benchmark_root(Path(site["benchmark_root"]))
     return write_site(tmp_path, site), files
 
 

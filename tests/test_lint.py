@@ -48,7 +48,7 @@ def test_snakemake_lint_reports_nothing(config, tmp_path):
         corpus.parent.mkdir(parents=True)
         corpus.write_text('{"id": "a", "text": "x"}\n')
         site = tmp_path / "site.yaml"
-        config = yaml.safe_load(site_config(tmp_path, tmp_path / "dolma").read_text())
+        config = yaml.safe_load(site_config(tmp_path)[0].read_text())
         config["corpus"]["paths"] = [str(corpus)]
         site.write_text(yaml.safe_dump(config))
         args = ("--configfile", str(REPO_ROOT / "config" / "olmo3-7b.yaml"), str(site))

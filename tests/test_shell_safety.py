@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from test_dag import stand_in_benchmarks, write_fake_dolma
+from helpers_paper import empty_benchmark_root, write_dolma
 
 RULES = Path(__file__).resolve().parent.parent / "workflow" / "rules"
 NASTY = "x$(touch PWNED) it's"
@@ -58,7 +58,7 @@ def printed_commands(output: str) -> list[str]:
 
 def test_paper_plan_passes_hostile_values_as_single_arguments(repo_root, venv_bin, tmp_path):
     dolma = tmp_path / "dolma"
-    write_fake_dolma(dolma)
+    write_dolma(dolma, ["common_crawl-religion-0016", "common_crawl-social_life-0002"], docs=3)
     # A file name from a downloaded dataset, the realistic attack.
     hostile_file = dolma / "data" / "common_crawl-religion-0016" / f"part-{NASTY}.jsonl.zst"
     hostile_file.write_bytes((dolma / "data" / "common_crawl-religion-0016" / "shard_00000000.jsonl.zst").read_bytes())
@@ -72,7 +72,7 @@ def test_paper_plan_passes_hostile_values_as_single_arguments(repo_root, venv_bi
     results = tmp_path / f"res {NASTY}"
     site = {
         "results_dir": str(results),
-        "benchmark_root": str(stand_in_benchmarks(tmp_path)),
+        "benchmark_root": str(empty_benchmark_root(tmp_path / "benchmarks")),
         "corpus": {
             "paths": [str(dolma / "data" / "*" / "*.jsonl.zst")],
             "labels": {"format": {"model": str(models / names["format"])}},
