@@ -505,3 +505,30 @@ def test_a_huge_text_is_counted_in_pieces_to_the_same_count(tokenizer_dir, monke
     pieces = list(manifest_module._pieces(texts[0], 1000))
     assert len(pieces) > 10 and "".join(pieces) == texts[0] and max(map(len, pieces)) <= 1000
     assert counter.count(texts) == whole
+
+
+def _sigterm_disposition(_task) -> str:
+    import signal
+
+    return repr(signal.getsignal(signal.SIGTERM))
+
+
+def test_pool_workers_start_fresh_so_a_failing_stage_can_end_them():
+    """Workers are not forks of the stage: they ignore its SIGTERM handler and its threads' locks.
+
+    capatlas.cli turns SIGTERM into SystemExit in the stage's process. A forked
+    worker inherited that handler, and a SIGTERM arriving while it started was
+    lost (CPython clears pending signals after fork): when a bad input made the
+    stage terminate its pool, such a worker waited on the task queue forever
+    (seen in the suite as a hang in test_bad_input_names_the_culprit_and_writes_nothing).
+    """
+    import signal
+
+    from capatlas.cli import sigterm_unwinds
+    from capatlas.corpus.pool import pool_map, start_method
+
+    assert start_method() != "fork"
+    with sigterm_unwinds():
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        seen = set(pool_map(_sigterm_disposition, [0, 1, 2, 3], 2, "test"))
+    assert seen == {repr(signal.SIG_DFL)}

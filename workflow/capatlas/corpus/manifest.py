@@ -51,10 +51,8 @@ import csv
 import hashlib
 import io
 import logging
-import multiprocessing
 import os
 import re
-import sys
 import unicodedata
 from array import array
 from collections import defaultdict
@@ -67,6 +65,7 @@ import pyarrow as pa
 
 from capatlas import __version__
 from capatlas.command import Command
+from capatlas.corpus.pool import pool_map
 from capatlas.corpus.readers import CorpusRecord, LabelResolver, expand_paths, iter_records, record_location
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet, write_text
@@ -730,33 +729,6 @@ def collect_file(task: tuple[str, ScanContext, np.ndarray, np.ndarray]) -> list[
     return list(_read_docs(path, ctx, keep=keep))
 
 
-def _worker_init() -> None:
-    # One process per core already; Rust-side threads would oversubscribe.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
-def _pool_map(func: Callable, tasks: list, threads: int, desc: str) -> Iterable:
-    from tqdm import tqdm
-
-    progress = tqdm(total=len(tasks), desc=desc, unit="file", file=sys.stderr, mininterval=2)
-    try:
-        if threads <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                yield func(task)
-                progress.update(1)
-            return
-        # Workers are one per core; without this, forking after the parent used
-        # the Rust tokenizer prints a warning in every child.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(min(threads, len(tasks)), initializer=_worker_init) as pool:
-            for result in pool.imap_unordered(func, tasks):
-                yield result
-                progress.update(1)
-    finally:
-        progress.close()
-
-
 def build_manifest(
     files: Sequence[str],
     config: Mapping[str, Any],
@@ -786,12 +758,12 @@ def build_manifest(
     token_counter(tokenizer)  # fail early, before any worker starts
     threads = int(config["manifest"]["threads"] if threads is None else threads)
     merger = Merger(settings)
-    for scan in _pool_map(scan_file, [(path, ctx) for path in files], threads, "manifest scan"):
+    for scan in pool_map(scan_file, [(path, ctx) for path in files], threads, "manifest scan"):
         merger.add(scan)
 
     def rescan(requests: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Doc]:
         tasks = [(path, ctx, keys, ids) for path, (keys, ids) in sorted(requests.items())]
-        return [doc for docs in _pool_map(collect_file, tasks, threads, "manifest rescan") for doc in docs]
+        return [doc for docs in pool_map(collect_file, tasks, threads, "manifest rescan") for doc in docs]
 
     return merger.finish(rescan)
 

@@ -25,17 +25,16 @@ from __future__ import annotations
 import argparse
 import heapq
 import logging
-import multiprocessing
 import os
 import shutil
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from capatlas.command import Command
+from capatlas.corpus.pool import pool_map
 from capatlas.corpus.readers import iter_records
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet
@@ -150,25 +149,6 @@ def read_texts(task: tuple[str, list[int], list[str], list[str], str, str]) -> t
     return path, texts  # type: ignore[return-value]
 
 
-def _map(tasks: list, threads: int) -> Iterable[tuple[str, list[str]]]:
-    from tqdm import tqdm
-
-    progress = tqdm(total=len(tasks), desc="shard read", unit="file", file=sys.stderr, mininterval=2)
-    try:
-        if threads <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                yield read_texts(task)
-                progress.update(1)
-            return
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(min(threads, len(tasks))) as pool:
-            for result in pool.imap_unordered(read_texts, tasks):
-                yield result
-                progress.update(1)
-    finally:
-        progress.close()
-
-
 class _Spill:
     """Per-shard parquet spill files, so only one shard is ever sorted in memory."""
 
@@ -258,7 +238,7 @@ def write_shards(
     with atomic_path(out_dir, directory=True) as tmp:
         spill = _Spill(tmp / ".spill", count)
         try:
-            for path, texts in _map(tasks, threads):
+            for path, texts in pool_map(read_texts, tasks, threads, "shard read"):
                 for i, text in zip(index_of[path], texts, strict=True):
                     spill.add(int(assignment[i]), (doc_ids[i], int(bin_ids[i]), int(n_tokens[i]), text))
             for k in range(count):
