@@ -104,14 +104,25 @@ def test_topic_comes_from_the_path_and_format_from_the_classifier(paper):
     for directory in TOPICAL_DIRS:
         docs = manifest[manifest["doc_id"].str.startswith(directory)]
         assert set(docs["topic_id"]) == {TOPIC_SLUGS.index(directory.split("-")[1])}
-    # Formats are the classifier's argmax on each document's text, as the config asks (max_length, template).
+    # Formats are the classifier's argmax on each document's text, as the config asks (max_length,
+    # template), recomputed here the way a labels job computes them: a file's records in order, the
+    # configured batch size, one thread, so the batches and their padding are the job's own.
+    import torch
+
     settings = paper["config"]["corpus"]["classifier"]
     model, tokenizer = load_classifier(paper["site"]["corpus"]["labels"]["format"]["model"])
-    texts = {}
-    for path in sorted(Path(paper["site"]["corpus"]["paths"][0]).parent.parent.glob("*/*.jsonl.zst")):
-        texts.update({r.doc_id: r.text for r in iter_records(path)})
-    predicted, _ = classify_texts(model, tokenizer, [texts[d] for d in manifest["doc_id"]], 8, settings["max_length"])
-    assert list(manifest["format_id"]) == predicted.tolist()
+    predicted = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for directory in TOPICAL_DIRS:
+            (path,) = Path(paper["site"]["corpus"]["paths"][0]).parent.parent.glob(f"{directory}/*.jsonl.zst")
+            records = list(iter_records(path))
+            ids, _ = classify_texts(model, tokenizer, [r.text for r in records], settings["batch_size"], settings["max_length"])
+            predicted.update(zip((r.doc_id for r in records), ids.tolist()))
+    finally:
+        torch.set_num_threads(before)
+    assert list(manifest["format_id"]) == [predicted[d] for d in manifest["doc_id"]]
     assert manifest["format_id"].nunique() > 1  # a real spread, not one default class
     assert all(0 <= f < len(FORMAT_SLUGS) for f in manifest["format_id"])
 
