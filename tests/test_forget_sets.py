@@ -120,14 +120,23 @@ def test_too_small_or_empty_units_name_the_run(tmp_path):
     docs = synthetic_corpus(BENCHES, docs_per_bin=2, topics=(0, 1), formats=(0,))
     matrix = bin_matrix_from(docs, BENCHES)
     empty = make_config(entries, units={"select": "explicit", "explicit": ["games"]})
-    with pytest.raises(CapatlasError, match=r"bench_a/games/influence/seed0: topic 'games' has no documents"):
+    with pytest.raises(CapatlasError, match=r"bench_a/games/influence/seed0: topic 'games' has no documents, needs 6"):
         fs.build_forget_sets(empty, docs, matrix)
     small = make_config(entries, forget={"n_docs": 3})
-    with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0: .* has 2 documents, too few"):
+    with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0: .* has 2 documents, needs 6"):
         fs.build_forget_sets(small, docs, matrix)
     no_random = make_config(entries, forget={"n_docs": 2})
-    with pytest.raises(CapatlasError, match=r"bench_a/top1/random/seed0: .*at least 4"):
+    with pytest.raises(CapatlasError, match=r"bench_a/top1/random/seed0: .* has 2 documents, needs 4"):
         fs.build_forget_sets(no_random, docs, matrix)
+    # The paper's select: all on a corpus with two topics: every missing topic in one message, and
+    # the topics there are to choose from.
+    every = make_config(entries, units={"select": "all"}, forget={"n_docs": 1})
+    with pytest.raises(CapatlasError) as info:
+        fs.build_forget_sets(every, docs, matrix)
+    message = str(info.value)
+    assert message.startswith("22 topic(s) to unlearn have too few documents")
+    assert "bench_a/games/influence/seed0: topic 'games' has no documents, needs 2" in message
+    assert "topics with at least 2 documents: adult_content, art_and_design;" in message
     with pytest.raises(CapatlasError, match="top_k"):
         fs.resolve_units(make_config(entries), None, "bench_a")
 

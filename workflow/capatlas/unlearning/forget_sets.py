@@ -321,6 +321,42 @@ class ForgetSet:
         }
 
 
+def check_unit_sizes(
+    runs: list[PlannedRun], resolved: dict[str, dict[str, str]], counts: pd.Series, level: str, n: int
+) -> None:
+    """Refuse, before any set is drawn, every unit too small for its runs, all in one message.
+
+    An influence set takes n documents of the unit and a random one n others,
+    so a unit with a random condition needs 2n. `select: all` (the paper's)
+    asks for every unit of the taxonomy, which a partial corpus lacks; the
+    message lists the units that do have enough to choose from.
+    """
+    need: dict[str, tuple[int, PlannedRun]] = {}  # unit -> (documents it needs, its first run short of them)
+    for run in runs:
+        if run.unit == GLOBAL_UNIT:
+            continue
+        unit = resolved[run.target][run.unit]
+        k = n if run.condition in ("influence", "global_influence") else 2 * n
+        if int(counts.get(unit, 0)) < k:
+            first = need[unit][1] if unit in need else run
+            need[unit] = (max(k, need[unit][0] if unit in need else 0), first)
+    if not need:
+        return
+    lines = []
+    for unit, (k, run) in need.items():
+        have = int(counts.get(unit, 0))
+        what = "no documents" if have == 0 else f"{have} documents"
+        lines.append(f"  {run.name}: {level} '{unit}' has {what}, needs {k}")
+    enough = sorted(u for u, c in counts.items() if c >= 2 * n)
+    raise CapatlasError(
+        f"{len(need)} {level}(s) to unlearn have too few documents in the working set for "
+        f"unlearning.forget.n_docs = {n} (an influence set takes {n}, a disjoint random set {n} more):\n"
+        + "\n".join(lines)
+        + f"\n{level}s with at least {2 * n} documents: {', '.join(enough) or 'none'}; choose among them with "
+        "unlearning.units (select: explicit or top_k), or lower unlearning.forget.n_docs"
+    )
+
+
 def build_forget_sets(
     config: dict, docs: pd.DataFrame, bin_matrix: pd.DataFrame | None
 ) -> tuple[list[ForgetSet], dict[str, dict[str, str]]]:
@@ -336,6 +372,7 @@ def build_forget_sets(
     docs = docs.assign(_unit=[slugs[i] for i in unit_index(docs["bin_id"].to_numpy(), level)])
     runs = planned_runs(config)
     resolved = {t: resolve_units(config, bin_matrix, t) for t in dict.fromkeys(r.target for r in runs)}
+    check_unit_sizes(runs, resolved, docs["_unit"].value_counts(), level, n)
     sets: list[ForgetSet] = []
     influence_cache: dict[tuple[str, str], pd.DataFrame] = {}
 
@@ -344,13 +381,6 @@ def build_forget_sets(
         if key not in influence_cache:
             if run.target not in pool.columns:
                 raise CapatlasError(f"{run.name}: the document scores have no column '{run.target}'")
-            if pool.empty:
-                raise CapatlasError(f"{run.name}: {level} '{unit}' has no documents in the manifest")
-            if len(pool) < n:
-                raise CapatlasError(
-                    f"{run.name}: {level} '{unit}' has {len(pool)} documents, too few for a forget set of "
-                    f"unlearning.forget.n_docs = {n}"
-                )
             influence_cache[key] = influence_ranked(pool, run.target, n)
         return influence_cache[key]
 
@@ -362,11 +392,6 @@ def build_forget_sets(
             chosen, reference = top, int(top["n_tokens"].sum())
         else:
             others = pool[~pool["doc_id"].isin(top["doc_id"])]
-            if len(others) < n:
-                raise CapatlasError(
-                    f"{run.name}: {level} '{unit}' has {len(pool)} documents; a random set disjoint from the "
-                    f"{n} influence-ranked ones needs at least {2 * n} (lower unlearning.forget.n_docs)"
-                )
             rng = run_rng(run.seed, run.target, unit, run.condition)
             if section["forget"]["match_tokens"]:
                 chosen = matched_random(top, others, rng, match_pool=match_pool, token_tolerance=tolerance)
