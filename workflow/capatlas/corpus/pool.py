@@ -1,12 +1,13 @@
 """One process pool for the corpus stages (manifest, shards): files mapped in parallel, with progress.
 
 Workers start from a fresh interpreter (forkserver, else spawn), not as a
-fork of the stage's process: a fork inherits its threads' locks (a tokenizer
-or torch thread pool already used in the parent, as in the test suite) and
-its SIGTERM handler (capatlas.cli turns SIGTERM into SystemExit to clean
-up). Both have hung a failing run: a bad input made the parent terminate the
-pool while a forked worker waited on the task queue's lock forever. A fresh
-worker has neither, so `Pool.terminate()` always ends it.
+fork of the stage's process. A fork inherits the stage's SIGTERM handler
+(capatlas.cli turns SIGTERM into SystemExit to clean up) and drops a SIGTERM
+that arrives while it starts (CPython clears pending signals after fork):
+when a bad input made the stage terminate the pool early, such a worker
+waited on the task queue's lock forever. A fork also inherits the locks of
+threads the parent ran (tokenizer, torch). A fresh worker has neither, so
+`Pool.terminate()` always ends it.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ def start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def pool_map(func: Callable, tasks: list, threads: int, desc: str, unit: str = "file") -> Iterable:
+def pool_map(func: Callable, tasks: list, threads: int, desc: str) -> Iterable:
     """func(task) for every task, in completion order; in this process when threads <= 1 or one task."""
     from tqdm import tqdm
 
-    progress = tqdm(total=len(tasks), desc=desc, unit=unit, file=sys.stderr, mininterval=2)
+    progress = tqdm(total=len(tasks), desc=desc, unit="file", file=sys.stderr, mininterval=2)
     try:
         if threads <= 1 or len(tasks) <= 1:
             for task in tasks:

@@ -331,22 +331,23 @@ def check_unit_sizes(
     asks for every unit of the taxonomy, which a partial corpus lacks; the
     message lists the units that do have enough to choose from.
     """
-    need: dict[str, tuple[int, PlannedRun]] = {}  # unit -> (documents it needs, its first run short of them)
+    need: dict[str, int] = {}  # unit -> documents its runs need
+    first_short: dict[str, PlannedRun] = {}  # unit -> its first run short of them
     for run in runs:
         if run.unit == GLOBAL_UNIT:
             continue
         unit = resolved[run.target][run.unit]
         k = n if run.condition in ("influence", "global_influence") else 2 * n
         if int(counts.get(unit, 0)) < k:
-            first = need[unit][1] if unit in need else run
-            need[unit] = (max(k, need[unit][0] if unit in need else 0), first)
+            first_short.setdefault(unit, run)
+            need[unit] = max(k, need.get(unit, 0))
     if not need:
         return
     lines = []
-    for unit, (k, run) in need.items():
+    for unit, run in first_short.items():
         have = int(counts.get(unit, 0))
         what = "no documents" if have == 0 else f"{have} documents"
-        lines.append(f"  {run.name}: {level} '{unit}' has {what}, needs {k}")
+        lines.append(f"  {run.name}: {level} '{unit}' has {what}, needs {need[unit]}")
     enough = sorted(u for u, c in counts.items() if c >= 2 * n)
     raise CapatlasError(
         f"{len(need)} {level}(s) to unlearn have too few documents in the working set for "
