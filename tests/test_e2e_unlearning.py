@@ -89,7 +89,7 @@ def test_bad_forget_sets_and_missing_adapters_name_the_run(demo, tmp_path):
     with pytest.raises(CapatlasError, match=r"socialiqa/top1/influence/seed0: forget set .* is empty"):
         unlearn.run_unlearning(
             config, str(root / "demo" / "model"), [(empty_dir / "forget_set.parquet", empty_dir)],
-            root / "unlearning" / "retain" / "seed0.parquet", root / "eval" / "base.json",
+            [root / "unlearning" / "retain" / "seed0.parquet"], root / "eval" / "base.json",
         )  # fmt: skip
 
     docs = fs.read_scored_docs(

@@ -173,8 +173,8 @@ def test_cli_writes_sets_with_text_and_metadata(tmp_path, config):
         assert len(frame) == 3 and meta["condition"] == run.condition and meta["seed"] == run.seed
         texts = dict(zip(docs["doc_id"], docs["text"]))
         assert all(texts[d] == t for d, t in zip(frame["doc_id"], frame["text"]))
-    retain = pq.read_table(out / "retain" / "seed1.parquet").to_pandas()
-    assert {"doc_id", "unit", "round", "text"} <= set(retain.columns)
+    seed, retain = fs.read_retain_pool(out / "retain" / "seed1.parquet", job_name="test")
+    assert seed == 1 and {"doc_id", "unit", "round", "text"} <= set(retain.columns)
     summary = json.loads((out / "forget_sets.json").read_text())
     assert summary["units"]["bench_a"]["top1"] in TOPIC_SLUGS
     # A shard left out: documents without scores are named.

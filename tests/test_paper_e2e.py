@@ -89,7 +89,7 @@ def test_plan_lists_the_paper_jobs_and_leaves_the_topicless_source_out(paper):
     assert planned["labels"] == len(TOPICAL_DIRS), planned
     assert TOPICLESS_DIR not in paper["plan"]
     assert planned["score_shard"] == paper["config"]["shards"]["count"] == 2
-    assert planned["unlearn"] == len(BENCHMARKS)  # top topic x 1 seed, both conditions in each job
+    assert planned["unlearn"] == len(BENCHMARKS)  # top topic; its seeds and conditions in one job
     assert "demo_world" not in planned and "demo_model" not in planned
     assert job_stats(paper["output"]) == planned
 

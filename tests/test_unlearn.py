@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from capatlas.benchmarks import evaluate
-from capatlas.unlearning import unlearn
+from capatlas.unlearning import forget_sets, unlearn
 from capatlas.errors import CapatlasError
 from helpers_unlearning import make_config, sentences, tiny_model_dir, write_benchmarks
 
@@ -205,7 +205,7 @@ def write_run_inputs(tmp_path, texts, seed=0, condition="influence"):
         {"doc_id": ["r0", "r1", "r2", "f0"], "unit": ["art_and_design", "games", "literature", "literature"],
          "round": 0, "n_tokens": 10, "text": sentences(4, seed=30)}
     )  # fmt: skip
-    pool.to_parquet(tmp_path / "retain.parquet")
+    forget_sets.write_retain_pool(pa.Table.from_pandas(pool), seed, 1, tmp_path / f"retain{seed}.parquet")
     return run_dir
 
 
@@ -216,7 +216,7 @@ def test_run_writes_adapter_log_and_eval(tmp_path, model_dir):
     baseline = evaluate.evaluate_model(config, str(model_dir))
     (tmp_path / "base.json").write_text(json.dumps(baseline))
     [summary] = unlearn.run_unlearning(
-        config, str(model_dir), [(run_dir / "forget_set.parquet", run_dir)], tmp_path / "retain.parquet",
+        config, str(model_dir), [(run_dir / "forget_set.parquet", run_dir)], [tmp_path / "retain0.parquet"],
         tmp_path / "base.json",
     )  # fmt: skip
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
@@ -231,30 +231,36 @@ def test_run_writes_adapter_log_and_eval(tmp_path, model_dir):
 
 
 def test_runs_sharing_a_job_equal_runs_alone(tmp_path, model_dir):
-    """A job's runs each start from the base model and the run's seed: same bytes as one run per process."""
+    """A job's runs each start from the base model, the run's seed and its seed's pool: same bytes as alone."""
     config = make_config(write_benchmarks(tmp_path / "b"))
     influence = write_run_inputs(tmp_path, sentences(3, seed=40))
     random = write_run_inputs(tmp_path, sentences(3, seed=42), condition="random")
+    other_seed = write_run_inputs(tmp_path, sentences(3, seed=43), seed=1, condition="random")
     (tmp_path / "base.json").write_text(json.dumps(evaluate.evaluate_model(config, str(model_dir))))
-    args = (tmp_path / "retain.parquet", tmp_path / "base.json")
-    pair = [(d / "forget_set.parquet", d) for d in (influence, random)]
-    together = unlearn.run_unlearning(config, str(model_dir), pair, *args)
-    adapters = [(d / "adapter" / "adapter_model.safetensors").read_bytes() for d in (influence, random)]
-    alone = [unlearn.run_unlearning(config, str(model_dir), [run], *args)[0] for run in reversed(pair)][::-1]
-    for joint, single, adapter, directory in zip(together, alone, adapters, (influence, random)):
+    pools, base = [tmp_path / "retain0.parquet", tmp_path / "retain1.parquet"], tmp_path / "base.json"
+    runs = [(d / "forget_set.parquet", d) for d in (influence, random, other_seed)]
+    together = unlearn.run_unlearning(config, str(model_dir), runs, pools, base)
+    adapters = [(d / "adapter" / "adapter_model.safetensors").read_bytes() for d in (influence, random, other_seed)]
+    alone = [unlearn.run_unlearning(config, str(model_dir), [run], pools[::-1], base)[0] for run in reversed(runs)][::-1]
+    for joint, single, adapter, directory in zip(together, alone, adapters, (influence, random, other_seed)):
         assert {k: v for k, v in joint.items() if k != "seconds"} == {k: v for k, v in single.items() if k != "seconds"}
         assert (directory / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
     assert together[0]["benchmarks"] != together[1]["benchmarks"]  # two different runs, not one twice
-    other_seed = write_run_inputs(tmp_path, sentences(3, seed=43), seed=1, condition="random")
-    with pytest.raises(CapatlasError, match=r"seeds \[0, 1\]"):
-        unlearn.run_unlearning(config, str(model_dir), [pair[0], (other_seed / "forget_set.parquet", other_seed)], *args)
+    assert [s["run"]["seed"] for s in together] == [0, 0, 1]
+    with pytest.raises(CapatlasError, match=r"no retain pool for seed\(s\) \[1\].*given seeds \[0\]"):
+        unlearn.run_unlearning(config, str(model_dir), runs, pools[:1], base)
+    with pytest.raises(CapatlasError, match=r"two retain pools of seed 0"):
+        unlearn.run_unlearning(config, str(model_dir), runs, [pools[0], pools[0]], base)
+    pd.read_parquet(pools[1]).to_parquet(tmp_path / "plain.parquet")  # the pool without the seed it was drawn with
+    with pytest.raises(CapatlasError, match=r"plain.parquet does not say which seed drew it"):
+        unlearn.run_unlearning(config, str(model_dir), runs, [pools[0], tmp_path / "plain.parquet"], base)
 
 
 def test_empty_forget_set_and_missing_inputs_name_the_run(tmp_path, model_dir):
     config = make_config(write_benchmarks(tmp_path / "b", names=("bench_a",)))
     run_dir = write_run_inputs(tmp_path, [])
     (tmp_path / "base.json").write_text(json.dumps({"benchmarks": {}}))
-    retain, base = tmp_path / "retain.parquet", tmp_path / "base.json"
+    retain, base = [tmp_path / "retain0.parquet"], tmp_path / "base.json"
     with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*is empty"):
         unlearn.run_unlearning(config, str(model_dir), [(run_dir / "forget_set.parquet", run_dir)], retain, base)
     with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*does not exist"):
@@ -262,5 +268,5 @@ def test_empty_forget_set_and_missing_inputs_name_the_run(tmp_path, model_dir):
     write_run_inputs(tmp_path, sentences(2, seed=41))
     with pytest.raises(CapatlasError, match=r"bench_a/top1/influence/seed0.*retain pool"):
         unlearn.run_unlearning(
-            config, str(model_dir), [(run_dir / "forget_set.parquet", run_dir)], tmp_path / "nope.parquet", base
+            config, str(model_dir), [(run_dir / "forget_set.parquet", run_dir)], [tmp_path / "nope.parquet"], base
         )

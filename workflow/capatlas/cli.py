@@ -38,7 +38,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("figures", "capatlas.analysis.figures", "heatmaps, contrast bars and correlation matrices of the analysis"),
     ("evaluate", "capatlas.benchmarks.evaluate", "multiple-choice log-likelihood evaluation (acc, acc_norm, answer log-prob) of a model or adapter"),
     ("forget-sets", "capatlas.unlearning.forget_sets", "forget sets (influence-ranked, size-matched random, global controls) and retain pools"),
-    ("unlearn", "capatlas.unlearning.unlearn", "one unlearning run (GA, GradDiff, NGDiff, NPO; LoRA or full) and its evaluation"),
+    ("unlearn", "capatlas.unlearning.unlearn", "the unlearning runs of one target and unit (GA, GradDiff, NGDiff, NPO; LoRA or full) and their evaluations"),
     ("unlearning-summary", "capatlas.unlearning.summary", "gamma per run, paired influence-vs-random statistics and figures"),
     ("check-config", "capatlas.config_cli", "validate a config file and print it with defaults filled in"),
 )

@@ -1,4 +1,5 @@
 # Shared set-up: config validation, paths, the command that runs a stage.
+import copy
 import hashlib
 import json
 import os
@@ -99,11 +100,12 @@ def directory_of(io, name):
     return param
 
 
-def config_section(*keys):
+def config_section(*keys, ignore=()):
     """A rule param that reruns the rule when these config sections (or "section.key"s) change.
 
-    Returned as a function: Snakemake would read the braces of a plain JSON
-    string as wildcards.
+    `ignore` lists "section.key"s inside them that do not change the rule's
+    outputs (how jobs are cut, say). Returned as a function: Snakemake
+    would read the braces of a plain JSON string as wildcards.
     """
 
     def value(key):
@@ -113,7 +115,14 @@ def config_section(*keys):
             node = node[part]
         return node
 
-    text = json.dumps({k: value(k) for k in keys}, sort_keys=True)
+    chosen = {k: copy.deepcopy(value(k)) for k in keys}
+    for key in ignore:
+        *parents, last = key.split(".")
+        node = chosen
+        for part in parents:
+            node = node[part]
+        node.pop(last)
+    text = json.dumps(chosen, sort_keys=True)
     return lambda wildcards: text
 
 
@@ -275,8 +284,16 @@ def named_paths(paths):
 
 
 def unlearn_runs(unit, conditions):
-    """The per-condition paths of one (target, unit, seed) job; `unit` is a wildcard or "global"."""
+    """The paths of one unlearning job's runs: (target, unit, seed), or (target, unit) with every seed.
+
+    `unit` is a wildcard or "global"; unlearning.seeds_per_job says whether
+    the seed is a wildcard of the job or expanded inside it.
+    """
     run = f"{UNLEARNING}/{{target}}/{unit}/{{condition}}/seed{{seed}}"
+    job = f"{{target}}/{unit}/seed{{seed}}"
+    seeds = {}
+    if UNLEARN_CFG["seeds_per_job"] == "all":
+        job, seeds = f"{{target}}/{unit}", {"seed": UNLEARN_CFG["forget"]["seeds"]}
     files = {
         "forget": "forget_set.parquet",
         "model": UNLEARN_MODEL_DIR,
@@ -285,9 +302,14 @@ def unlearn_runs(unit, conditions):
     }
     return {
         **{
-            key: expand(f"{run}/{name}", condition=conditions, allow_missing=True)
+            key: expand(
+                f"{run}/{name}", condition=conditions, **seeds, allow_missing=True
+            )
             for key, name in files.items()
         },
-        "log": f"{RUN}/logs/unlearning/{{target}}/{unit}/seed{{seed}}.log",
-        "benchmark": f"{RUN}/benchmarks/unlearning/{{target}}/{unit}/seed{{seed}}.tsv",
+        "retain": expand(
+            f"{UNLEARNING}/retain/seed{{seed}}.parquet", **seeds, allow_missing=True
+        ),
+        "log": f"{RUN}/logs/unlearning/{job}.log",
+        "benchmark": f"{RUN}/benchmarks/unlearning/{job}.tsv",
     }

@@ -1,7 +1,8 @@
-# Benchmark evaluation, forget sets, one unlearning job per (target, unit,
-# seed) running its conditions, and the paired statistics. Runs are
-# enumerated from the config when the DAG is planned; top-k units are rank
-# slots (top1, ...) that the forget_sets job resolves from the bin matrix.
+# Benchmark evaluation, forget sets, the unlearning jobs (each runs the
+# conditions of a (target, unit) in one seed or all) and the paired
+# statistics. Runs are enumerated from the config when the DAG is planned;
+# top-k units are rank slots (top1, ...) that the forget_sets job resolves
+# from the bin matrix.
 from capatlas.unlearning.forget_sets import (
     GLOBAL_CONDITIONS,
     GLOBAL_UNIT,
@@ -80,7 +81,9 @@ rule forget_sets:
     resources:
         **attempt_resources("cpu"),
     params:
-        section=config_section("seed", "benchmarks", "unlearning"),
+        section=config_section(
+            "seed", "benchmarks", "unlearning", ignore=["unlearning.seeds_per_job"]
+        ),
         bin_matrix=lambda wildcards, input: flag(
             "--bin-matrix", input.bin_matrix if "bin_matrix" in input.keys() else None
         ),
@@ -93,39 +96,43 @@ rule forget_sets:
         " --out {params.out:q} > {log:q} 2>&1"
 
 
-# One job per (target, unit, seed): the conditions a paired test compares
-# run in one process (one start-up, one node, one float path), each from
-# the base model. Global units have their own conditions, hence two rules.
-UNIT_RUN_CONDITIONS = [
-    c for c in UNLEARN_CFG["forget"]["conditions"] if c in UNIT_CONDITIONS
+# One job per (target, unit, seed), or per (target, unit) with
+# seeds_per_job: all: the conditions a paired test compares run in one
+# process (one start-up, one node, one float path), each from the base
+# model. Global units have their own conditions, hence one rule per kind
+# of unit, defined by the same loop.
+UNLEARN_RULES = [
+    ("unlearn", "{unit}", UNIT_CONDITIONS, f"(?!{GLOBAL_UNIT}$)[^/]+"),
+    ("unlearn_global", GLOBAL_UNIT, GLOBAL_CONDITIONS, GLOBAL_UNIT),
 ]
-GLOBAL_RUN_CONDITIONS = [
-    c for c in UNLEARN_CFG["forget"]["conditions"] if c in GLOBAL_CONDITIONS
-]
-UNIT_RUNS = unlearn_runs("{unit}", UNIT_RUN_CONDITIONS)
-GLOBAL_RUNS = unlearn_runs(GLOBAL_UNIT, GLOBAL_RUN_CONDITIONS)
+for unlearn_rule, unlearn_unit, kind_conditions, unit_pattern in UNLEARN_RULES:
+    runs = unlearn_runs(
+        unlearn_unit,
+        [c for c in UNLEARN_CFG["forget"]["conditions"] if c in kind_conditions],
+    )
+    if not runs["forget"]:
+        continue
 
-
-if UNIT_RUN_CONDITIONS:
-
-    rule unlearn:
+    rule:
+        name:
+            unlearn_rule
         input:
             unpack(world_input),
             model=document_model(),
-            forget=UNIT_RUNS["forget"],
-            retain=f"{UNLEARNING}/retain/seed{{seed}}.parquet",
+            forget=runs["forget"],
+            retain=runs["retain"],
             baseline=rules.evaluate_base.output.evaluation,
         output:
-            model=[directory(path) for path in UNIT_RUNS["model"]],
-            train_log=UNIT_RUNS["train_log"],
-            evaluation=UNIT_RUNS["evaluation"],
+            model=[directory(path) for path in runs["model"]],
+            train_log=runs["train_log"],
+            evaluation=runs["evaluation"],
         log:
-            UNIT_RUNS["log"],
+            runs["log"],
         benchmark:
-            UNIT_RUNS["benchmark"]
+            runs["benchmark"]
         wildcard_constraints:
             target="|".join(UNLEARN_TARGETS) or "NONE",
-            unit=f"(?!{GLOBAL_UNIT}/)[^/]+",
+            unit=unit_pattern,
             seed=r"\d+",
         conda:
             "../../envs/unlearning.yaml"
@@ -133,44 +140,13 @@ if UNIT_RUN_CONDITIONS:
         resources:
             **attempt_resources("gpu"),
         params:
-            section=config_section("seed", "benchmarks", "evaluation", "unlearning"),
-            world=WORLD_ARG,
-            out=lambda wildcards, output: [
-                os.path.dirname(path) for path in output.evaluation
-            ],
-        shell:
-            'capatlas unlearn --config "$CAPATLAS_CONFIG" --model {input.model:q}'
-            " --forget-set {input.forget:q} --retain-pool {input.retain:q}"
-            " --baseline {input.baseline:q} {params.world:q} --out {params.out:q} > {log:q} 2>&1"
-
-
-if GLOBAL_RUN_CONDITIONS:
-
-    rule unlearn_global:
-        input:
-            unpack(world_input),
-            model=document_model(),
-            forget=GLOBAL_RUNS["forget"],
-            retain=f"{UNLEARNING}/retain/seed{{seed}}.parquet",
-            baseline=rules.evaluate_base.output.evaluation,
-        output:
-            model=[directory(path) for path in GLOBAL_RUNS["model"]],
-            train_log=GLOBAL_RUNS["train_log"],
-            evaluation=GLOBAL_RUNS["evaluation"],
-        log:
-            GLOBAL_RUNS["log"],
-        benchmark:
-            GLOBAL_RUNS["benchmark"]
-        wildcard_constraints:
-            target="|".join(UNLEARN_TARGETS) or "NONE",
-            seed=r"\d+",
-        conda:
-            "../../envs/unlearning.yaml"
-        threads: UNLEARN_CFG["threads"]
-        resources:
-            **attempt_resources("gpu"),
-        params:
-            section=config_section("seed", "benchmarks", "evaluation", "unlearning"),
+            section=config_section(
+                "seed",
+                "benchmarks",
+                "evaluation",
+                "unlearning",
+                ignore=["unlearning.seeds_per_job"],
+            ),
             world=WORLD_ARG,
             out=lambda wildcards, output: [
                 os.path.dirname(path) for path in output.evaluation
@@ -229,7 +205,9 @@ rule unlearning_summary:
     resources:
         **attempt_resources("cpu"),
     params:
-        section=config_section("seed", "unlearning"),
+        section=config_section(
+            "seed", "unlearning", ignore=["unlearning.seeds_per_job"]
+        ),
         unlearning_dir=directory_of("output", "summary"),
         figures=directory_of("output", "paired_figures"),
     shell:

@@ -47,6 +47,7 @@ Outputs under ``--out`` (``unlearning/``)::
         (+ parquet metadata "capatlas": target, unit slot, resolved unit,
         condition, seed, sizes, token mismatch)
     retain/seed<s>.parquet     doc_id, unit, round, n_tokens, text
+        (+ parquet metadata "capatlas": seed, rounds)
     forget_sets.json           resolved units and set sizes of every run
 """
 
@@ -504,6 +505,35 @@ def write_forget_set(forget: ForgetSet, table: pa.Table, path: Path) -> None:
     write_parquet(table.replace_schema_metadata({METADATA_KEY: meta}), path)
 
 
+def write_retain_pool(table: pa.Table, seed: int, rounds: int, path: Path) -> None:
+    """A seed's retain pool; its seed travels with it so that a job can check it got the pool it pairs with."""
+    meta = json.dumps({"seed": int(seed), "rounds": int(rounds)}).encode()
+    write_parquet(table.replace_schema_metadata({METADATA_KEY: meta}), path)
+
+
+def read_retain_pool(path: str | os.PathLike, *, job_name: str) -> tuple[int, pd.DataFrame]:
+    """(seed, documents with text) of a retain pool written by `write_retain_pool`; anything else is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CapatlasError(f"{job_name}: retain pool {path} does not exist (run capatlas forget-sets)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise CapatlasError(f"{job_name}: retain pool {path} is not a readable parquet file: {exc}") from None
+    try:
+        seed = int(json.loads((table.schema.metadata or {})[METADATA_KEY])["seed"])
+    except (KeyError, TypeError, ValueError):
+        raise CapatlasError(
+            f"{job_name}: retain pool {path} does not say which seed drew it (not written by capatlas forget-sets;"
+            " rerun it)"
+        ) from None
+    frame = table.to_pandas()
+    missing = {"doc_id", "unit", "round", "text"} - set(frame.columns)
+    if missing:
+        raise CapatlasError(f"{job_name}: retain pool {path} lacks the columns {sorted(missing)}")
+    return seed, frame
+
+
 def read_forget_set(path: str | os.PathLike, *, run_name: str | None = None) -> tuple[pd.DataFrame, dict]:
     """(documents with text, metadata); a missing, unreadable or empty set is an error naming the run."""
     path = Path(path)
@@ -534,7 +564,7 @@ def write_all(config: dict, docs: pd.DataFrame, bin_matrix: pd.DataFrame | None,
     for forget in sets:
         write_forget_set(forget, with_text(forget.docs, texts), out / forget.run.path / "forget_set.parquet")
     for seed, pool in pools.items():
-        write_parquet(with_text(pool, texts), out / "retain" / f"seed{seed}.parquet")
+        write_retain_pool(with_text(pool, texts), seed, retain_rounds(config), out / "retain" / f"seed{seed}.parquet")
     write_json(
         {
             "level": level,

@@ -1,4 +1,4 @@
-"""`capatlas unlearn`: the unlearning runs of one (target, unit, seed), each condition from the base model, and their evaluations.
+"""`capatlas unlearn`: the unlearning runs of one (target, unit), every condition and seed from the base model, and their evaluations.
 
 The model forgets the documents of one forget set while a retain set keeps
 the rest of its behaviour. Methods (``unlearning.method``), all on the
@@ -64,7 +64,7 @@ from capatlas.benchmarks.evaluate import (
     prepare_benchmarks,
 )
 from capatlas.devices import resolve_device
-from capatlas.unlearning.forget_sets import GLOBAL_UNIT, read_forget_set
+from capatlas.unlearning.forget_sets import GLOBAL_UNIT, read_forget_set, read_retain_pool
 from capatlas.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -460,28 +460,44 @@ def _make_guard(stop: dict, prepared, baseline: dict, baseline_path, run_name: s
 
 @dataclass
 class SharedInputs:
-    """What every run of one job reads once: tokenizer, prepared benchmarks, retain pool, baseline."""
+    """What every run of one job reads once: tokenizer, prepared benchmarks, retain pools by seed, baseline."""
 
     model_path: str
     device: str
     tokenizer: object
     prepared: list
-    pool: pd.DataFrame
+    pools: dict[int, pd.DataFrame]
     baseline: dict
     baseline_path: Path
     prefix: int | None
 
 
-def load_shared_inputs(config: dict, model_path: str, retain_path: Path, baseline_path: Path, *, world_dir, job_name):
-    if not retain_path.is_file():
-        raise CapatlasError(f"{job_name}: retain pool {retain_path} does not exist (run capatlas forget-sets)")
+def read_retain_pools(retain_paths: Sequence[Path], seeds: set[int], job_name: str) -> dict[int, pd.DataFrame]:
+    """One retain pool for each seed among the job's runs, by the seed each pool records."""
+    pools: dict[int, pd.DataFrame] = {}
+    for path in retain_paths:
+        seed, pool = read_retain_pool(path, job_name=job_name)
+        if seed in pools:
+            raise CapatlasError(f"{job_name}: two retain pools of seed {seed} ({', '.join(map(str, retain_paths))})")
+        pools[seed] = pool
+    unpaired = sorted(seeds - set(pools))
+    if unpaired:
+        raise CapatlasError(
+            f"{job_name}: no retain pool for seed(s) {unpaired} among --retain-pool (given seeds {sorted(pools)})"
+        )
+    return pools
+
+
+def load_shared_inputs(
+    config: dict, model_path: str, pools: dict[int, pd.DataFrame], baseline_path: Path, *, world_dir, job_name
+) -> SharedInputs:
     tokenizer = load_tokenizer(model_path)
     return SharedInputs(
         model_path=str(model_path),
         device=resolve_device(config["unlearning"]["device"], key="unlearning.device"),
         tokenizer=tokenizer,
         prepared=prepare_benchmarks(config, tokenizer, world_dir=world_dir),
-        pool=pd.read_parquet(retain_path),
+        pools=pools,
         baseline=read_baseline(baseline_path, job_name),
         baseline_path=baseline_path,
         prefix=prefix_id(tokenizer, config["evaluation"]["prefix_token"]),
@@ -506,7 +522,7 @@ def run_one(config: dict, shared: SharedInputs, forget: pd.DataFrame, meta: dict
     max_length = min(train_len, model_max_length(base, None) or train_len)
     eval_len = model_max_length(base, eval_cfg["max_length"])
     data = load_run_data(
-        shared.tokenizer, forget, meta, shared.pool, max_length=max_length, prefix=shared.prefix, run_name=run_name
+        shared.tokenizer, forget, meta, shared.pools[seed], max_length=max_length, prefix=shared.prefix, run_name=run_name
     )
     model = prepare_model(base, section)
     guard = _make_guard(
@@ -548,16 +564,17 @@ def run_unlearning(
     config: dict,
     model_path: str,
     runs: Sequence[tuple[Path, Path]],
-    retain_path: Path,
+    retain_paths: Sequence[Path],
     baseline_path: Path,
     *,
     world_dir: str | None = None,
 ) -> list[dict]:
     """Every (forget set, output directory) run of one job, each from the base model.
 
-    A job holds the runs of one (target, unit, seed): the conditions a paired
-    test compares share the process start-up (~15 s of imports on CPU), the
-    retain pool of their seed and, on a cluster, the node's float path.
+    A job holds the runs of one (target, unit): the conditions a paired test
+    compares, in every seed, share the process start-up (~15 s of imports
+    on CPU) and, on a cluster, the node's float path. Each run trains on the
+    retain pool of its own seed, so `retain_paths` holds one pool per seed.
     """
     import torch
 
@@ -565,19 +582,19 @@ def run_unlearning(
         raise CapatlasError("capatlas unlearn: no runs given (--forget-set/--out)")
     job_name = "unlearning job " + ", ".join("/".join(Path(out).parts[-4:]) for _, out in runs)
     forget_sets = [read_forget_set(path, run_name=job_name) for path, _ in runs]
-    seeds = {int(meta.get("seed", 0)) for _, meta in forget_sets}
-    if len(seeds) > 1:
-        raise CapatlasError(f"{job_name}: the forget sets come from seeds {sorted(seeds)}; one job is one seed")
+    pools = read_retain_pools(retain_paths, {int(meta.get("seed", 0)) for _, meta in forget_sets}, job_name)
     torch.set_num_threads(config["unlearning"]["threads"])
     torch.use_deterministic_algorithms(True, warn_only=True)
-    shared = load_shared_inputs(config, model_path, retain_path, baseline_path, world_dir=world_dir, job_name=job_name)
+    shared = load_shared_inputs(config, model_path, pools, baseline_path, world_dir=world_dir, job_name=job_name)
     return [run_one(config, shared, forget, meta, out) for (forget, meta), (_, out) in zip(forget_sets, runs)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="base model directory")
     parser.add_argument("--forget-set", required=True, nargs="+", help="each run's forget_set.parquet")
-    parser.add_argument("--retain-pool", required=True, help="unlearning/retain/seed<s>.parquet")
+    parser.add_argument(
+        "--retain-pool", required=True, nargs="+", help="the retain pool of each seed among the runs (retain/seed<s>.parquet)"
+    )
     parser.add_argument("--baseline", required=True, help="eval/base.json (guard baseline)")
     parser.add_argument("--world", default=None, help="demo world directory (default: the run's)")
     parser.add_argument(
@@ -594,7 +611,7 @@ def run(args: argparse.Namespace, config: dict | None) -> None:
         config,
         args.model,
         [(Path(f), Path(o)) for f, o in zip(args.forget_set, args.out)],
-        Path(args.retain_pool),
+        [Path(p) for p in args.retain_pool],
         Path(args.baseline),
         world_dir=default_world(config, args.world),
     )
