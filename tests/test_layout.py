@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import capatlas
+from capatlas import plan
 
 PACKAGE = Path(capatlas.__file__).parent
 WINGS = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
@@ -55,3 +58,21 @@ def test_no_function_is_longer_than_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
+
+
+def test_the_plan_is_light():
+    # The Snakefile imports capatlas.plan to plan the DAG: no array, table or model library may come with it.
+    code = (
+        "import sys, capatlas.plan\n"
+        "print(','.join(sorted(n for n in ('numpy', 'pandas', 'pyarrow', 'torch') if n in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported with capatlas.plan: {out.stdout.strip()}"
+
+
+def test_unlearning_runs_are_named_once():
+    # The rules fill RUN_PATH with wildcards, PlannedRun with values: one spelling of a run's directory.
+    run = plan.PlannedRun("arc_challenge", "top1", "random", 2)
+    assert run.path == plan.RUN_PATH.format(target="arc_challenge", unit="top1", condition="random", seed=2)
+    assert run.path == "arc_challenge/top1/random/seed2"
+    assert plan.shard_file(3) == f"shard-{plan.shard_ids({'shards': {'count': 4}})[3]}.parquet" == "shard-00003.parquet"

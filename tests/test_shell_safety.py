@@ -27,10 +27,11 @@ def shell_commands() -> dict[str, str]:
     commands = {}
     for path in sorted(RULES.glob("*.smk")):
         rule, in_shell, parts = None, False, []
-        for line in path.read_text().splitlines() + [""]:
-            match = re.match(r"^\s*rule (\w+):", line)
+        for number, line in enumerate(path.read_text().splitlines() + [""], start=1):
+            # Rules defined in a loop are `rule:` with a `name:` directive; they go by their line.
+            match = re.match(r"^\s*rule(?: (\w+))?:", line)
             if match:
-                rule = match.group(1)
+                rule = match.group(1) or f"line {number}"
             stripped = line.strip()
             if stripped == "shell:":
                 in_shell, parts = True, []

@@ -12,7 +12,7 @@ from PIL import Image
 
 from capatlas.unlearning import summary as us
 from capatlas.errors import CapatlasError
-from capatlas.unlearning.forget_sets import planned_runs
+from capatlas.plan import planned_runs
 from helpers_unlearning import make_config, write_benchmarks
 
 BENCHES = ("bench_a", "bench_b", "bench_c")

@@ -12,6 +12,7 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from capatlas.config import validate_config, run_dir
+from capatlas.plan import RUN_PATH, shard_ids
 from capatlas.benchmarks.items import missing_local_inputs
 from capatlas.corpus.readers import check_path_topics, expand_paths, file_key
 from capatlas.errors import CapatlasError
@@ -184,7 +185,7 @@ CLASSIFIED = any(
     config["corpus"]["labels"][facet]["source"] == "classifier"
     for facet in ("topic", "format")
 )
-SHARD_IDS = [f"{k:05d}" for k in range(config["shards"]["count"])]
+SHARD_IDS = shard_ids(config)
 # The `shards` rule declares only its summary as output; consumers depend on
 # that one file and get the shard paths as params. Declaring N shard files
 # made Snakemake's producer lookup (every output of a rule, per requested
@@ -289,7 +290,7 @@ def unlearn_runs(unit, conditions):
     `unit` is a wildcard or "global"; unlearning.seeds_per_job says whether
     the seed is a wildcard of the job or expanded inside it.
     """
-    run = f"{UNLEARNING}/{{target}}/{unit}/{{condition}}/seed{{seed}}"
+    run = f"{UNLEARNING}/{RUN_PATH}".replace("{unit}", unit)
     job = f"{{target}}/{unit}/seed{{seed}}"
     seeds = {}
     if UNLEARN_CFG["seeds_per_job"] == "all":

@@ -3,7 +3,7 @@
 # statistics. Runs are enumerated from the config when the DAG is planned;
 # top-k units are rank slots (top1, ...) that the forget_sets job resolves
 # from the bin matrix.
-from capatlas.unlearning.forget_sets import (
+from capatlas.plan import (
     GLOBAL_CONDITIONS,
     GLOBAL_UNIT,
     UNIT_CONDITIONS,

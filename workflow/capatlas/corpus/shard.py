@@ -38,6 +38,7 @@ from capatlas.corpus.pool import pool_map
 from capatlas.corpus.readers import iter_records
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet
+from capatlas.plan import shard_file
 from capatlas.corpus.manifest import text_sha256
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,6 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 SPILL_ROWS = 2048
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.parquet"
 
 
 def assign_shards(n_tokens: Sequence[int], doc_ids: Sequence[str], count: int) -> np.ndarray:
@@ -243,7 +240,7 @@ def write_shards(
                     spill.add(int(assignment[i]), (doc_ids[i], int(bin_ids[i]), int(n_tokens[i]), text))
             for k in range(count):
                 shard = spill.table(k).sort_by("doc_id").combine_chunks()
-                write_parquet(shard, tmp / shard_name(k))
+                write_parquet(shard, tmp / shard_file(k))
         finally:
             spill.close()
             shutil.rmtree(tmp / ".spill", ignore_errors=True)
@@ -254,7 +251,7 @@ def write_shards(
             "manifest_sha256": file_sha256(Path(manifest_dir) / "manifest.parquet"),
             "balance": "greedy: n_tokens desc then doc_id, onto the shard with fewest tokens (ties -> lowest k)",
             "shards": [
-                {"shard": k, "file": shard_name(k), "docs": int(docs[k]), "tokens": int(tokens[k])}
+                {"shard": k, "file": shard_file(k), "docs": int(docs[k]), "tokens": int(tokens[k])}
                 for k in range(count)
             ],
         }

@@ -73,31 +73,17 @@ from capatlas.benchmarks.items import stable_hash
 from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_json, write_parquet
-from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS, bin_slug
+from capatlas.plan import GLOBAL_UNIT, PlannedRun, planned_runs, unit_slots, unit_slugs
+from capatlas.taxonomy import N_FORMATS
 
 log = logging.getLogger(__name__)
 
 COMMAND = Command(config_help="capatlas config (keys benchmarks, unlearning)")
 
 METADATA_KEY = b"capatlas"
-UNIT_CONDITIONS = ("influence", "random")
-GLOBAL_CONDITIONS = ("global_influence", "global_random")
-GLOBAL_UNIT = "global"
-# (influence condition, its random control, the unit slot they share or None for per-unit)
-PAIRS = (("influence", "random"), ("global_influence", "global_random"))
 
 
 # ------------------------------------------------------------------ units
-
-
-def unit_slugs(level: str) -> list[str]:
-    if level == "topic":
-        return list(TOPIC_SLUGS)
-    if level == "format":
-        return list(FORMAT_SLUGS)
-    if level == "bin":
-        return [bin_slug(b) for b in range(N_BINS)]
-    raise CapatlasError(f"unknown unlearning.unit '{level}' (topic, format or bin)")
 
 
 def unit_index(bin_ids: np.ndarray, level: str) -> np.ndarray:
@@ -108,72 +94,6 @@ def unit_index(bin_ids: np.ndarray, level: str) -> np.ndarray:
     if level == "format":
         return bin_ids % N_FORMATS
     return bin_ids
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    target: str
-    unit: str  # unit slug, rank slot "top<k>", or "global"
-    condition: str
-    seed: int
-
-    @property
-    def path(self) -> str:
-        return f"{self.target}/{self.unit}/{self.condition}/seed{self.seed}"
-
-    @property
-    def name(self) -> str:
-        return f"unlearning run {self.path}"
-
-
-def unlearning_targets(config: dict) -> list[str]:
-    names = [b["name"] for b in config["benchmarks"]]
-    targets = config["unlearning"]["targets"]
-    if targets is None:
-        return names
-    unknown = [t for t in targets if t not in names]
-    if unknown:
-        raise CapatlasError(
-            f"config key 'unlearning.targets': {', '.join(unknown)} not among the benchmarks ({', '.join(names)})"
-        )
-    return list(targets)
-
-
-def unit_slots(config: dict) -> list[str]:
-    """The unit wildcard values of every target, known from config alone."""
-    section = config["unlearning"]
-    units = section["units"]
-    if units["select"] == "top_k":
-        return [f"top{k}" for k in range(1, units["top_k"] + 1)]
-    if units["select"] == "all":
-        return unit_slugs(section["unit"])
-    known = set(unit_slugs(section["unit"]))
-    if not units["explicit"]:
-        raise CapatlasError("config key 'unlearning.units.explicit' is empty but units.select is 'explicit'")
-    bad = [u for u in units["explicit"] if u not in known]
-    if bad:
-        raise CapatlasError(
-            f"config key 'unlearning.units.explicit': {', '.join(bad)} are not {section['unit']} slugs "
-            f"(e.g. {unit_slugs(section['unit'])[0]!r})"
-        )
-    return list(units["explicit"])
-
-
-def planned_runs(config: dict) -> list[PlannedRun]:
-    """Every (target, unit, condition, seed) run, in a stable order, from config alone."""
-    section = config["unlearning"]
-    conditions = section["forget"]["conditions"]
-    seeds = section["forget"]["seeds"]
-    runs = []
-    for target in unlearning_targets(config):
-        for unit in unit_slots(config):
-            runs.extend(
-                PlannedRun(target, unit, c, s) for c in conditions if c in UNIT_CONDITIONS for s in seeds
-            )
-        runs.extend(
-            PlannedRun(target, GLOBAL_UNIT, c, s) for c in conditions if c in GLOBAL_CONDITIONS for s in seeds
-        )
-    return runs
 
 
 def unit_scores(

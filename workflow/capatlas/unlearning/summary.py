@@ -42,7 +42,7 @@ from scipy import stats
 
 from capatlas.command import Command
 from capatlas.errors import CapatlasError
-from capatlas.unlearning.forget_sets import PAIRS, PlannedRun, planned_runs
+from capatlas.plan import PAIRS, PlannedRun, planned_runs
 from capatlas.fileio import atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)

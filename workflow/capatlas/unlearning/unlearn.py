@@ -64,7 +64,8 @@ from capatlas.benchmarks.evaluate import (
     prepare_benchmarks,
 )
 from capatlas.devices import resolve_device
-from capatlas.unlearning.forget_sets import GLOBAL_UNIT, read_forget_set, read_retain_pool
+from capatlas.plan import GLOBAL_UNIT
+from capatlas.unlearning.forget_sets import read_forget_set, read_retain_pool
 from capatlas.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
