@@ -159,3 +159,40 @@ def test_an_empty_benchmark_list_is_refused_where_a_user_wrote_it(repo_root, tmp
     del config["benchmarks"]
     resolved = validate_config(config)
     assert resolved["benchmarks"] == [] and validate_config(resolved) == resolved
+
+
+def test_typed_sections_are_the_schemas():
+    # capatlas.settings is generated from the schema; a schema edit without regenerating fails here.
+    from capatlas import settings_schema
+
+    assert settings_schema.OUT.read_text() == settings_schema.generate(), (
+        "workflow/capatlas/settings.py is stale: run `python -m capatlas.settings_schema`"
+    )
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "olmo3-7b.yaml"])
+def test_typed_sections_read_the_shipped_configs(repo_root, name):
+    from capatlas.settings import Settings
+
+    config = load_config(repo_root / "config" / name)
+    typed = Settings.of(config)
+    # Every default the schema fills is the typed field's own default: one place for both.
+    assert typed == Settings.of({k: v for k, v in config.items() if k in yaml.safe_load((repo_root / "config" / name).read_text())})
+    assert typed.attribution.projection_dim == config["attribution"]["projection_dim"]
+    assert [b.name for b in typed.benchmarks] == [b["name"] for b in config["benchmarks"]]
+    assert typed.unlearning.forget.seeds == config["unlearning"]["forget"]["seeds"]
+
+
+def test_typed_sections_fill_defaults_and_name_bad_keys():
+    from capatlas.settings import Attribution, Benchmark, Unlearning
+
+    assert Attribution.of({}).max_batch_size == _resolve(load_schema()["properties"]["attribution"], load_schema())[
+        "properties"
+    ]["max_batch_size"]["default"]
+    entry = Benchmark.of({"name": "arc", "domain": "stem", "capability": "reasoning", "loader": "arc", "source": "s"})
+    assert (entry.split, entry.prompt_format, entry.subject_header, entry.fewshot) == ("test", "olmes_rc", True, 0)
+    assert Unlearning.of({"forget": {"n_docs": 3}}).forget.conditions == ["influence", "random"]
+    with pytest.raises(CapatlasError, match=r"Unlearning\.forget: unknown key\(s\) 'n_doc'"):
+        Unlearning.of({"forget": {"n_doc": 3}})
+    with pytest.raises(CapatlasError, match=r"Benchmark: .*missing .*'source'"):
+        Benchmark.of({"name": "arc", "domain": "stem", "capability": "reasoning", "loader": "arc"})

@@ -45,6 +45,7 @@ import pyarrow as pa
 from capatlas import __version__
 
 from capatlas.errors import CapatlasError
+from capatlas.settings import Attribution
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +94,23 @@ class AttributionSettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, optimizer_state: str | None = None) -> AttributionSettings:
-        section = config["attribution"]
-        state = optimizer_state if optimizer_state is not None else section.get("optimizer_state")
-        # One document per forward/backward pass makes a document's score
-        # independent of the other documents in its shard, bit for bit; the
-        # schema may lift this with attribution.max_batch_size (null = token
-        # budget only).
-        max_batch = section.get("max_batch_size", 1)
+        section = Attribution.of(config["attribution"])
+        state = optimizer_state if optimizer_state is not None else section.optimizer_state
+        # max_batch_size 1 (the default) makes a document's score independent
+        # of the other documents in its shard, bit for bit; null lifts it to
+        # Bergson's token budget.
         return cls(
-            projection_dim=int(section["projection_dim"]),
-            precision=str(section["precision"]),
-            token_batch_size=int(section["token_batch_size"]),
-            max_length=int(section["max_length"]),
-            truncation=bool(section["truncation"]),
-            preconditioner_docs=int(section["preconditioner_docs"]),
-            target_downweight_components=int(section["target_downweight_components"]),
+            projection_dim=section.projection_dim,
+            precision=section.precision,
+            token_batch_size=section.token_batch_size,
+            max_length=section.max_length,
+            truncation=section.truncation,
+            preconditioner_docs=section.preconditioner_docs,
+            target_downweight_components=section.target_downweight_components,
             optimizer_state=str(state) if state else None,
-            device=str(section.get("device", "auto")),
-            seed=int(config.get("seed", 42)),
-            max_batch_size=None if max_batch is None else int(max_batch),
+            device=section.device,
+            seed=int(config["seed"]),
+            max_batch_size=section.max_batch_size,
         )
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from capatlas.command import Command
-from capatlas.benchmarks.items import load_all_items, load_fewshot_pool, render_items, subsample
+from capatlas.benchmarks.items import benchmark_spec, load_all_items, load_fewshot_pool, render_items, subsample
 from capatlas.config import run_dir
 from capatlas.devices import resolve_device
 from capatlas.errors import CapatlasError
@@ -180,24 +180,24 @@ def prepare_benchmarks(
     prefix = prefix_id(tokenizer, config["evaluation"]["prefix_token"])
     wanted = set(names) if names else None
     prepared = []
-    for bench in config["benchmarks"]:
-        if wanted is not None and bench["name"] not in wanted:
+    for bench in map(benchmark_spec, config["benchmarks"]):
+        if wanted is not None and bench.name not in wanted:
             continue
         items = load_all_items(bench, world_dir=world_dir)
-        pool = load_fewshot_pool(bench, items, world_dir=world_dir) if bench.get("fewshot") else None
-        items = subsample(items, bench.get("limit"), seed=seed, name=bench["name"])
+        pool = load_fewshot_pool(bench, items, world_dir=world_dir) if bench.fewshot else None
+        items = subsample(items, bench.limit, seed=seed, name=bench.name)
         rendered = render_items(items, bench, seed=seed, pool=pool)
         requests, n_choices, golds, chars = [], [], [], []
         for item, shown in zip(items, rendered):
             try:
                 requests.extend(encode_pair(tokenizer, shown.prompt, c, prefix) for c in shown.continuations)
             except CapatlasError as exc:
-                raise CapatlasError(f"benchmark '{bench['name']}': item {item.item_id}: {exc}") from None
+                raise CapatlasError(f"benchmark '{bench.name}': item {item.item_id}: {exc}") from None
             n_choices.append(len(shown.continuations))
             golds.append(shown.gold)
             chars.append([choice_chars(c) for c in shown.continuations])
         prepared.append(
-            PreparedBenchmark(bench["name"], bench.get("prompt_format", "olmes_rc"), requests, n_choices, golds, chars)
+            PreparedBenchmark(bench.name, bench.prompt_format, requests, n_choices, golds, chars)
         )
     if wanted is not None and (missing := wanted - {p.name for p in prepared}):
         raise CapatlasError(f"benchmark(s) {', '.join(sorted(missing))} are not in the config's 'benchmarks'")

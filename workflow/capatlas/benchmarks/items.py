@@ -23,13 +23,14 @@ log-likelihood evaluation (prompt + each continuation).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from capatlas.errors import CapatlasError
+from capatlas.settings import Benchmark
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,13 @@ def resolve_subjects(
                 f"groups: {', '.join(MMLU_GROUPS)}"
             )
     return list(dict.fromkeys(resolved))
+
+
+def benchmark_spec(bench: Benchmark | Mapping) -> Benchmark:
+    """A benchmarks[] entry as its typed section; keys it leaves out take the schema's defaults."""
+    if isinstance(bench, Benchmark):
+        return bench
+    return Benchmark.of(bench, where=f"benchmark '{bench.get('name', '?')}'")
 
 
 def benchmark_roles(config: dict) -> dict[str, tuple[str, str]]:
@@ -435,10 +444,11 @@ def _parse_generic(row: dict, idx: int, name: str, split: str, fields: dict) -> 
     )
 
 
-def parse_rows(rows: Iterable[dict], bench_cfg: dict) -> list[MCItem]:
+def parse_rows(rows: Iterable[dict], bench: Benchmark | Mapping) -> list[MCItem]:
     """Validated items from raw rows of one split (no subject filter, no limit)."""
-    name, loader, split = bench_cfg["name"], bench_cfg["loader"], bench_cfg.get("split", "test")
-    fields = bench_cfg.get("fields") or {}
+    bench = benchmark_spec(bench)
+    name, loader, split = bench.name, bench.loader, bench.split
+    fields = bench.fields
     items = []
     for idx, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -591,10 +601,10 @@ def _is_saved_dataset(path: Path) -> str | None:
     return None
 
 
-def _rows_from_saved(path: Path, split: str, bench_cfg: dict) -> list[dict]:
+def _rows_from_saved(path: Path, split: str, bench: Benchmark) -> list[dict]:
     import datasets
 
-    name = bench_cfg["name"]
+    name = bench.name
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:
@@ -605,7 +615,7 @@ def _rows_from_saved(path: Path, split: str, bench_cfg: dict) -> list[dict]:
                 f"benchmark '{name}': saved dataset {path} has no split '{split}' (splits: {', '.join(loaded)})"
             )
         loaded = loaded[split]
-    elif split != bench_cfg.get("split", "test"):
+    elif split != bench.split:
         # A single saved split is the benchmark's own split, never also its dev split.
         raise SplitNotFoundError(f"benchmark '{name}': {path} holds one saved split, not a '{split}' split")
     else:
@@ -633,9 +643,9 @@ def _socialiqa_original(base: Path, split: str, name: str) -> tuple[list[dict], 
     return None
 
 
-def _rows_from_dir(base: Path, bench_cfg: dict, split: str) -> tuple[list[dict], list[str]]:
-    name, config_name = bench_cfg["name"], bench_cfg.get("config_name")
-    if bench_cfg["loader"] == "socialiqa" and not config_name:
+def _rows_from_dir(base: Path, bench: Benchmark, split: str) -> tuple[list[dict], list[str]]:
+    name, config_name = bench.name, bench.config_name
+    if bench.loader == "socialiqa" and not config_name:
         original = _socialiqa_original(base, split, name)
         if original is not None:
             return original
@@ -653,7 +663,7 @@ def _rows_from_dir(base: Path, bench_cfg: dict, split: str) -> tuple[list[dict],
         )
     # cais/mmlu without a config name: the "all" config, else one directory per subject.
     if (
-        bench_cfg["loader"] == "mmlu"
+        bench.loader == "mmlu"
         and not config_name
         and not _split_files(base, split)
         and not _is_saved_dataset(base)
@@ -661,18 +671,18 @@ def _rows_from_dir(base: Path, bench_cfg: dict, split: str) -> tuple[list[dict],
         if (base / "all").is_dir():
             bases = [base / "all"]
         else:
-            subjects = resolve_subjects(bench_cfg.get("subjects"), benchmark=name) or list(MMLU_SUBJECTS)
+            subjects = resolve_subjects(bench.subjects, benchmark=name) or list(MMLU_SUBJECTS)
             per_subject = [base / s for s in subjects if (base / s).is_dir()]
             if per_subject:
                 rows, used = [], []
                 for sub in per_subject:
-                    sub_rows, sub_used = _rows_from_dir(sub, {**bench_cfg, "loader": "_"}, split)
+                    sub_rows, sub_used = _rows_from_dir(sub, dataclasses.replace(bench, loader="_"), split)
                     rows.extend({**r, "subject": r.get("subject") or sub.name} for r in sub_rows)
                     used.extend(sub_used)
                 return rows, used
     for candidate in bases:
         if _is_saved_dataset(candidate):
-            return _rows_from_saved(candidate, split, bench_cfg), [str(candidate)]
+            return _rows_from_saved(candidate, split, bench), [str(candidate)]
         files = _split_files(candidate, split)
         if files:
             rows: list[dict] = []
@@ -687,10 +697,10 @@ def _rows_from_dir(base: Path, bench_cfg: dict, split: str) -> tuple[list[dict],
     )
 
 
-def _rows_from_hub(source: str, bench_cfg: dict, split: str) -> list[dict]:
+def _rows_from_hub(source: str, bench: Benchmark, split: str) -> list[dict]:
     import datasets
 
-    name, config_name = bench_cfg["name"], bench_cfg.get("config_name")
+    name, config_name = bench.name, bench.config_name
     offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         dataset = datasets.load_dataset(source, config_name, split=split)
@@ -714,31 +724,33 @@ def _rows_from_hub(source: str, bench_cfg: dict, split: str) -> list[dict]:
 
 
 def load_rows(
-    bench_cfg: dict, *, split: str | None = None, world_dir: str | os.PathLike | None = None
+    bench: Benchmark | Mapping, *, split: str | None = None, world_dir: str | os.PathLike | None = None
 ) -> tuple[list[dict], str]:
     """Raw rows of one split and a description of where they came from."""
-    name = bench_cfg["name"]
-    split = split or bench_cfg.get("split", "test")
-    source = resolve_source(bench_cfg["source"], world_dir, benchmark=name)
+    bench = benchmark_spec(bench)
+    name = bench.name
+    split = split or bench.split
+    source = resolve_source(bench.source, world_dir, benchmark=name)
     path = Path(source).expanduser()
     if path.is_file():
-        if split != bench_cfg.get("split", "test"):
+        if split != bench.split:
             raise SplitNotFoundError(f"benchmark '{name}': source {path} is one file, not a '{split}' split")
         return read_rows(path), str(path.resolve())
     if path.is_dir():
-        rows, used = _rows_from_dir(path, bench_cfg, split)
+        rows, used = _rows_from_dir(path, bench, split)
         return rows, str(path.resolve()) if len(used) != 1 else used[0]
     if looks_like_path(source):
         raise CapatlasError(f"benchmark '{name}': source {source} does not exist")
-    return _rows_from_hub(source, bench_cfg, split), f"hf:{source}"
+    return _rows_from_hub(source, bench, split), f"hf:{source}"
 
 
-def filter_subjects(items: list[MCItem], bench_cfg: dict) -> list[MCItem]:
-    name = bench_cfg["name"]
-    subjects = resolve_subjects(bench_cfg.get("subjects"), benchmark=name, loader=bench_cfg["loader"])
+def filter_subjects(items: list[MCItem], bench: Benchmark | Mapping) -> list[MCItem]:
+    bench = benchmark_spec(bench)
+    name = bench.name
+    subjects = resolve_subjects(bench.subjects, benchmark=name, loader=bench.loader)
     if subjects is None:
         return items
-    if bench_cfg["loader"] in ("socialiqa", "arc"):
+    if bench.loader in ("socialiqa", "arc"):
         raise CapatlasError(f"benchmark '{name}': 'subjects' applies to the mmlu and multiple_choice loaders only")
     for item in items:
         if item.subject is None:
@@ -767,20 +779,22 @@ def subsample(items: list[MCItem], limit: int | None, *, seed: int, name: str) -
 
 
 def load_all_items(
-    bench_cfg: dict, *, split: str | None = None, world_dir: str | os.PathLike | None = None
+    bench: Benchmark | Mapping, *, split: str | None = None, world_dir: str | os.PathLike | None = None
 ) -> list[MCItem]:
     """Every validated item of a split after the subject filter, before `limit`."""
-    split = split or bench_cfg.get("split", "test")
-    rows, where = load_rows(bench_cfg, split=split, world_dir=world_dir)
-    items = filter_subjects(parse_rows(rows, {**bench_cfg, "split": split}), bench_cfg)
-    log.info("benchmark %s: %d items in split %s of %s", bench_cfg["name"], len(items), split, where)
+    bench = benchmark_spec(bench)
+    split = split or bench.split
+    rows, where = load_rows(bench, split=split, world_dir=world_dir)
+    items = filter_subjects(parse_rows(rows, dataclasses.replace(bench, split=split)), bench)
+    log.info("benchmark %s: %d items in split %s of %s", bench.name, len(items), split, where)
     return items
 
 
-def load_items(bench_cfg: dict, *, seed: int, world_dir: str | os.PathLike | None = None) -> list[MCItem]:
+def load_items(bench: Benchmark | Mapping, *, seed: int, world_dir: str | os.PathLike | None = None) -> list[MCItem]:
     """The benchmark's evaluation items: validated, subject-filtered, subsampled to `limit`."""
-    items = load_all_items(bench_cfg, world_dir=world_dir)
-    return subsample(items, bench_cfg.get("limit"), seed=seed, name=bench_cfg["name"])
+    bench = benchmark_spec(bench)
+    items = load_all_items(bench, world_dir=world_dir)
+    return subsample(items, bench.limit, seed=seed, name=bench.name)
 
 
 # ---------------------------------------------------------------------------
@@ -795,21 +809,22 @@ class FewshotPool:
 
 
 def load_fewshot_pool(
-    bench_cfg: dict, all_items: list[MCItem], *, world_dir: str | os.PathLike | None = None
+    bench: Benchmark | Mapping, all_items: list[MCItem], *, world_dir: str | os.PathLike | None = None
 ) -> FewshotPool:
     """Where few-shot examples come from, as lm-eval and OLMES take them: MMLU's dev split, SocialIQA's and
     ARC's train split, when the source has it; else the evaluated split itself (an item is never its own shot)."""
-    split = bench_cfg.get("split", "test")
-    pool_split = _FEWSHOT_SPLITS.get(bench_cfg["loader"])
+    bench = benchmark_spec(bench)
+    split = bench.split
+    pool_split = _FEWSHOT_SPLITS.get(bench.loader)
     if pool_split and split != pool_split:
         try:
-            rows, _ = load_rows(bench_cfg, split=pool_split, world_dir=world_dir)
+            rows, _ = load_rows(bench, split=pool_split, world_dir=world_dir)
         except SplitNotFoundError:
             log.info(
-                "benchmark %s: no %s split; few-shot examples come from '%s'", bench_cfg["name"], pool_split, split
+                "benchmark %s: no %s split; few-shot examples come from '%s'", bench.name, pool_split, split
             )
         else:
-            return FewshotPool(parse_rows(rows, {**bench_cfg, "split": pool_split}), pool_split, False)
+            return FewshotPool(parse_rows(rows, dataclasses.replace(bench, split=pool_split)), pool_split, False)
     return FewshotPool(list(all_items), split, True)
 
 
@@ -923,26 +938,27 @@ def render(
 
 def render_items(
     items: Sequence[MCItem],
-    bench_cfg: dict,
+    bench: Benchmark | Mapping,
     *,
     seed: int,
     pool: FewshotPool | None = None,
 ) -> list[Rendered]:
     """Render every item with the benchmark's format and few-shot setting."""
-    k = int(bench_cfg.get("fewshot") or 0)
-    fmt = bench_cfg.get("prompt_format", "olmes_rc")
+    bench = benchmark_spec(bench)
+    k = bench.fewshot
+    fmt = bench.prompt_format
     if k and pool is None:
-        raise CapatlasError(f"benchmark '{bench_cfg['name']}': fewshot={k} needs a pool of examples")
+        raise CapatlasError(f"benchmark '{bench.name}': fewshot={k} needs a pool of examples")
     out = []
     for item in items:
-        shots = select_fewshot(item, pool, k, seed=seed, name=bench_cfg["name"]) if k else []
+        shots = select_fewshot(item, pool, k, seed=seed, name=bench.name) if k else []
         out.append(
             render(
                 item,
                 fmt,
-                benchmark_loader=bench_cfg["loader"],
+                benchmark_loader=bench.loader,
                 fewshot_items=shots,
-                subject_header=bench_cfg.get("subject_header", True),
+                subject_header=bench.subject_header,
             )
         )
     return out

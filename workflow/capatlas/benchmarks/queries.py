@@ -40,6 +40,7 @@ from capatlas.benchmarks.items import (
     MCItem,
     Rendered,
     benchmark_config,
+    benchmark_spec,
     load_all_items,
     load_fewshot_pool,
     render_items,
@@ -49,6 +50,7 @@ from capatlas.benchmarks.items import (
 )
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path
+from capatlas.settings import Attribution
 
 log = logging.getLogger(__name__)
 
@@ -340,13 +342,13 @@ def run(args: argparse.Namespace, config: dict | None) -> None:
 def write_query_set(
     config: dict, name: str, out: str, *, world: str | None, tokenizer_arg: str | None, max_length_arg: int | None
 ) -> None:
-    bench = benchmark_config(config, name)
+    bench = benchmark_spec(benchmark_config(config, name))
     seed = int(config["seed"])
-    truncation = bool(config["attribution"].get("truncation", True))
+    truncation = Attribution.of(config["attribution"]).truncation
 
     all_items = load_all_items(bench, world_dir=world)
-    items = subsample(all_items, bench.get("limit"), seed=seed, name=bench["name"])
-    pool = load_fewshot_pool(bench, all_items, world_dir=world) if bench.get("fewshot") else None
+    items = subsample(all_items, bench.limit, seed=seed, name=bench.name)
+    pool = load_fewshot_pool(bench, all_items, world_dir=world) if bench.fewshot else None
     rendered = render_items(items, bench, seed=seed, pool=pool)
 
     tokenizer_path, revision = resolve_tokenizer_path(config, tokenizer_arg)
@@ -360,25 +362,25 @@ def write_query_set(
         tokenizer,
         max_length=max_length,
         truncation=truncation,
-        benchmark=bench["name"],
+        benchmark=bench.name,
         bos_id=bos_id,
     )
     stats = query_stats(dataset)
-    source = resolve_source(bench["source"], world, benchmark=bench["name"])
+    source = resolve_source(bench.source, world, benchmark=bench.name)
     summary = {
-        "benchmark": bench["name"],
-        "domain": bench["domain"],
-        "capability": bench["capability"],
-        "loader": bench["loader"],
+        "benchmark": bench.name,
+        "domain": bench.domain,
+        "capability": bench.capability,
+        "loader": bench.loader,
         "source": str(Path(source).resolve()) if Path(source).exists() else source,
-        "config_name": bench.get("config_name"),
-        "split": bench.get("split"),
-        "subjects": resolve_subjects(bench.get("subjects"), benchmark=bench["name"], loader=bench["loader"]),
+        "config_name": bench.config_name,
+        "split": bench.split,
+        "subjects": resolve_subjects(bench.subjects, benchmark=bench.name, loader=bench.loader),
         "subjects_found": sorted({i.subject for i in items if i.subject}),
-        "prompt_format": bench.get("prompt_format"),
-        "fewshot": int(bench.get("fewshot") or 0),
+        "prompt_format": bench.prompt_format,
+        "fewshot": bench.fewshot,
         "fewshot_source": pool.source if pool else None,
-        "limit": bench.get("limit"),
+        "limit": bench.limit,
         "seed": seed,
         "n_items_available": len(all_items),
         "n_items": len(items),
@@ -399,6 +401,6 @@ def write_query_set(
     write_queries(dataset, out, summary)
     log.info(
         "benchmark %s: %d queries (%d available), label tokens per query %d-%d, written to %s",
-        bench["name"], len(items), len(all_items),
+        bench.name, len(items), len(all_items),
         stats["label_tokens"]["min"], stats["label_tokens"]["max"], out,
     )  # fmt: skip
