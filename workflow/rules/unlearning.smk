@@ -75,6 +75,9 @@ rule forget_sets:
         f"{RUN}/logs/unlearning/forget_sets.log",
     benchmark:
         f"{RUN}/benchmarks/unlearning/forget_sets.tsv"
+    # The unlearning chain is the DAG's longest after the bin matrix: the
+    # figures and the contrast fill the cores it leaves.
+    priority: 1
     conda:
         "../../envs/unlearning.yaml"
     threads: 1
@@ -134,6 +137,7 @@ for unlearn_rule, unlearn_unit, kind_conditions, unit_pattern in UNLEARN_RULES:
             target="|".join(UNLEARN_TARGETS) or "NONE",
             unit=unit_pattern,
             seed=r"\d+",
+        priority: 1
         conda:
             "../../envs/unlearning.yaml"
         threads: UNLEARN_CFG["threads"]
