@@ -32,7 +32,7 @@ from capatlas.attribution.context import (
     load_query_set,
 )
 from capatlas.attribution.precondition import fit_preconditioner, sample_documents
-from capatlas.attribution.query_gradients import build_query_gradients
+from capatlas.attribution.query_gradients import build_query_gradients, build_query_indices
 from capatlas.artifacts.binsums import read_bin_sums
 from capatlas.attribution.score_shard import FAIL_SHARDS_ENV, injected_failure, score_shard
 from capatlas.config import validate_config
@@ -451,6 +451,33 @@ def test_rerun_is_bit_identical(world, tmp_path):
     assert (tmp_path / "again.safetensors").read_bytes() == Path(first_sums).read_bytes()
     # Nothing but the two outputs is left beside them (Bergson's work dir is gone).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.parquet", "again.safetensors"]
+
+
+def test_query_indices_built_in_one_job_equal_each_built_alone(world, tmp_path, monkeypatch):
+    """One job inverts the preconditioner once for every benchmark, and each index has the bytes of a build alone."""
+    from bergson import builder
+
+    inversions = []
+    original = builder.load_preconditioner
+    monkeypatch.setattr(builder, "load_preconditioner", lambda *a, **k: inversions.append(a) or original(*a, **k))
+    counting = builder.load_preconditioner
+    build_query_indices(
+        world["config"],
+        model=world["model"],
+        query_sets=world["queries"],
+        preconditioner=world["preconditioner"],
+        out={name: tmp_path / "together" / name for name in world["queries"]},
+    )
+    assert len(inversions) == 1
+    for name, queries in world["queries"].items():
+        build_query_gradients(
+            world["config"], model=world["model"], queries=queries, preconditioner=world["preconditioner"],
+            benchmark=name, out=tmp_path / "alone" / name,
+        )  # fmt: skip
+        alone = (tmp_path / "alone" / name / "index" / "gradients.bin").read_bytes()
+        assert (tmp_path / "together" / name / "index" / "gradients.bin").read_bytes() == alone
+    assert len(inversions) == 1 + len(world["queries"])
+    assert builder.load_preconditioner is counting  # the job put back what it found
 
 
 def test_preconditioner_sample_spans_shards_and_ignores_sharding(world):
