@@ -41,7 +41,8 @@ def tiny_model_dir(path: Path, seed: int = 0) -> Path:
     """A randomly initialised Olmo3ForCausalLM + BPE tokenizer saved as an HF directory."""
     import torch
 
-    from capatlas.demo.model import build_model, train_tokenizer
+    from capatlas.demo.model import build_model
+    from capatlas.demo.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(sentences(200, seed), TINY_MODEL["vocab_size"])
     torch.manual_seed(seed)

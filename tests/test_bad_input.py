@@ -164,7 +164,7 @@ def invalid_benchmark_answer(tmp, capsys):
 def tokenizer_not_matching_model(tmp, capsys):
     from helpers_unlearning import arc_items, sentences, tiny_model_dir
 
-    from capatlas.demo.model import train_tokenizer
+    from capatlas.demo.tokenizer import train_tokenizer
 
     model = tiny_model_dir(tmp / "model_dir")
     # A user's model directory with another model's tokenizer: ids past the embedding.

@@ -25,7 +25,8 @@ from capatlas.errors import CapatlasError
 # (sub-command, module, one-line help)
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("demo-world", "capatlas.demo.world", "write the synthetic demo corpus, benchmark items and ground truth"),
-    ("demo-model", "capatlas.demo.model", "train the demo tokenizer and tiny OLMo-3 model on the demo corpus"),
+    ("demo-tokenizer", "capatlas.demo.tokenizer", "train the demo model's BPE tokenizer on the demo corpus"),
+    ("demo-model", "capatlas.demo.model", "train the tiny OLMo-3 demo model on the demo corpus with the demo tokenizer"),
     ("labels", "capatlas.corpus.labels", "label one corpus file with WebOrganizer topic/format classifiers"),
     ("manifest", "capatlas.corpus.manifest", "stratified, deduplicated sample of the corpus per topic x format bin"),
     ("shard", "capatlas.corpus.shard", "split the manifest into token-balanced shards with text"),

@@ -33,7 +33,7 @@ ATTRIBUTION_THREADS = (
 rule queries:
     input:
         unpack(lambda wildcards: {"world": DEMO_WORLD} if DEMO else {}),
-        model=query_model(),
+        tokenizer=query_tokenizer(),
     output:
         queries=[directory(path) for path in QUERY_SETS],
     log:
@@ -58,7 +58,7 @@ rule queries:
         world=flag("--world", DEMO_WORLD if DEMO else None),
     shell:
         'capatlas queries --config "$CAPATLAS_CONFIG" --benchmark {params.names:q}'
-        " --tokenizer {input.model:q} {params.world:q} --out {output.queries:q} > {log:q} 2>&1"
+        " --tokenizer {input.tokenizer:q} {params.world:q} --out {output.queries:q} > {log:q} 2>&1"
 
 
 rule preconditioner:

@@ -142,6 +142,7 @@ def attempt_resources(family):
 DEMO = config["demo"]["enabled"]
 DEMO_WORLD = f"{RUN}/demo/world"
 DEMO_MODEL = f"{RUN}/demo/model"
+DEMO_TOKENIZER = f"{RUN}/demo/tokenizer"
 
 
 def document_model():
@@ -149,7 +150,13 @@ def document_model():
 
 
 def tokenizer_path():
-    return config["models"]["tokenizer"] or document_model()
+    """The manifest's: models.tokenizer, else the demo's own (ready before its model) or the document model's."""
+    return config["models"]["tokenizer"] or (DEMO_TOKENIZER if DEMO else document_model())
+
+
+def query_tokenizer():
+    """The queries' tokenizer: the demo's own, else the query model's (the paper's Instruct model)."""
+    return DEMO_TOKENIZER if DEMO else query_model()
 
 
 def corpus_files():

@@ -24,9 +24,33 @@ rule demo_world:
         'capatlas demo-world --config "$CAPATLAS_CONFIG" --out {output.world:q} > {log:q} 2>&1'
 
 
+# Its own job so that the manifest, shards and queries (which only count and
+# cut tokens) run while the model trains.
+rule demo_tokenizer:
+    input:
+        world=DEMO_WORLD,
+    output:
+        tokenizer=directory(DEMO_TOKENIZER),
+    log:
+        f"{RUN}/logs/demo_tokenizer.log",
+    benchmark:
+        f"{RUN}/benchmarks/demo_tokenizer.tsv"
+    conda:
+        "../../envs/demo.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        section=config_section("demo.model.vocab_size"),
+    shell:
+        'capatlas demo-tokenizer --config "$CAPATLAS_CONFIG" --world {input.world:q}'
+        " --out {output.tokenizer:q} > {log:q} 2>&1"
+
+
 rule demo_model:
     input:
         world=DEMO_WORLD,
+        tokenizer=DEMO_TOKENIZER,
     output:
         model=directory(DEMO_MODEL),
     log:
@@ -42,4 +66,4 @@ rule demo_model:
         section=config_section("seed", "demo"),
     shell:
         'capatlas demo-model --config "$CAPATLAS_CONFIG" --world {input.world:q}'
-        " --out {output.model:q} > {log:q} 2>&1"
+        " --tokenizer {input.tokenizer:q} --out {output.model:q} > {log:q} 2>&1"

@@ -1,9 +1,10 @@
-"""`capatlas demo-model`: tokenizer + tiny OLMo-3 model pretrained on the demo world.
+"""`capatlas demo-model`: a tiny OLMo-3 model pretrained on the demo world, with its tokenizer.
 
 The demo's stand-in for the paper's `allenai/Olmo-3-1025-7B`: the same
 architecture (`Olmo3ForCausalLM`: sliding and full attention layers,
 QK-norm, post-norms) at a size a laptop CPU trains in about a minute, with
-its own byte-level BPE tokenizer trained on the same corpus. It is trained
+its own byte-level BPE tokenizer trained on the same corpus
+(`capatlas demo-tokenizer`, or here when none is given). It is trained
 only on the demo corpus, so whatever it knows about the demo benchmarks it
 learned from the planted bins; the quick multiple-choice check at the end
 confirms that it did.
@@ -27,6 +28,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -35,88 +37,20 @@ from pathlib import Path
 
 from capatlas.command import Command
 from capatlas.errors import CapatlasError
+from capatlas.demo.tokenizer import load_demo_tokenizer, train_tokenizer
+from capatlas.demo.world import load_ground_truth, read_corpus
 from capatlas.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
 COMMAND = Command(config_help="capatlas config YAML (uses keys seed and demo)")
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
 ADAM_BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
 GRAD_CLIP = 1.0
 # Cosine decay ends at this fraction of the peak learning rate.
 MIN_LR_FRACTION = 0.1
 EVAL_BATCH = 64
-
-
-# ------------------------------------------------------------------ inputs
-
-
-def corpus_files(world_dir: Path) -> list[Path]:
-    corpus = Path(world_dir) / "corpus"
-    if not corpus.is_dir():
-        raise CapatlasError(f"demo world {world_dir} has no corpus/ directory (run capatlas demo-world first)")
-    files = sorted(corpus.glob("*.jsonl.zst"))
-    if not files:
-        raise CapatlasError(f"demo world corpus {corpus} holds no *.jsonl.zst files")
-    return files
-
-
-def read_corpus(world_dir: Path) -> list[str]:
-    """All document texts, in file order then line order."""
-    import zstandard
-
-    texts: list[str] = []
-    for path in corpus_files(world_dir):
-        try:
-            payload = zstandard.ZstdDecompressor().decompress(path.read_bytes())
-        except zstandard.ZstdError as exc:
-            raise CapatlasError(f"{path} is not a readable zstd file: {exc}") from None
-        for line_no, line in enumerate(payload.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CapatlasError(f"{path} line {line_no}: not a record with a 'text' field ({exc})") from None
-    return texts
-
-
-def load_ground_truth(world_dir: Path) -> dict:
-    path = Path(world_dir) / "ground_truth.json"
-    if not path.is_file():
-        raise CapatlasError(f"demo world {world_dir} has no ground_truth.json (run capatlas demo-world first)")
-    return json.loads(path.read_text())
-
-
-# --------------------------------------------------------------- tokenizer
-
-
-def train_tokenizer(texts: Sequence[str], vocab_size: int):
-    """Byte-level BPE on the corpus, wrapped so AutoTokenizer loads it offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=[EOS_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=EOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        model_max_length=1 << 30,
-    )
 
 
 # ------------------------------------------------------------------- model
@@ -369,8 +303,12 @@ def _loss_summary(rows: Sequence[tuple[int, float, float]]) -> dict:
     }
 
 
-def train_demo_model(config: dict, world_dir: Path, out_dir: Path) -> dict:
-    """Train tokenizer and model on the demo world; write them to `out_dir`; return metrics."""
+def train_demo_model(config: dict, world_dir: Path, out_dir: Path, tokenizer_dir: Path | None = None) -> dict:
+    """Train the model (and its tokenizer, unless `tokenizer_dir` holds demo-tokenizer's) on the demo world.
+
+    Writes the model, a copy of its tokenizer's files and the training
+    records to `out_dir`; returns the metrics.
+    """
     import torch
 
     started = time.perf_counter()
@@ -386,7 +324,10 @@ def train_demo_model(config: dict, world_dir: Path, out_dir: Path) -> dict:
         )
 
     seed_everything(seed, train_cfg["threads"])
-    tokenizer = train_tokenizer(texts, model_cfg["vocab_size"])
+    if tokenizer_dir is None:
+        tokenizer, tokenizer_files = train_tokenizer(texts, model_cfg["vocab_size"]), None
+    else:
+        tokenizer, tokenizer_files = load_demo_tokenizer(tokenizer_dir, config, world_dir)
     token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
     blocks = pack_blocks(token_lists, tokenizer.eos_token_id, train_cfg["seq_len"], seed)
     seconds_prepare = time.perf_counter() - started
@@ -419,7 +360,10 @@ def train_demo_model(config: dict, world_dir: Path, out_dir: Path) -> dict:
     }
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if tokenizer_files is None:
+            tokenizer.save_pretrained(tmp)
+        for path in tokenizer_files or ():
+            shutil.copyfile(path, tmp / path.name)
         torch.save(optimizer_state_for_bergson(model, result.optimizer), tmp / "optimizer.pt")
         with open(tmp / "train_log.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -439,9 +383,12 @@ def train_demo_model(config: dict, world_dir: Path, out_dir: Path) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world", required=True, help="demo world directory (capatlas demo-world --out)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="capatlas demo-tokenizer's output (default: train the tokenizer here)"
+    )
     parser.add_argument("--out", required=True, help="directory to write the model into (replaced as a whole)")
 
 
 def run(args: argparse.Namespace, config: dict | None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    train_demo_model(config, Path(args.world), Path(args.out))
+    train_demo_model(config, Path(args.world), Path(args.out), Path(args.tokenizer) if args.tokenizer else None)

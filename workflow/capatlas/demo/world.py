@@ -621,6 +621,36 @@ def build_world(config: dict, out_dir: Path) -> dict:
     return ground_truth
 
 
+def corpus_files(world_dir: Path) -> list[Path]:
+    corpus = Path(world_dir) / "corpus"
+    if not corpus.is_dir():
+        raise CapatlasError(f"demo world {world_dir} has no corpus/ directory (run capatlas demo-world first)")
+    files = sorted(corpus.glob("*.jsonl.zst"))
+    if not files:
+        raise CapatlasError(f"demo world corpus {corpus} holds no *.jsonl.zst files")
+    return files
+
+
+def read_corpus(world_dir: Path) -> list[str]:
+    """All document texts, in file order then line order."""
+    import zstandard
+
+    texts: list[str] = []
+    for path in corpus_files(world_dir):
+        try:
+            payload = zstandard.ZstdDecompressor().decompress(path.read_bytes())
+        except zstandard.ZstdError as exc:
+            raise CapatlasError(f"{path} is not a readable zstd file: {exc}") from None
+        for line_no, line in enumerate(payload.decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CapatlasError(f"{path} line {line_no}: not a record with a 'text' field ({exc})") from None
+    return texts
+
+
 def load_ground_truth(world_dir: Path) -> dict:
     path = Path(world_dir) / "ground_truth.json"
     if not path.is_file():
