@@ -13,7 +13,10 @@ import pyarrow.parquet as pq
 
 from capatlas.artifacts.scores import scores_table, write_scores
 from capatlas.config import validate_config
-from capatlas.fileio import file_sha256
+from capatlas import plan
+from capatlas.corpus.manifest import Candidate, manifest_table, text_sha256
+from capatlas.corpus.shard import SHARD_SCHEMA
+from capatlas.fileio import file_sha256, write_parquet
 from capatlas.taxonomy import bin_id
 
 WORDS = (
@@ -162,13 +165,19 @@ def write_inputs(root: Path, docs: pd.DataFrame, benchmarks: tuple[str, ...], n_
     """manifest.parquet, scores and shards in the pipeline's formats; returns their paths."""
     root.mkdir(parents=True, exist_ok=True)
     manifest = root / "manifest.parquet"
-    pq.write_table(pa.Table.from_pandas(docs[["doc_id", "bin_id", "topic_id", "format_id", "n_tokens"]]), manifest)
+    # Through the corpus stages' own table builders and schemas, as the manifest and shard stages write them.
+    candidates = [
+        Candidate(0, text_sha256(text), doc, int(bin_), int(n), "synthetic.jsonl", row)
+        for row, (doc, bin_, n, text) in enumerate(zip(docs["doc_id"], docs["bin_id"], docs["n_tokens"], docs["text"]))
+    ]
+    write_parquet(manifest_table(candidates), manifest)
     scores, shards = [], []
     (root / "scores").mkdir(exist_ok=True)
     for k in range(n_shards):
         part = docs.iloc[k::n_shards]
-        shards.append(root / f"shard-{k:05d}.parquet")
-        pq.write_table(pa.Table.from_pandas(part[["doc_id", "bin_id", "text"]], preserve_index=False), shards[-1])
+        shards.append(root / plan.shard_file(k))
+        columns = [part[field.name].tolist() for field in SHARD_SCHEMA]
+        write_parquet(pa.table([pa.array(c, f.type) for c, f in zip(columns, SHARD_SCHEMA)], schema=SHARD_SCHEMA), shards[-1])
         # Through the scores owner, with the provenance score-shard records (which shard, its sha256).
         provenance = {"stage": "score-shard", "shard": {"path": str(shards[-1]), "sha256": file_sha256(shards[-1])}}
         table = scores_table(

@@ -57,6 +57,9 @@ rule demo_model:
         f"{RUN}/logs/demo_model.log",
     benchmark:
         f"{RUN}/benchmarks/demo_model.tsv"
+    # The longest job of the demo: it starts first, the manifest, shards and
+    # queries take the other core.
+    priority: 2
     conda:
         "../../envs/demo.yaml"
     threads: config["demo"]["train"]["threads"]
