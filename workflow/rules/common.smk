@@ -151,7 +151,9 @@ def document_model():
 
 def tokenizer_path():
     """The manifest's: models.tokenizer, else the demo's own (ready before its model) or the document model's."""
-    return config["models"]["tokenizer"] or (DEMO_TOKENIZER if DEMO else document_model())
+    return config["models"]["tokenizer"] or (
+        DEMO_TOKENIZER if DEMO else document_model()
+    )
 
 
 def query_tokenizer():
