@@ -185,8 +185,8 @@ def second_clean_run(runs_dir) -> Run:
     return cached_run("clean-again", runs_dir)
 
 
-# The start of the reference run's DAG: demo world and model, working set,
-# shards and queries. SLURM's status polling backs off by 10 s a round while
+# The start of the reference run's DAG: demo world and tokenizer, working
+# set, shards and queries. SLURM's status polling backs off by 10 s a round while
 # no job finishes, so each step of a long chain costs up to a round more
 # than locally; this short chain shows everything a SLURM submission must get
 # right, and its outputs are compared with the local reference run's.

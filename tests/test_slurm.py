@@ -57,7 +57,7 @@ def test_every_job_goes_through_sbatch_with_its_rules_resources(slurm_run):  # n
         assert f"Partition={slurm.partition}" in job, job
     # One SLURM job per planned job, each submitted once (none failed and was retried).
     planned = job_stats(slurm_run.output)
-    assert set(planned) == {"demo_world", "demo_model", "manifest", "shards", "queries"}
+    assert set(planned) == {"demo_world", "demo_tokenizer", "manifest", "shards", "queries"}
     assert sorted(rule for rule, _, _ in submitted) == sorted(r for r, n in planned.items() for _ in range(n))
 
     # CPU-family rules ask SLURM for what config `resources.cpu` declares (attempt 1).
