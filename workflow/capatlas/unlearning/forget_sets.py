@@ -431,47 +431,45 @@ def write_retain_pool(table: pa.Table, seed: int, rounds: int, path: Path) -> No
     write_parquet(table.replace_schema_metadata({METADATA_KEY: meta}), path)
 
 
-def read_retain_pool(path: str | os.PathLike, *, job_name: str) -> tuple[int, pd.DataFrame]:
-    """(seed, documents with text) of a retain pool written by `write_retain_pool`; anything else is an error."""
-    path = Path(path)
+def _read_unlearning_table(path: Path, what: str, who: str, columns: set[str]) -> tuple[pd.DataFrame, dict | None]:
+    """(rows, the "capatlas" metadata or None) of a file forget-sets wrote; missing or unreadable is an error."""
     if not path.is_file():
-        raise CapatlasError(f"{job_name}: retain pool {path} does not exist (run capatlas forget-sets)")
+        raise CapatlasError(f"{who}: {what} {path} does not exist (run capatlas forget-sets)")
     try:
         table = pq.read_table(path)
     except Exception as exc:
-        raise CapatlasError(f"{job_name}: retain pool {path} is not a readable parquet file: {exc}") from None
+        raise CapatlasError(f"{who}: {what} {path} is not a readable parquet file: {exc}") from None
     try:
-        seed = int(json.loads((table.schema.metadata or {})[METADATA_KEY])["seed"])
-    except (KeyError, TypeError, ValueError):
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        meta = json.loads(raw) if raw else None
+    except ValueError:
+        meta = None
+    frame = table.to_pandas()
+    if missing := columns - set(frame.columns):
+        raise CapatlasError(f"{who}: {what} {path} lacks the column(s) {', '.join(sorted(missing))}")
+    return frame, meta
+
+
+def read_retain_pool(path: str | os.PathLike, *, job_name: str) -> tuple[int, pd.DataFrame]:
+    """(seed, documents with text) of a retain pool written by `write_retain_pool`; anything else is an error."""
+    path = Path(path)
+    frame, meta = _read_unlearning_table(path, "retain pool", job_name, {"doc_id", "unit", "round", "text"})
+    if not isinstance(meta, dict) or not isinstance(meta.get("seed"), int):
         raise CapatlasError(
             f"{job_name}: retain pool {path} does not say which seed drew it (not written by capatlas forget-sets;"
             " rerun it)"
-        ) from None
-    frame = table.to_pandas()
-    missing = {"doc_id", "unit", "round", "text"} - set(frame.columns)
-    if missing:
-        raise CapatlasError(f"{job_name}: retain pool {path} lacks the columns {sorted(missing)}")
-    return seed, frame
+        )
+    return meta["seed"], frame
 
 
 def read_forget_set(path: str | os.PathLike, *, run_name: str | None = None) -> tuple[pd.DataFrame, dict]:
     """(documents with text, metadata); a missing, unreadable or empty set is an error naming the run."""
     path = Path(path)
     who = run_name or str(path)
-    if not path.is_file():
-        raise CapatlasError(f"{who}: forget set {path} does not exist (run capatlas forget-sets)")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise CapatlasError(f"{who}: forget set {path} is not a readable parquet file: {exc}") from None
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    meta = json.loads(raw) if raw else {}
-    frame = table.to_pandas()
-    if "text" not in frame.columns or "doc_id" not in frame.columns:
-        raise CapatlasError(f"{who}: forget set {path} lacks the doc_id/text columns")
+    frame, meta = _read_unlearning_table(path, "forget set", who, {"doc_id", "text"})
     if frame.empty:
         raise CapatlasError(f"{who}: forget set {path} is empty")
-    return frame, meta
+    return frame, meta or {}
 
 
 def write_all(config: dict, docs: pd.DataFrame, bin_matrix: pd.DataFrame | None, shards: Sequence[Path], out: Path):
