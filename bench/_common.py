@@ -19,6 +19,9 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "workflow") not in sys.path:
     sys.path.insert(0, str(REPO / "workflow"))
+# The tests' stand-in models (tests/factories.py), so benches build theirs the same way.
+if str(REPO / "tests") not in sys.path:
+    sys.path.append(str(REPO / "tests"))
 
 
 def machine() -> str:

@@ -66,38 +66,13 @@ PROJECTION_DIM = 16
 
 def build_model(directory: Path, size: str, max_length: int, dtype: str):
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Olmo3Config, Olmo3ForCausalLM, PreTrainedTokenizerFast
+    from factories import write_word_level_model
 
     hidden, layers, intermediate, heads = SIZES[size]
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
-    for i in range(VOCAB - len(vocab)):
-        vocab[f"w{i}"] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        model_max_length=max_length,
-    ).save_pretrained(directory)
-    torch.manual_seed(0)
-    config = Olmo3Config(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=max_length,
-        sliding_window=max_length,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    model = Olmo3ForCausalLM(config)
-    model.save_pretrained(directory)
+    model = write_word_level_model(
+        directory, (f"w{i}" for i in range(VOCAB - 4)), hidden=hidden, intermediate=intermediate, layers=layers,
+        heads=heads, max_length=max_length,
+    )  # fmt: skip
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     return {
         "n_linear": sum(m.weight.numel() for m in linear),

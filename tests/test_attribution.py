@@ -32,6 +32,7 @@ from capatlas.attribution.context import (
     load_query_set,
 )
 from capatlas.attribution.precondition import fit_preconditioner, sample_documents
+from factories import write_word_level_model
 from capatlas.attribution.query_gradients import build_query_gradients, build_query_indices
 from capatlas.artifacts.binsums import read_bin_sums
 from capatlas.attribution.score_shard import FAIL_SHARDS_ENV, injected_failure, score_shard
@@ -75,38 +76,10 @@ def make_config(**attribution) -> dict:
 
 
 def build_model(directory: Path) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Olmo3Config, Olmo3ForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
     words = COMMON + [":", "?"] + [w for q in range(len(BENCHMARKS) * N_QUERIES) for w in reserved_words(q)]
-    for word in words:
-        vocab.setdefault(word, len(vocab))
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        model_max_length=128,
-    ).save_pretrained(directory)
-    torch.manual_seed(0)
-    config = Olmo3Config(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-        sliding_window=64,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
+    write_word_level_model(
+        directory, words, hidden=32, intermediate=64, layers=2, heads=4, max_length=128, sliding_window=64
     )
-    Olmo3ForCausalLM(config).save_pretrained(directory)
     return directory
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from capatlas import plan
 from capatlas.unlearning import forget_sets as fs
 from capatlas.unlearning import unlearn
 from capatlas.unlearning import summary as unlearning_summary
@@ -28,7 +29,7 @@ def test_baseline_and_every_run_are_evaluated(demo):
     root, config = demo
     base = json.loads((root / "eval" / "base.json").read_text())["benchmarks"]
     assert set(base) == {b["name"] for b in config["benchmarks"]}
-    runs = fs.planned_runs(config)
+    runs = plan.planned_runs(config)
     assert len(runs) == len(config["benchmarks"]) * 2 * 2  # 1 unit x (influence, random) x 2 seeds
     for run in runs:
         record = json.loads((root / "unlearning" / run.path / "eval.json").read_text())
@@ -42,7 +43,7 @@ def test_influence_sets_are_the_planted_documents(demo):
     # documents; the random control draws as many other documents of that topic.
     root, config = demo
     truth = json.loads((root / "demo" / "world" / "ground_truth.json").read_text())["benchmarks"]
-    for target in fs.unlearning_targets(config):
+    for target in plan.unlearning_targets(config):
         frame, meta = fs.read_forget_set(root / "unlearning" / target / "top1" / "influence" / "seed0" / "forget_set.parquet")
         planted_topics = {b["topic"] for b in truth[target]["planted_bins"]}
         assert meta["unit"] in planted_topics, (target, meta["unit"], planted_topics)
@@ -64,7 +65,7 @@ def test_unlearning_planted_documents_hurts_the_target_more_than_random_and_othe
     root, config = demo
     summary = pd.read_parquet(root / "unlearning" / "summary.parquet")
     cells = unlearning_summary.paired_differences(summary, "logprob", "influence", "random")
-    assert set(cells["target"]) == set(fs.unlearning_targets(config))
+    assert set(cells["target"]) == set(plan.unlearning_targets(config))
     for target, group in cells.groupby("target"):
         assert len(group) == len(config["unlearning"]["forget"]["seeds"])
         assert (group["d"] > 0).all(), (target, group[["seed", "d"]].to_dict("records"))
@@ -107,7 +108,7 @@ def test_bad_forget_sets_and_missing_adapters_name_the_run(demo, tmp_path):
     if missing_topic is None:  # every demo topic has documents: drop one topic's rows instead
         missing_topic = 0
         docs = docs[docs["topic_id"] != 0]
-    slug = fs.unit_slugs("topic")[missing_topic]
+    slug = plan.unit_slugs("topic")[missing_topic]
     explicit = {**config, "unlearning": {**config["unlearning"], "units": {**config["unlearning"]["units"],
                                                                           "select": "explicit", "explicit": [slug]}}}  # fmt: skip
     with pytest.raises(CapatlasError, match=rf"socialiqa/{slug}/influence/seed0: topic '{slug}' has no documents"):

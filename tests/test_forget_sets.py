@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from capatlas import plan
 from capatlas.unlearning import forget_sets as fs
 from capatlas.cli import main as cli_main
 from capatlas.errors import CapatlasError
@@ -31,18 +32,18 @@ def test_planned_runs_enumerate_targets_slots_conditions_and_seeds(tmp_path):
         units={"select": "top_k", "top_k": 2},
         forget={"conditions": ["influence", "random", "global_random"], "seeds": [0, 4]},
     )
-    runs = fs.planned_runs(config)
+    runs = plan.planned_runs(config)
     assert len(runs) == 2 * (2 * 2 * 2 + 2)
-    assert fs.PlannedRun("bench_b", "top2", "random", 4) in runs
-    assert fs.PlannedRun("bench_a", "global", "global_random", 0) in runs
+    assert plan.PlannedRun("bench_b", "top2", "random", 4) in runs
+    assert plan.PlannedRun("bench_a", "global", "global_random", 0) in runs
     assert runs[0].path == "bench_a/top1/influence/seed0"
     explicit = make_config(entries, targets=["bench_b"], units={"select": "explicit", "explicit": ["games"]})
-    assert {(r.target, r.unit) for r in fs.planned_runs(explicit)} == {("bench_b", "games")}
-    assert len(fs.unit_slots(make_config(entries, units={"select": "all"}))) == 24
+    assert {(r.target, r.unit) for r in plan.planned_runs(explicit)} == {("bench_b", "games")}
+    assert len(plan.unit_slots(make_config(entries, units={"select": "all"}))) == 24
     with pytest.raises(CapatlasError, match="not topic slugs"):
-        fs.planned_runs(make_config(entries, units={"select": "explicit", "explicit": ["gamez"]}))
+        plan.planned_runs(make_config(entries, units={"select": "explicit", "explicit": ["gamez"]}))
     with pytest.raises(CapatlasError, match="unlearning.targets"):
-        fs.planned_runs(make_config(entries, targets=["nope"]))
+        plan.planned_runs(make_config(entries, targets=["nope"]))
 
 
 def test_unit_scores_are_mean_or_max_bin_z_or_the_contrast():
@@ -168,7 +169,7 @@ def test_cli_writes_sets_with_text_and_metadata(tmp_path, config):
             "--scores", *map(str, paths["scores"]), "--shards", *map(str, paths["shards"]),
             "--bin-matrix", str(paths["bin_matrix"]), "--out", str(out)]  # fmt: skip
     assert cli_main(args) == 0
-    for run in fs.planned_runs(config):
+    for run in plan.planned_runs(config):
         frame, meta = fs.read_forget_set(out / run.path / "forget_set.parquet")
         assert len(frame) == 3 and meta["condition"] == run.condition and meta["seed"] == run.seed
         texts = dict(zip(docs["doc_id"], docs["text"]))

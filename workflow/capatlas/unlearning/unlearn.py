@@ -1,4 +1,4 @@
-"""`capatlas unlearn`: the unlearning runs of one (target, unit), every condition and seed from the base model, and their evaluations.
+"""`capatlas unlearn`: one job's unlearning runs (a target and unit, in one seed or all), each from the base model, evaluated.
 
 The model forgets the documents of one forget set while a retain set keeps
 the rest of its behaviour. Methods (``unlearning.method``), all on the
@@ -44,7 +44,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 
 COMMAND = Command(config_help="capatlas config (keys unlearning, evaluation, benchmarks)")
 
-METHODS = ("ga", "graddiff", "ngdiff", "npo")
 IGNORE_INDEX = -100
 LOG_COLUMNS = (
     "step", "loss", "forget_loss", "retain_loss", "forget_grad_norm", "retain_grad_norm", "lr", "guard", "retain_round",
@@ -182,6 +181,72 @@ class StepResult:
     retain_grad_norm: float = float("nan")
 
 
+@dataclass
+class UpdateInputs:
+    """What a method combines into its descent direction: the step's gradients, losses and settings."""
+
+    model: object
+    g_forget: list
+    g_retain: list | None  # None when the method runs without retain data
+    result: StepResult
+    forget_batches: Sequence[dict]
+    retain_weight: float
+    npo_beta: float
+    ref_logps: Sequence | None
+
+
+def _ga(u: UpdateInputs) -> tuple[list, float]:
+    return [-g for g in u.g_forget], -u.result.forget_loss
+
+
+def _graddiff(u: UpdateInputs) -> tuple[list, float]:
+    if u.g_retain is None:
+        return [-g for g in u.g_forget], -u.result.forget_loss + 0.0
+    direction = [-gf + u.retain_weight * gr for gf, gr in zip(u.g_forget, u.g_retain)]
+    return direction, -u.result.forget_loss + u.retain_weight * u.result.retain_loss
+
+
+def _ngdiff(u: UpdateInputs) -> tuple[list, float]:
+    nf, nr = max(u.result.forget_grad_norm, 1e-12), max(u.result.retain_grad_norm, 1e-12)
+    return [gr / nr - gf / nf for gf, gr in zip(u.g_forget, u.g_retain)], u.result.retain_loss - u.result.forget_loss
+
+
+def _npo(u: UpdateInputs) -> tuple[list, float]:
+    if u.ref_logps is None or len(u.ref_logps) != len(u.forget_batches):
+        raise CapatlasError("npo needs the reference log-likelihood of every forget micro-batch")
+    model = u.model
+    pairs = list(zip(u.forget_batches, u.ref_logps))
+    g_npo, loss_npo = _accumulate(
+        model, lambda pair: npo_loss(sequence_logprobs(model, pair[0]), pair[1], u.npo_beta), pairs
+    )
+    if u.g_retain is None:
+        return g_npo, loss_npo + 0.0
+    return [gn + u.retain_weight * gr for gn, gr in zip(g_npo, u.g_retain)], loss_npo + u.retain_weight * u.result.retain_loss
+
+
+@dataclass(frozen=True)
+class Method:
+    """An unlearning method: whether it needs retain data (given retain_weight) and its direction."""
+
+    needs_retain: Callable[[float], bool]
+    direction: Callable[[UpdateInputs], tuple[list, float]]
+
+
+# unlearning.method -> its update (the module docstring gives each one's loss).
+METHODS: dict[str, Method] = {
+    "ga": Method(lambda weight: False, _ga),
+    "graddiff": Method(lambda weight: weight > 0, _graddiff),
+    "ngdiff": Method(lambda weight: True, _ngdiff),
+    "npo": Method(lambda weight: weight > 0, _npo),
+}
+
+
+def method_named(name: str) -> Method:
+    if name not in METHODS:
+        raise CapatlasError(f"unknown unlearning.method '{name}' (one of {', '.join(METHODS)})")
+    return METHODS[name]
+
+
 def compute_update(
     model,
     method: str,
@@ -197,40 +262,18 @@ def compute_update(
     An optimizer step then moves the parameters against `.grad`: up the
     forget loss, down the retain loss.
     """
-    if method not in METHODS:
-        raise CapatlasError(f"unknown unlearning.method '{method}' (one of {', '.join(METHODS)})")
+    chosen = method_named(method)
     params = trainable(model)
     g_forget, ce_forget = _accumulate(model, lambda b: mean_ce(model, b), forget_batches)
     result = StepResult(loss=float("nan"), forget_loss=ce_forget, forget_grad_norm=grad_norm(g_forget))
-    needs_retain = method == "ngdiff" or (method in ("graddiff", "npo") and retain_weight > 0)
-    if needs_retain:
+    g_retain = None
+    if chosen.needs_retain(retain_weight):
         if not retain_batches:
             raise CapatlasError(f"unlearning.method '{method}' needs retain data, and the retain set is empty")
         g_retain, ce_retain = _accumulate(model, lambda b: mean_ce(model, b), retain_batches)
         result.retain_loss, result.retain_grad_norm = ce_retain, grad_norm(g_retain)
-    if method == "ga":
-        direction = [-g for g in g_forget]
-        result.loss = -ce_forget
-    elif method == "graddiff":
-        direction = [-gf + retain_weight * gr for gf, gr in zip(g_forget, g_retain)] if needs_retain else [
-            -g for g in g_forget
-        ]
-        result.loss = -ce_forget + (retain_weight * result.retain_loss if needs_retain else 0.0)
-    elif method == "ngdiff":
-        nf, nr = max(result.forget_grad_norm, 1e-12), max(result.retain_grad_norm, 1e-12)
-        direction = [gr / nr - gf / nf for gf, gr in zip(g_forget, g_retain)]
-        result.loss = result.retain_loss - ce_forget
-    else:  # npo
-        if ref_logps is None or len(ref_logps) != len(forget_batches):
-            raise CapatlasError("npo needs the reference log-likelihood of every forget micro-batch")
-        pairs = list(zip(forget_batches, ref_logps))
-        g_npo, loss_npo = _accumulate(
-            model, lambda pair: npo_loss(sequence_logprobs(model, pair[0]), pair[1], npo_beta), pairs
-        )
-        direction = (
-            [gn + retain_weight * gr for gn, gr in zip(g_npo, g_retain)] if needs_retain else g_npo
-        )
-        result.loss = loss_npo + (retain_weight * result.retain_loss if needs_retain else 0.0)
+    inputs = UpdateInputs(model, g_forget, g_retain, result, forget_batches, retain_weight, npo_beta, ref_logps)
+    direction, result.loss = chosen.direction(inputs)
     for p, d in zip(params, direction):
         p.grad = d.to(p.dtype)
     return result
@@ -363,7 +406,7 @@ def train_unlearning(model, data: RunData, section: dict, seed: int, *, guard=No
     retain_samplers = [
         ChunkSampler(chunks, train_cfg["batch_size"], rng) if chunks else None for chunks in data.retain_rounds
     ]
-    needs_retain = method == "ngdiff" or (method in ("graddiff", "npo") and section["retain_weight"] > 0)
+    needs_retain = method_named(method).needs_retain(section["retain_weight"])
     if needs_retain and not any(retain_samplers):
         raise CapatlasError(f"{run_name}: the retain set is empty after removing the run's unit and forget documents")
     device = next(model.parameters()).device
