@@ -74,7 +74,8 @@ def test_unlearning_planted_documents_hurts_the_target_more_than_random_and_othe
         assert row[target] > row.drop(target).mean(), (target, row.to_dict())
     paired = pd.read_parquet(root / "unlearning" / "paired_stats.parquet")
     logprob = paired[(paired["metric"] == "logprob") & (paired["pair"] == "influence-random")]
-    assert (logprob["median_d"] > 0).all() and (logprob["selectivity_influence"] > 1).all()
+    # Selectivity is signed: damage on the target minus mean damage on the other three.
+    assert (logprob["median_d"] > 0).all() and (logprob["selectivity_influence"] > 0).all()
     for metric in config["unlearning"]["stats"]["metrics"]:
         for kind in ("paired", "damage"):
             assert (root / "figures" / f"unlearning_{kind}_{metric}.png").stat().st_size > 10_000

@@ -51,14 +51,61 @@ def test_bh_matches_hand_computation_and_skips_nan():
         assert adjusted == pytest.approx(expected[value])
 
 
-def test_bootstrap_median_ci_agrees_with_a_hand_percentile_bootstrap():
-    d = np.array([0.5, 1.2, -0.3, 2.0, 0.8, 1.5, 0.1, 0.9, 1.1, -0.2])
-    low, high = us.median_ci(d, confidence=0.9, n_resamples=4000, seed=0)
-    rng = np.random.default_rng(1)
-    medians = np.median(d[rng.integers(0, len(d), (20000, len(d)))], axis=1)
-    assert low == pytest.approx(np.quantile(medians, 0.05), abs=0.1)
-    assert high == pytest.approx(np.quantile(medians, 0.95), abs=0.1)
-    assert low <= np.median(d) <= high
+def test_cluster_bootstrap_agrees_with_a_hand_two_stage_bootstrap():
+    rng = np.random.default_rng(3)
+    cells = pd.DataFrame(
+        # Each unit shifts its three seeds together (sd 1) over seed noise (sd 0.3).
+        {"unit_slot": np.repeat([f"top{u}" for u in range(6)], 3),
+         "d": 0.5 + np.repeat(rng.normal(0, 1.0, 6), 3) + rng.normal(0, 0.3, 18)}  # fmt: skip
+    )
+    # The mean: its bootstrap distribution is smooth, so two samplers' quantiles agree closely.
+    low, high = us.cluster_bootstrap_ci(cells, np.mean, confidence=0.9, n_resamples=4000, seed=0)
+    groups = [g["d"].to_numpy() for _, g in cells.groupby("unit_slot")]
+    hand = np.random.default_rng(1)
+    means = [
+        np.mean(np.concatenate([groups[u][hand.integers(0, 3, 3)] for u in hand.integers(0, 6, 6)]))
+        for _ in range(20000)
+    ]
+    assert low == pytest.approx(np.quantile(means, 0.05), abs=0.05)
+    assert high == pytest.approx(np.quantile(means, 0.95), abs=0.05)
+    # Wider than resampling the 18 cells as if independent: the units carry shared noise.
+    flat = cells["d"].to_numpy()
+    naive = np.mean(flat[hand.integers(0, 18, (20000, 18))], axis=1)
+    assert high - low > np.quantile(naive, 0.95) - np.quantile(naive, 0.05)
+    # One value per unit: the ordinary percentile bootstrap of independent values.
+    single = pd.DataFrame({"unit_slot": np.arange(10), "d": [0.5, 1.2, -0.3, 2.0, 0.8, 1.5, 0.1, 0.9, 1.1, -0.2]})
+    low, high = us.cluster_bootstrap_ci(single, np.median, confidence=0.9, n_resamples=4000, seed=0)
+    d = single["d"].to_numpy()
+    plain = np.median(d[hand.integers(0, len(d), (20000, len(d)))], axis=1)
+    assert low == pytest.approx(np.quantile(plain, 0.05), abs=0.1)
+    assert high == pytest.approx(np.quantile(plain, 0.95), abs=0.1)
+
+
+def test_unit_level_test_holds_its_level_under_correlated_cells_and_detects_an_effect():
+    """Simulated studies (8 units x 3 seeds, within-unit correlation 0.6): the primary test over unit means
+    rejects a true null at most 7% of the time at alpha 0.05; the cell-level Wilcoxon, which treats the
+    correlated cells as independent, rejects it more often; a real effect is found."""
+    rng = np.random.default_rng(2026)
+    n_studies, n_units, n_seeds, rho = 600, 8, 3, 0.6
+
+    def study(effect: float) -> pd.DataFrame:
+        unit = rng.normal(0.0, np.sqrt(rho), n_units)
+        d = effect + np.repeat(unit, n_seeds) + rng.normal(0.0, np.sqrt(1 - rho), n_units * n_seeds)
+        return pd.DataFrame({"unit_slot": np.repeat([f"top{u}" for u in range(n_units)], n_seeds), "d": d})
+
+    def rejections(effect: float) -> tuple[float, float]:
+        units, cells = 0, 0
+        for _ in range(n_studies):
+            frame = study(effect)
+            units += us.ttest_greater(frame.groupby("unit_slot")["d"].mean().to_numpy()) < 0.05
+            cells += us.wilcoxon_greater(frame["d"].to_numpy()) < 0.05
+        return units / n_studies, cells / n_studies
+
+    null_units, null_cells = rejections(0.0)
+    assert null_units <= 0.07, null_units
+    assert null_cells > null_units + 0.03, (null_cells, null_units)
+    power, _ = rejections(1.0)
+    assert power > 0.8, power
 
 
 def synthetic_summary(effect: dict[str, float], n_units=4, seeds=(0, 1, 2), seed=0) -> pd.DataFrame:
@@ -96,23 +143,48 @@ def test_paired_statistics_against_brute_force():
     a = cells[cells["target"] == "bench_a"]
     d = a["d"].to_numpy()
     row = table.loc["bench_a"]
-    assert row["n_cells"] == 12 and row["n_units"] == 4 and row["t_over"] == "units"
+    assert row["n_cells"] == 12 and row["n_units"] == 4 and row["primary_test"] == "over 4 unit means"
     assert row["median_d"] == pytest.approx(np.median(d)) and row["d_z"] == pytest.approx(d.mean() / d.std(ddof=1))
     from scipy import stats
 
-    assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d, alternative="greater").pvalue)
     unit_means = a.groupby("unit_slot")["d"].mean().to_numpy()
     assert row["t_p"] == pytest.approx(stats.ttest_1samp(unit_means, 0, alternative="greater").pvalue)
-    raw = np.concatenate([table["wilcoxon_p"].to_numpy(), table["t_p"].to_numpy()])
-    adjusted = stats.false_discovery_control(raw)
-    assert np.allclose(np.concatenate([table["wilcoxon_p_bh"], table["t_p_bh"]]), adjusted)
-    assert row["wilcoxon_p_bh"] < 0.01 and table.loc["bench_b", "wilcoxon_p_bh"] > 0.01
+    assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(unit_means, alternative="greater").pvalue)
+    assert row["cells_wilcoxon_p"] == pytest.approx(stats.wilcoxon(d, alternative="greater").pvalue)
+    assert row["d_z_units"] == pytest.approx(unit_means.mean() / unit_means.std(ddof=1))
+    assert row["median_ci_low"] <= row["median_d"] <= row["median_ci_high"]
+    assert row["mean_ci_low"] <= row["mean_d"] <= row["mean_ci_high"]
+    # One BH family: every p-value of every target (the global pair has no runs here).
+    keys = ["t_p", "wilcoxon_p", "cells_wilcoxon_p"]
+    raw = np.concatenate([table[k].to_numpy() for k in keys])
+    assert np.allclose(np.concatenate([table[f"{k}_bh"] for k in keys]), stats.false_discovery_control(raw))
+    assert row["t_p_bh"] < 0.05 and table.loc["bench_b", "t_p_bh"] > 0.05
     sub = summary[(summary["metric"] == "logprob") & (summary["target"] == "bench_a")
                   & (summary["condition"] == "influence")]  # fmt: skip
-    expected = sub.loc[sub["is_target"], "gamma"].abs().mean() / sub.loc[~sub["is_target"], "gamma"].abs().mean()
+    expected = sub.loc[sub["is_target"], "gamma"].mean() - sub.loc[~sub["is_target"], "gamma"].mean()
     assert row["selectivity_influence"] == pytest.approx(expected)
     assert row["selectivity_influence"] > row["selectivity_random"]
+    assert np.isnan(row["selectivity_influence_chance"])  # log-probabilities have no chance level
 
+
+def test_fewer_than_three_units_report_no_test_instead_of_testing_cells():
+    summary = synthetic_summary({"bench_a": 1.0}, n_units=2)
+    row = us.paired_stats(summary, ["logprob"], confidence=0.95, n_resamples=99, seed=0).iloc[0]
+    assert row["primary_test"] == "not possible: 2 unit(s), a test over units needs 3"
+    assert np.isnan(row["t_p"]) and np.isnan(row["wilcoxon_p"]) and np.isfinite(row["cells_wilcoxon_p"])
+
+
+def test_selectivity_is_signed_and_chance_normalised():
+    rows = []
+    # Target (4-way, baseline 0.75, chance 0.25) loses 0.25; one other (3-way, 0.5 vs 1/3) loses 0.05,
+    # the other improves by 0.05: signed, the improvement offsets; per chance, 0.25/0.5 - (0.05/(1/6) - 0.05/0.25)/2.
+    for bench, gamma, base, chance in (("t", 0.25, 0.75, 0.25), ("o1", 0.05, 0.5, 1 / 3), ("o2", -0.05, 0.5, 0.25)):
+        rows.append({"target": "t", "condition": "influence", "metric": "acc", "benchmark": bench,
+                     "is_target": bench == "t", "gamma": gamma, "baseline": base, "chance": chance})  # fmt: skip
+    summary = pd.DataFrame(rows)
+    assert us.selectivity(summary, "acc", "influence", "t") == pytest.approx(0.25 - 0.0)
+    expected = 0.25 / 0.5 - (0.05 / (0.5 - 1 / 3) + -0.05 / 0.25) / 2
+    assert us.selectivity(summary, "acc", "influence", "t", per_chance=True) == pytest.approx(expected)
 
 
 def test_mean_damage_is_each_targets_mean_gamma_per_benchmark():

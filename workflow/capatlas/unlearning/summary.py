@@ -11,16 +11,24 @@ benchmark, metric in ``unlearning.stats.metrics`` and pair of conditions
 - d = gamma_target(influence-ranked) - gamma_target(random), paired by unit
   and seed (a *cell*): d > 0 means the influence-ranked documents carried
   more of the capability than size-matched random documents of the same
-  region;
-- ``wilcoxon_p``: one-sided Wilcoxon signed-rank test of d > 0 over cells;
-- ``t_p``: one-sided one-sample t-test over the per-unit means of d (the
-  study's test over topics); with a single unit, over cells (``t_over``);
-- ``*_p_bh``: Benjamini-Hochberg across target benchmarks and both tests,
-  within each (pair, metric) family;
-- ``median_d`` with a bootstrap CI (scipy.stats.bootstrap, percentile, over
-  cells), ``mean_d``, Cohen's ``d_z`` = mean(d) / sd(d);
-- selectivity: mean |gamma(target)| / mean |gamma(other benchmarks)| over
-  the pair's influence runs (and over its random runs, for comparison).
+  region. The unit is the independent replicate: its influence forget set
+  is the same in every seed, so a unit's cells are correlated.
+- Primary tests, over the per-unit means of d (the study's test over
+  topics): ``t_p``, a one-sided one-sample t-test, and ``wilcoxon_p``, a
+  one-sided Wilcoxon signed-rank test. With fewer than 3 units neither is
+  computed and ``primary_test`` says so; there is no fallback to cells.
+- Secondary, labelled so: ``cells_wilcoxon_p`` over the (unit, seed) cells,
+  which treats correlated cells as independent (pseudo-replication).
+- ``*_p_bh``: Benjamini-Hochberg over every p-value reported (all targets,
+  metrics, condition pairs and the three tests) as one family.
+- ``mean_d`` and ``median_d`` with percentile CIs from a cluster bootstrap
+  (units, then seeds within each drawn unit; ``ci_method``); Cohen's
+  ``d_z`` = mean(d) / sd(d) over cells and ``d_z_units`` over unit means.
+- selectivity: mean signed gamma on the target minus mean signed gamma on
+  the other benchmarks, over the pair's influence runs (and its random
+  runs); > 0 is selective, and an improvement elsewhere does not count as
+  damage. ``*_chance`` divides each gamma by the benchmark's baseline minus
+  chance first (accuracy metrics), so 3-way and 4-way benchmarks compare.
 
 Figures (``figures/unlearning_paired_<metric>.png``: d per unit with each
 seed and a 95% t interval; ``figures/unlearning_damage_<metric>.png``:
@@ -88,6 +96,7 @@ def gamma_table(runs: Sequence[PlannedRun], records: Sequence[dict], baseline: d
                         "is_target": bench == run.target,
                         "metric": metric,
                         "baseline": before,
+                        "chance": float(baseline[bench].get("chance", float("nan"))),
                         "after": float(after[metric]),
                         "gamma": before - float(after[metric]),
                         "steps": int(record.get("steps", 0)),
@@ -148,21 +157,32 @@ def cohens_dz(d: np.ndarray) -> float:
     return float(np.mean(d) / np.std(d, ddof=1))
 
 
-def median_ci(d: np.ndarray, *, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
-    d = np.asarray(d, dtype=np.float64)
-    if len(d) < 2:
+MIN_UNITS = 3  # fewer units than this: no test over units is reported
+CI_METHOD = "cluster bootstrap (units, then seeds within each drawn unit), percentile"
+
+
+def cluster_bootstrap_ci(
+    cells: pd.DataFrame, statistic, *, confidence: float, n_resamples: int, seed: int
+) -> tuple[float, float]:
+    """CI of `statistic` over cells, resampling units and then each drawn unit's seeds (both with replacement).
+
+    The unit is what is independent: a unit's influence forget set is the
+    same in every seed, so its cells are correlated, and resampling cells
+    alone would understate the uncertainty. Percentile interval.
+    """
+    groups = [g["d"].to_numpy(dtype=np.float64) for _, g in cells.groupby("unit_slot", sort=True)]
+    values = np.concatenate(groups) if groups else np.array([])
+    if len(values) < 2:
         return float("nan"), float("nan")
-    if np.all(d == d[0]):
-        return float(d[0]), float(d[0])
-    result = stats.bootstrap(
-        (d,),
-        np.median,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(n_resamples)
+    for r in range(n_resamples):
+        drawn = rng.integers(0, len(groups), size=len(groups))
+        replicates[r] = statistic(np.concatenate([groups[u][rng.integers(0, len(groups[u]), len(groups[u]))] for u in drawn]))
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(replicates, alpha)), float(np.quantile(replicates, 1.0 - alpha))
 
 
 def bh(pvalues: Sequence[float]) -> np.ndarray:
@@ -175,56 +195,90 @@ def bh(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def selectivity(summary: pd.DataFrame, metric: str, condition: str, target: str) -> float:
+def selectivity(summary: pd.DataFrame, metric: str, condition: str, target: str, *, per_chance: bool = False) -> float:
+    """Mean signed damage on the target minus mean signed damage on the other benchmarks (> 0: selective).
+
+    Signed: an improvement elsewhere is not damage. With `per_chance`,
+    each gamma is first divided by its benchmark's baseline minus chance
+    (the share of above-chance accuracy lost), so 3-way and 4-way
+    benchmarks compare; accuracy metrics only.
+    """
     rows = summary[(summary["metric"] == metric) & (summary["condition"] == condition) & (summary["target"] == target)]
-    on = rows.loc[rows["is_target"], "gamma"].abs().mean()
-    off = rows.loc[~rows["is_target"], "gamma"].abs().mean()
-    if not np.isfinite(on) or not np.isfinite(off) or off == 0:
+    damage = rows["gamma"]
+    if per_chance:
+        if metric not in ("acc", "acc_norm"):
+            return float("nan")
+        above = rows["baseline"] - rows["chance"]
+        damage = damage / above.where(above > 0)
+    on, off = damage[rows["is_target"]].mean(), damage[~rows["is_target"]].mean()
+    if not np.isfinite(on) or not np.isfinite(off):
         return float("nan")
-    return float(on / off)
+    return float(on - off)
+
+
+def _target_row(cells: pd.DataFrame, summary: pd.DataFrame, pair: tuple[str, str], target: str, metric: str,
+                *, confidence: float, n_resamples: int, seed: int) -> dict:  # fmt: skip
+    influence, random = pair
+    d = cells["d"].to_numpy()
+    unit_means = cells.groupby("unit_slot")["d"].mean().to_numpy()
+    testable = len(unit_means) >= MIN_UNITS
+    bootstrap = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+    median_low, median_high = cluster_bootstrap_ci(cells, np.median, **bootstrap)
+    mean_low, mean_high = cluster_bootstrap_ci(cells, np.mean, **bootstrap)
+    return {
+        "pair": f"{influence}-{random}",
+        "target": target,
+        "metric": metric,
+        "n_cells": len(d),
+        "n_units": len(unit_means),
+        "n_positive": int((d > 0).sum()),
+        "mean_d": float(np.mean(d)),
+        "mean_ci_low": mean_low,
+        "mean_ci_high": mean_high,
+        "median_d": float(np.median(d)),
+        "median_ci_low": median_low,
+        "median_ci_high": median_high,
+        "ci_method": CI_METHOD,
+        "d_z": cohens_dz(d),
+        "d_z_units": cohens_dz(unit_means),
+        "primary_test": (
+            f"over {len(unit_means)} unit means"
+            if testable
+            else f"not possible: {len(unit_means)} unit(s), a test over units needs {MIN_UNITS}"
+        ),
+        "t_p": ttest_greater(unit_means) if testable else float("nan"),
+        "wilcoxon_p": wilcoxon_greater(unit_means) if testable else float("nan"),
+        "cells_wilcoxon_p": wilcoxon_greater(d),
+        "selectivity_influence": selectivity(summary, metric, influence, target),
+        "selectivity_random": selectivity(summary, metric, random, target),
+        "selectivity_influence_chance": selectivity(summary, metric, influence, target, per_chance=True),
+        "selectivity_random_chance": selectivity(summary, metric, random, target, per_chance=True),
+    }
+
+
+P_VALUES = ("t_p", "wilcoxon_p", "cells_wilcoxon_p")
 
 
 def paired_stats(summary: pd.DataFrame, metrics: Sequence[str], *, confidence: float, n_resamples: int, seed: int):
-    """One row per (pair, target, metric) with the tests, BH-adjusted within (pair, metric)."""
+    """One row per (pair, target, metric); every reported p-value BH-adjusted in one family."""
     rows = []
-    for influence, random in PAIRS:
+    for pair in PAIRS:
         for metric in metrics:
-            cells = paired_differences(summary, metric, influence, random)
-            family = []
+            cells = paired_differences(summary, metric, *pair)
             for target, group in cells.groupby("target", sort=False):
-                d = group["d"].to_numpy()
-                unit_means = group.groupby("unit_slot")["d"].mean().to_numpy()
-                t_over = "units" if len(unit_means) >= 2 else "cells"
-                low, high = median_ci(d, confidence=confidence, n_resamples=n_resamples, seed=seed)
-                family.append(
-                    {
-                        "pair": f"{influence}-{random}",
-                        "target": target,
-                        "metric": metric,
-                        "n_cells": len(d),
-                        "n_units": len(unit_means),
-                        "n_positive": int((d > 0).sum()),
-                        "mean_d": float(np.mean(d)),
-                        "median_d": float(np.median(d)),
-                        "median_ci_low": low,
-                        "median_ci_high": high,
-                        "d_z": cohens_dz(d),
-                        "wilcoxon_p": wilcoxon_greater(d),
-                        "t_p": ttest_greater(unit_means if t_over == "units" else d),
-                        "t_over": t_over,
-                        "selectivity_influence": selectivity(summary, metric, influence, target),
-                        "selectivity_random": selectivity(summary, metric, random, target),
-                    }
-                )
-            adjusted = bh([r["wilcoxon_p"] for r in family] + [r["t_p"] for r in family])
-            for k, row in enumerate(family):
-                row["wilcoxon_p_bh"] = float(adjusted[k])
-                row["t_p_bh"] = float(adjusted[len(family) + k])
-            rows.extend(family)
+                rows.append(
+                    _target_row(group, summary, pair, target, metric,
+                                confidence=confidence, n_resamples=n_resamples, seed=seed)
+                )  # fmt: skip
+    adjusted = bh([row[key] for key in P_VALUES for row in rows])
+    for k, key in enumerate(P_VALUES):
+        for j, row in enumerate(rows):
+            row[f"{key}_bh"] = float(adjusted[k * len(rows) + j])
     columns = [
-        "pair", "target", "metric", "n_cells", "n_units", "n_positive", "mean_d", "median_d", "median_ci_low",
-        "median_ci_high", "d_z", "wilcoxon_p", "wilcoxon_p_bh", "t_p", "t_p_bh", "t_over",
-        "selectivity_influence", "selectivity_random",
+        "pair", "target", "metric", "n_cells", "n_units", "n_positive", "mean_d", "mean_ci_low", "mean_ci_high",
+        "median_d", "median_ci_low", "median_ci_high", "ci_method", "d_z", "d_z_units", "primary_test",
+        "t_p", "t_p_bh", "wilcoxon_p", "wilcoxon_p_bh", "cells_wilcoxon_p", "cells_wilcoxon_p_bh",
+        "selectivity_influence", "selectivity_random", "selectivity_influence_chance", "selectivity_random_chance",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
@@ -369,7 +423,7 @@ def run(args: argparse.Namespace, config: dict | None) -> None:
     result = summarise(config, Path(args.baseline), Path(args.unlearning_dir), Path(args.figures))
     for row in result["paired"]:
         log.info(
-            "%s %s %s: median d %.4g [%.4g, %.4g], Wilcoxon p_BH %.3g, %d/%d cells > 0",
+            "%s %s %s: median d %.4g [%.4g, %.4g], t over units p_BH %.3g (%s), %d/%d cells > 0",
             row["pair"], row["target"], row["metric"], row["median_d"], row["median_ci_low"],
-            row["median_ci_high"], row["wilcoxon_p_bh"], row["n_positive"], row["n_cells"],
+            row["median_ci_high"], row["t_p_bh"], row["primary_test"], row["n_positive"], row["n_cells"],
         )  # fmt: skip
