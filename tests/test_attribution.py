@@ -453,6 +453,27 @@ def test_query_indices_built_in_one_job_equal_each_built_alone(world, tmp_path, 
     assert builder.load_preconditioner is counting  # the job put back what it found
 
 
+def test_query_set_from_another_tokenizer_is_refused(world, tmp_path):
+    """`capatlas queries` records its tokenizer files' sha256 (tests/test_queries.py); query-gradients compares it."""
+    from capatlas.fileio import tokenizer_sha256
+
+    forged = tmp_path / "bench_a"
+    shutil.copytree(world["queries"]["bench_a"], forged)
+    (forged / "queries.json").write_text(json.dumps({"tokenizer_sha256": "0" * 64}))
+    with pytest.raises(CapatlasError, match=r"queries\.json: the query set was tokenised with other tokenizer files"):
+        build_query_gradients(
+            world["config"], model=world["model"], queries=forged, preconditioner=world["preconditioner"],
+            benchmark="bench_a", out=tmp_path / "out",
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    (forged / "queries.json").write_text(json.dumps({"tokenizer_sha256": tokenizer_sha256(world["model"])}))
+    build_query_gradients(
+        world["config"], model=world["model"], queries=forged, preconditioner=world["preconditioner"],
+        benchmark="bench_a", out=tmp_path / "out",
+    )  # fmt: skip
+    assert (tmp_path / "out" / "index" / "gradients.bin").is_file()
+
+
 def test_preconditioner_sample_spans_shards_and_ignores_sharding(world):
     by_four = sample_documents(world["shards"][4], 24, 42).column("doc_id").to_pylist()
     by_eight = sample_documents(world["shards"][8], 24, 42).column("doc_id").to_pylist()

@@ -11,6 +11,7 @@ import yaml
 from capatlas.benchmarks import items as bm
 from capatlas.benchmarks import queries as qm
 from capatlas.errors import CapatlasError
+from capatlas.fileio import tokenizer_sha256
 
 SENTENCES = [
     "Question: Which is a mammal?\nAnswer: whale",
@@ -220,6 +221,7 @@ def test_cli_end_to_end(tmp_path, tok_dir, cli):
     assert summary["prompt_format"] == "olmes_mc" and summary["fewshot"] == 1
     assert summary["fewshot_source"] == "test"
     assert summary["tokenizer"] == str(tok_dir.resolve())
+    assert summary["tokenizer_sha256"] == tokenizer_sha256(tok_dir)
     assert summary["bos_prepended"] is False and summary["seed"] == 3
     assert summary["item_ids"] == ds["item_id"]
     assert summary["label_tokens"]["min"] >= 1

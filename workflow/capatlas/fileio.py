@@ -82,3 +82,24 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# The files that define a Hugging Face tokenizer (whichever of them a directory has).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "tiktoken.model",
+)  # fmt: skip
+
+
+def tokenizer_sha256(directory: str | os.PathLike) -> str | None:
+    """One sha256 over a local tokenizer's files (name and content); None for a hub id or a directory without them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    if not found:
+        return None
+    digest = hashlib.sha256()
+    for name in found:
+        digest.update(f"{name}:{file_sha256(directory / name)}\n".encode())
+    return digest.hexdigest()

@@ -49,7 +49,7 @@ from capatlas.benchmarks.items import (
     subsample,
 )
 from capatlas.errors import CapatlasError
-from capatlas.fileio import atomic_path
+from capatlas.fileio import atomic_path, tokenizer_sha256
 from capatlas.settings import Attribution
 
 log = logging.getLogger(__name__)
@@ -386,6 +386,8 @@ def write_query_set(
         "n_items": len(items),
         "tokenizer": str(Path(tokenizer_path).resolve()) if Path(tokenizer_path).exists() else tokenizer_path,
         "tokenizer_revision": revision,
+        # Checked by query-gradients against the query model's own tokenizer files.
+        "tokenizer_sha256": tokenizer_sha256(tokenizer_path),
         "bos_prepended": bos_id is not None,
         "max_length": max_length,
         "max_length_limits": {
