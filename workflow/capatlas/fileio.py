@@ -96,10 +96,17 @@ def tokenizer_sha256(directory: str | os.PathLike) -> str | None:
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    found = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    return tokenizer_sha256_of(
+        {name: file_sha256(directory / name) for name in TOKENIZER_FILES if (directory / name).is_file()}
+    )
+
+
+def tokenizer_sha256_of(file_sha256s: dict[str, str]) -> str | None:
+    """`tokenizer_sha256` from a directory's files already hashed (file name -> sha256 of its content)."""
+    found = [name for name in TOKENIZER_FILES if name in file_sha256s]
     if not found:
         return None
     digest = hashlib.sha256()
     for name in found:
-        digest.update(f"{name}:{file_sha256(directory / name)}\n".encode())
+        digest.update(f"{name}:{file_sha256s[name]}\n".encode())
     return digest.hexdigest()

@@ -44,7 +44,7 @@ from capatlas.attribution.context import (
     deterministic_torch,
 )
 from capatlas.errors import CapatlasError
-from capatlas.fileio import atomic_path, tokenizer_sha256, write_json, write_parquet
+from capatlas.fileio import atomic_path, tokenizer_sha256_of, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -129,24 +129,27 @@ def build_query_gradients(config: Mapping, *, queries, benchmark: str, out, **kw
     return build_query_indices(config, query_sets={benchmark: queries}, out={benchmark: out}, **kwargs)[benchmark]
 
 
-def check_query_tokenizer(queries: Path, model_path: Path) -> None:
-    """Refuse a query set tokenised with other tokenizer files than the query model's (when both are local)."""
+def check_query_tokenizer(queries: Path, model) -> None:
+    """Refuse a query set tokenised with other tokenizer files than the query model's (when both are local).
+
+    The model's tokenizer files were hashed with the model (`ModelInfo.files`), so nothing is read again.
+    """
     summary_path = Path(queries) / "queries.json"
     try:
         recorded = json.loads(summary_path.read_text()).get("tokenizer_sha256")
     except (OSError, ValueError):
         recorded = None  # load_query_set names a broken query set
-    model_tokenizer = tokenizer_sha256(model_path)
+    model_tokenizer = tokenizer_sha256_of(model.files)
     if recorded and model_tokenizer and recorded != model_tokenizer:
         raise CapatlasError(
             f"{summary_path}: the query set was tokenised with other tokenizer files than the query model "
-            f"{model_path} has; its token ids would mean other tokens. Rerun `capatlas queries` with "
-            f"--tokenizer {model_path}"
+            f"{model.path} has; its token ids would mean other tokens. Rerun `capatlas queries` with "
+            f"--tokenizer {model.path}"
         )
 
 
 def _build_one(job, pre_provenance: dict, preconditioner: Path, benchmark: str, queries, out) -> dict:
-    check_query_tokenizer(Path(queries), job.model.path)
+    check_query_tokenizer(Path(queries), job.model)
     query_set = load_query_set(queries, name=benchmark, max_length=job.effective_max_length)
     in_preconditioner = _fitted_with(pre_provenance, query_set, benchmark)
     log.info("building %d query gradients for %s on %s", len(query_set.item_ids), benchmark, job.device)

@@ -258,7 +258,7 @@ def check_unit_sizes(
         if run.unit == GLOBAL_UNIT:
             continue
         unit = resolved[run.target][run.unit]
-        k = n if run.condition in ("influence", "global_influence") else 2 * n
+        k = n if run.condition == "influence" else 2 * n
         if int(counts.get(unit, 0)) < k:
             first_short.setdefault(unit, run)
             need[unit] = max(k, need.get(unit, 0))
