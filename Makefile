@@ -4,6 +4,8 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 CORES ?= 2
+# pytest-xdist workers for `make test` (tests/conftest.py groups the shared runs).
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.capatlas-installed
 
@@ -22,7 +24,7 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES)
 
 test: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 clean-demo:
 	rm -rf results/demo

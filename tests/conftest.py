@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,74 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
 VENV_BIN = Path(sys.executable).parent
+
+
+# `make test` runs the suite on two pytest-xdist workers, a test module to a
+# worker (--dist loadfile). A finished DAG run is shared between modules
+# through session fixtures, which each worker builds for itself; so every
+# module that uses one of these runs goes to the same worker and the run is
+# built once. Groups with long runs are handed out first: the two workers
+# start the two longest chains at once and the short modules fill the gaps.
+SHARED_RUNS = {
+    "demo-run": {"demo_run"},
+    "reduced-runs": {"clean_run", "second_clean_run", "slurm_run"},
+}
+# Workers know each test's fixtures, the controller only node ids: workers
+# write the module -> group table here for the controller's scheduler.
+GROUPS_FILE = "capatlas_groups_file"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    by_module: dict[str, list] = {}
+    for item in items:
+        by_module.setdefault(module_of(item.nodeid), []).append(item)
+    groups, rank = {}, {}
+    for module, module_items in by_module.items():
+        used = set().union(*(item.fixturenames for item in module_items))
+        group = next((name for name, fixtures in SHARED_RUNS.items() if used & fixtures), module)
+        slow = any(item.get_closest_marker("slow") for item in module_items)
+        groups[module] = group
+        rank[module] = list(SHARED_RUNS).index(group) if group in SHARED_RUNS else len(SHARED_RUNS) + (not slow)
+    # A stable sort: each module's tests stay together and in file order.
+    items.sort(key=lambda item: rank[module_of(item.nodeid)])
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and GROUPS_FILE in workerinput:
+        path = Path(workerinput[GROUPS_FILE]) / f"{workerinput['workerid']}.json"
+        path.write_text(json.dumps(groups))
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    config = node.config
+    if not hasattr(config, "_capatlas_groups"):
+        config._capatlas_groups = Path(tempfile.mkdtemp(prefix="capatlas-test-groups-"))
+    node.workerinput[GROUPS_FILE] = str(config._capatlas_groups)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedRunScheduling(LoadFileScheduling):
+        """One test module to a worker at a time, except that modules sharing a run go together."""
+
+        _groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self._groups is None:
+                # Every worker wrote the same table before reporting its collection.
+                self._groups = json.loads(next(config._capatlas_groups.glob("*.json")).read_text())
+            module = module_of(nodeid)
+            return self._groups.get(module, module)
+
+    return SharedRunScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
