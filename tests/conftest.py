@@ -30,7 +30,9 @@ SHARED_RUNS = {
     "demo-run": {"demo_run"},
     "reduced-runs": {"clean_run", "second_clean_run", "slurm_run"},
 }
-# Workers know each test's fixtures, the controller only node ids: workers
+# xdist's own --dist loadgroup loses its groups under pytest 9.2 (it renames
+# node ids through an attribute pytest 9 no longer reads), hence a scheduler
+# of our own. Workers know each test's fixtures, the controller only node ids: workers
 # write the module -> group table here for the controller's scheduler.
 GROUPS_FILE = "capatlas_groups_file"
 
