@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from capatlas.artifacts.scores import scores_table, write_scores
+from capatlas.artifacts.bin_matrix import write_bin_matrix
+from capatlas.artifacts.scores import read_score_provenance, run_signature, scores_table, write_scores
 from capatlas.config import validate_config
 from capatlas import plan
 from capatlas.corpus.manifest import Candidate, manifest_table, text_sha256
@@ -186,5 +186,10 @@ def write_inputs(root: Path, docs: pd.DataFrame, benchmarks: tuple[str, ...], n_
         scores.append(root / "scores" / f"shard-{k:05d}.parquet")
         write_scores(scores[-1], table)
     matrix = root / "bin_matrix.parquet"
-    pq.write_table(pa.Table.from_pandas(bin_matrix_from(docs, benchmarks), preserve_index=False), matrix)
+    # Through the bin matrix's owner, with the provenance an influence job records.
+    write_bin_matrix(
+        matrix,
+        bin_matrix_from(docs, benchmarks),
+        {"stage": "influence", "attribution_run": run_signature(read_score_provenance(scores[0]))},
+    )
     return {"manifest": manifest, "scores": scores, "shards": shards, "bin_matrix": matrix}

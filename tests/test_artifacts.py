@@ -7,9 +7,20 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from capatlas.artifacts.bin_matrix import (
+    BOOTSTRAP_FILE,
+    MATRIX_FILE,
+    check_scored_by_the_same_run,
+    read_bin_matrix,
+    read_bootstrap,
+    read_influence_provenance,
+    write_influence_files,
+)
 from capatlas.artifacts.binsums import ARRAYS, BenchmarkSums, BinSums, read_bin_sums, write_bin_sums
+from capatlas.artifacts.scores import run_signature
 from capatlas.artifacts.provenance import PROVENANCE_KEY, canonical_json, identity_differences, parquet_provenance
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import N_BINS
@@ -73,6 +84,58 @@ def test_unreadable_bin_sums_name_the_file(tmp_path, damage):
         path.write_bytes(path.with_suffix(".npz").read_bytes())
     with pytest.raises(CapatlasError, match=r"shard-00001\.safetensors is not a readable bin-sums file"):
         read_bin_sums(path)
+
+
+def _influence_files(out, provenance=None):
+    rng = np.random.default_rng(1)
+    matrix = pd.DataFrame(
+        {"benchmark": ["a"] * N_BINS, "bin_id": np.arange(N_BINS), "n_docs": rng.integers(1, 9, N_BINS),
+         "mean": rng.normal(size=N_BINS), "zscore": rng.normal(size=N_BINS), "label": ["x" * 40] * N_BINS}
+    )  # fmt: skip
+    marginals = pd.DataFrame({"benchmark": ["a"], "topic": ["t"], "z": [0.5]})
+    provenance = provenance or {"stage": "influence", "attribution_run": {"identity": {"model": "m"}}}
+    write_influence_files(
+        out, matrix=matrix, topic_marginals=marginals, format_marginals=marginals, benchmarks=["a"],
+        document_replicates=[rng.normal(size=(3, N_BINS))], query_replicates=[rng.normal(size=(3, N_BINS))],
+        provenance=provenance,
+    )  # fmt: skip
+    return matrix
+
+
+def test_bin_matrix_round_trip_and_its_bootstrap_belongs_to_it(tmp_path):
+    matrix = _influence_files(tmp_path / "one")
+    pd.testing.assert_frame_equal(read_bin_matrix(tmp_path / "one" / MATRIX_FILE), matrix)
+    provenance = read_influence_provenance(tmp_path / "one" / MATRIX_FILE)
+    assert read_bootstrap(tmp_path / "one" / BOOTSTRAP_FILE, provenance)["a"]["documents"].shape == (3, N_BINS)
+    # Another job's replicates beside this matrix are refused, naming the file.
+    _influence_files(tmp_path / "two", {"stage": "influence", "attribution_run": {"identity": {"model": "other"}}})
+    with pytest.raises(CapatlasError, match=r"two/bin_bootstrap\.npz was written by another influence job"):
+        read_bootstrap(tmp_path / "two" / BOOTSTRAP_FILE, provenance)
+
+
+def test_a_damaged_or_foreign_bin_matrix_is_refused_naming_it(tmp_path):
+    _influence_files(tmp_path)
+    path = tmp_path / MATRIX_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x40  # inside a data page
+    path.write_bytes(bytes(data))
+    with pytest.raises(CapatlasError, match=r"bin_matrix\.parquet is corrupted or unreadable"):
+        read_bin_matrix(path)
+    # A parquet file with the columns but without an influence job's provenance.
+    pd.DataFrame({c: [0] for c in ("benchmark", "bin_id", "n_docs", "mean", "zscore")}).to_parquet(path)
+    with pytest.raises(CapatlasError, match=r"bin_matrix\.parquet carries no provenance"):
+        read_bin_matrix(path)
+
+
+def test_forget_sets_refuse_a_bin_matrix_of_another_attribution_run(tmp_path):
+    score_provenance = {"stage": "score-shard", "identity": {"model": "m"}, "benchmarks": [{"name": "a", "n_queries": 3}]}
+    signature = run_signature(score_provenance)
+    _influence_files(tmp_path / "same", {"stage": "influence", "attribution_run": signature})
+    check_scored_by_the_same_run(tmp_path / "same" / MATRIX_FILE, "scores/shard-00000.parquet", score_provenance)
+    other = {**signature, "identity": {"model": "another"}}
+    _influence_files(tmp_path / "other", {"stage": "influence", "attribution_run": other})
+    with pytest.raises(CapatlasError, match=r"other/bin_matrix\.parquet was built from another attribution run than scores/shard-00000"):
+        check_scored_by_the_same_run(tmp_path / "other" / MATRIX_FILE, "scores/shard-00000.parquet", score_provenance)
 
 
 def test_provenance_checks_name_every_differing_key(tmp_path):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from capatlas.artifacts import doc_bootstrap
+from capatlas.artifacts import bin_matrix, doc_bootstrap
 from capatlas.analysis import influence as inf
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, TOPIC_SLUGS
@@ -129,7 +129,7 @@ def test_sharding_does_not_change_the_matrix_and_runs_repeat_exactly(data, tmp_p
             np.testing.assert_array_equal(results[4].document_replicates, again.document_replicates)
             inf.write_influence(results[4], tmp_path / "a")
             inf.write_influence(again, tmp_path / "b")
-            for name in (inf.MATRIX_FILE, inf.TOPIC_FILE, inf.FORMAT_FILE, inf.BOOTSTRAP_FILE):
+            for name in (bin_matrix.MATRIX_FILE, bin_matrix.TOPIC_FILE, bin_matrix.FORMAT_FILE, bin_matrix.BOOTSTRAP_FILE):
                 assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     a, b = results[4].matrix, results[8].matrix
     tolerance = 1e-6 * np.nanmax(np.abs(a["mean"]))
@@ -221,7 +221,7 @@ def test_cli_writes_all_outputs_and_exits_2_on_bad_input(data, tmp_path, repo_ro
         text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    matrix = pq.read_table(tmp_path / "out" / inf.MATRIX_FILE)
+    matrix = pq.read_table(tmp_path / "out" / bin_matrix.MATRIX_FILE)
     assert matrix.num_rows == N_BINS * len(data.benchmarks)
     assert matrix.column_names[:11] == [
         "benchmark",
@@ -236,10 +236,10 @@ def test_cli_writes_all_outputs_and_exits_2_on_bad_input(data, tmp_path, repo_ro
         "ci_low",
         "ci_high",
     ]
-    assert inf.METADATA_KEY in matrix.schema.metadata
-    boot = inf.read_bootstrap(tmp_path / "out" / inf.BOOTSTRAP_FILE)
+    assert bin_matrix.METADATA_KEY in matrix.schema.metadata
+    boot = bin_matrix.read_bootstrap(tmp_path / "out" / bin_matrix.BOOTSTRAP_FILE)
     assert boot[data.benchmarks[0]]["documents"].shape == (20, N_BINS)
-    for name in (inf.TOPIC_FILE, inf.FORMAT_FILE):
+    for name in (bin_matrix.TOPIC_FILE, bin_matrix.FORMAT_FILE):
         assert pq.read_table(tmp_path / "out" / name).num_rows == 24 * len(data.benchmarks)
     failed = subprocess.run(
         [*command, "--scores", str(scores[0]), "--binsums", str(binsums[1])], env=env, capture_output=True, text=True

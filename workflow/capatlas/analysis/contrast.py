@@ -47,13 +47,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from scipy import stats
 from tqdm import tqdm
 
 from capatlas.command import Command
 from capatlas.errors import CapatlasError
-from capatlas.analysis.influence import BOOTSTRAP_FILE, percentile_ci, read_bootstrap, zscore
+from capatlas.analysis.influence import percentile_ci, zscore
+from capatlas.artifacts.bin_matrix import BOOTSTRAP_FILE, read_bin_matrix, read_bootstrap, read_influence_provenance
 from capatlas.fileio import write_json, write_parquet
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS, resolve_format, resolve_topic
 
@@ -140,13 +140,7 @@ def read_paper_csvs(directory: Path) -> BinMatrix:
 
 
 def read_bin_matrix_parquet(path: Path) -> BinMatrix:
-    try:
-        frame = pq.read_table(path).to_pandas()
-    except Exception as exc:
-        raise CapatlasError(f"{path} is not a readable parquet file: {exc}") from None
-    missing = [c for c in ("benchmark", "bin_id", "n_docs", "mean") if c not in frame]
-    if missing:
-        raise CapatlasError(f"{path} lacks column(s) {', '.join(missing)}: is it `capatlas influence` output?")
+    frame = read_bin_matrix(path)
     names = list(dict.fromkeys(frame["benchmark"]))
     means = np.full((len(names), N_BINS), np.nan)
     counts = np.zeros((len(names), N_BINS), dtype=np.int64)
@@ -161,7 +155,7 @@ def read_bin_matrix_parquet(path: Path) -> BinMatrix:
     replicates = {}
     boot_path = path.parent / BOOTSTRAP_FILE
     if boot_path.is_file():
-        boot = read_bootstrap(boot_path)
+        boot = read_bootstrap(boot_path, read_influence_provenance(path))
         if set(boot) >= set(names):
             for kind in ("documents", "queries"):
                 stack = np.stack([boot[n][kind] for n in names])

@@ -53,17 +53,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from capatlas.command import Command
+from capatlas.artifacts.bin_matrix import write_influence_files
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, read_bin_sums
-from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores, shard_key
+from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores, run_signature, shard_key
 from capatlas.artifacts.provenance import canonical_json, identity_differences
 from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME
 from capatlas.errors import CapatlasError
-from capatlas.fileio import atomic_path, write_parquet
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS
 
 log = logging.getLogger(__name__)
@@ -71,12 +70,6 @@ log = logging.getLogger(__name__)
 COMMAND = Command(config_help="capatlas config (keys seed and analysis)")
 
 STAGE = "influence"
-MATRIX_FILE = "bin_matrix.parquet"
-TOPIC_FILE = "topic_marginals.parquet"
-FORMAT_FILE = "format_marginals.parquet"
-BOOTSTRAP_FILE = "bin_bootstrap.npz"
-# A file-format key, not a module path: it stays as it was written before the package had wings.
-METADATA_KEY = b"capatlas.influence"
 
 BIN_TOPIC = np.arange(N_BINS) // N_FORMATS
 BIN_FORMAT = np.arange(N_BINS) % N_FORMATS
@@ -112,22 +105,6 @@ def pair_shards(scores: Sequence[str | os.PathLike], binsums: Sequence[str | os.
         if not path.is_file():
             raise CapatlasError(f"{path} does not exist: run `capatlas score-shard` for it first")
     return [ShardFiles(k, by_scores[k], by_binsums[k]) for k in sorted(by_scores)]
-
-
-def run_signature(provenance: dict) -> dict:
-    """What every shard of one attribution run shares: model, settings, preconditioner, query sets."""
-    return {
-        "identity": provenance.get("identity"),
-        "preconditioner_sha256": (provenance.get("preconditioner") or {}).get("provenance_sha256"),
-        "benchmarks": {
-            b.get("name"): {
-                "provenance_sha256": b.get("provenance_sha256"),
-                "query_set_sha256": b.get("query_set_sha256"),
-                "n_queries": b.get("n_queries"),
-            }
-            for b in provenance.get("benchmarks") or []
-        },
-    }
 
 
 def check_same_run(reference: dict, reference_source: Path, signature: dict, source: Path) -> None:
@@ -469,35 +446,17 @@ def _marginals(facet: str, names, n_docs: np.ndarray, z: np.ndarray, replicate_z
     return pd.concat(frames, ignore_index=True)
 
 
-def _with_metadata(frame: pd.DataFrame, provenance: dict) -> pa.Table:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    return table.replace_schema_metadata({METADATA_KEY: canonical_json(provenance).encode()})
-
-
 def write_influence(result: InfluenceResult, out_dir: str | os.PathLike) -> None:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(_with_metadata(result.matrix, result.provenance), out / MATRIX_FILE)
-    write_parquet(_with_metadata(result.topic_marginals, result.provenance), out / TOPIC_FILE)
-    write_parquet(_with_metadata(result.format_marginals, result.provenance), out / FORMAT_FILE)
-    arrays = {
-        "benchmarks": np.array(result.benchmarks, dtype=str),
-        "provenance": np.array(canonical_json(result.provenance)),
-    }
-    for j, name in enumerate(result.benchmarks):
-        arrays[f"{name}/documents"] = result.document_replicates[j]
-        arrays[f"{name}/queries"] = result.query_replicates[j]
-    with atomic_path(out / BOOTSTRAP_FILE) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def read_bootstrap(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
-    """{benchmark: {'documents': [B, 576], 'queries': [B, 576]}} from bin_bootstrap.npz."""
-    with np.load(path, allow_pickle=False) as data:
-        return {
-            name: {"documents": data[f"{name}/documents"], "queries": data[f"{name}/queries"]}
-            for name in data["benchmarks"].tolist()
-        }
+    write_influence_files(
+        out_dir,
+        matrix=result.matrix,
+        topic_marginals=result.topic_marginals,
+        format_marginals=result.format_marginals,
+        benchmarks=result.benchmarks,
+        document_replicates=result.document_replicates,
+        query_replicates=result.query_replicates,
+        provenance=result.provenance,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -91,3 +91,19 @@ def check_score_identity(path: str | os.PathLike, provenance: Mapping, seen: dic
             f"its documents would count twice; rescore {expected}"
         )
     seen[digest] = expected
+
+
+def run_signature(provenance: Mapping) -> dict:
+    """What every shard of one attribution run shares: model, settings, preconditioner, query sets."""
+    return {
+        "identity": provenance.get("identity"),
+        "preconditioner_sha256": (provenance.get("preconditioner") or {}).get("provenance_sha256"),
+        "benchmarks": {
+            b.get("name"): {
+                "provenance_sha256": b.get("provenance_sha256"),
+                "query_set_sha256": b.get("query_set_sha256"),
+                "n_queries": b.get("n_queries"),
+            }
+            for b in provenance.get("benchmarks") or []
+        },
+    }

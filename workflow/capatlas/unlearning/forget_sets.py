@@ -70,6 +70,7 @@ import pyarrow.parquet as pq
 
 from capatlas.command import Command
 from capatlas.benchmarks.items import stable_hash
+from capatlas.artifacts.bin_matrix import check_scored_by_the_same_run, read_bin_matrix
 from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_json, write_parquet
@@ -508,8 +509,7 @@ def run(args: argparse.Namespace, config: dict | None) -> None:
     docs = read_scored_docs(Path(args.manifest), [Path(p) for p in args.scores], benchmarks)
     bin_matrix = None
     if args.bin_matrix:
-        if not Path(args.bin_matrix).is_file():
-            raise CapatlasError(f"bin matrix {args.bin_matrix} does not exist")
-        bin_matrix = pd.read_parquet(args.bin_matrix)
+        bin_matrix = read_bin_matrix(args.bin_matrix)
+        check_scored_by_the_same_run(args.bin_matrix, args.scores[0], read_score_provenance(args.scores[0]))
     sets = write_all(config, docs, bin_matrix, [Path(p) for p in args.shards], Path(args.out))
     log.info("wrote %d forget sets and %d retain pools", len(sets), len(config["unlearning"]["forget"]["seeds"]))
