@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from capatlas.benchmarks import evaluate
+from capatlas.plan import PlannedRun
 from capatlas.unlearning import forget_sets, unlearn
 from capatlas.errors import CapatlasError
 from helpers_unlearning import make_config, sentences, tiny_model_dir, write_benchmarks
@@ -195,12 +195,12 @@ def test_guard_stops_and_keeps_the_last_passing_parameters(tmp_path, model_dir):
 
 def write_run_inputs(tmp_path, texts, seed=0, condition="influence"):
     forget = pd.DataFrame({"doc_id": [f"f{k}" for k in range(len(texts))], "n_tokens": 10, "text": texts})
-    meta = {"target": "bench_a", "unit_slot": "top1", "unit": "literature", "level": "topic",
-            "condition": condition, "seed": seed}  # fmt: skip
+    run = PlannedRun("bench_a", "top1", condition, seed)
     run_dir = tmp_path / "unlearning" / "bench_a" / "top1" / condition / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(forget, preserve_index=False)
-    pq.write_table(table.replace_schema_metadata({b"capatlas": json.dumps(meta).encode()}), run_dir / "forget_set.parquet")
+    # Through the forget sets' own writer, with the metadata forget-sets records.
+    forget_set = forget_sets.ForgetSet(run, "literature", forget, int(forget["n_tokens"].sum()), len(forget), "topic")
+    forget_sets.write_forget_set(forget_set, pa.Table.from_pandas(forget, preserve_index=False), run_dir / "forget_set.parquet")
     pool = pd.DataFrame(
         {"doc_id": ["r0", "r1", "r2", "f0"], "unit": ["art_and_design", "games", "literature", "literature"],
          "round": 0, "n_tokens": 10, "text": sentences(4, seed=30)}
