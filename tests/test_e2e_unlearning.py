@@ -81,6 +81,16 @@ def test_unlearning_planted_documents_hurts_the_target_more_than_random_and_othe
             assert (root / "figures" / f"unlearning_{kind}_{metric}.png").stat().st_size > 10_000
 
 
+def test_a_pairs_random_run_takes_its_influence_runs_steps(demo):
+    root, _ = demo
+    runs = pd.read_parquet(root / "unlearning" / "summary.parquet").drop_duplicates(
+        ["target", "unit_slot", "condition", "seed"]
+    )
+    steps = runs.pivot_table(index=["target", "unit_slot", "seed"], columns="condition", values="steps")
+    assert len(steps) > 0 and (steps["influence"] == steps["random"]).all(), steps
+    assert set(runs.loc[runs["condition"] == "random", "stop_reason"]) == {"matched_dose"}
+
+
 def test_bad_forget_sets_and_missing_adapters_name_the_run(demo, tmp_path):
     root, config = demo
     run_dir = root / "unlearning" / "socialiqa" / "top1" / "influence" / "seed0"

@@ -231,8 +231,12 @@ def test_run_writes_adapter_log_and_eval(tmp_path, model_dir):
 
 
 def test_runs_sharing_a_job_equal_runs_alone(tmp_path, model_dir):
-    """A job's runs each start from the base model, the run's seed and its seed's pool: same bytes as alone."""
-    config = make_config(write_benchmarks(tmp_path / "b"))
+    """A job's runs each start from the base model, the run's seed and its seed's pool: same bytes as alone.
+
+    With each run's own stop rules (dose independent): under a matched dose a
+    control run takes its influence run's steps, so it is never run alone.
+    """
+    config = make_config(write_benchmarks(tmp_path / "b"), stop={"dose": "independent"})
     influence = write_run_inputs(tmp_path, sentences(3, seed=40))
     random = write_run_inputs(tmp_path, sentences(3, seed=42), condition="random")
     other_seed = write_run_inputs(tmp_path, sentences(3, seed=43), seed=1, condition="random")
@@ -254,6 +258,32 @@ def test_runs_sharing_a_job_equal_runs_alone(tmp_path, model_dir):
     pd.read_parquet(pools[1]).to_parquet(tmp_path / "plain.parquet")  # the pool without the seed it was drawn with
     with pytest.raises(CapatlasError, match=r"plain.parquet does not say which seed drew it"):
         unlearn.run_unlearning(config, str(model_dir), runs, [pools[0], tmp_path / "plain.parquet"], base)
+
+
+def test_a_control_run_takes_exactly_its_influence_runs_steps(tmp_path, model_dir):
+    # The influence run's forget-loss rule stops it after one step of at most three.
+    config = make_config(write_benchmarks(tmp_path / "b"), stop={"forget_loss_threshold": 0.0},
+                         train={"lr": 0.1})  # fmt: skip
+    assert config["unlearning"]["stop"]["dose"] == "matched"  # the default
+    influence = write_run_inputs(tmp_path, sentences(3, seed=40))
+    random = write_run_inputs(tmp_path, sentences(3, seed=42), condition="random")
+    (tmp_path / "base.json").write_text(json.dumps(evaluate.evaluate_model(config, str(model_dir))))
+    pools, base = [tmp_path / "retain0.parquet"], tmp_path / "base.json"
+    # The control listed first still runs second: it needs its partner's step count.
+    runs = [(d / "forget_set.parquet", d) for d in (random, influence)]
+    control, treated = unlearn.run_unlearning(config, str(model_dir), runs, pools, base)
+    assert (treated["steps"], treated["stop_reason"]) == (1, "forget_loss")
+    assert (control["steps"], control["stop_reason"], control["dose"]) == (1, "matched_dose", "matched")
+    assert len(pd.read_csv(random / "train_log.csv")) == 1
+    # A fixed dose overrides the run's own rules both ways: more steps than its forget-loss rule allows.
+    data = run_data(model_dir)
+    sec = section(tmp_path, train={"max_steps": 10, "lr": 0.1}, stop={"forget_loss_threshold": 0.0})
+    model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
+    outcome = unlearn.train_unlearning(model, data, sec, seed=0, guard=lambda m: (0.0, False), fixed_steps=2)
+    assert (outcome.steps, outcome.stop_reason) == (2, "matched_dose")
+    # A control without its influence run in the job cannot be dosed.
+    with pytest.raises(CapatlasError, match=r"the random run of target bench_a, unit top1, seed 0 has a matched dose"):
+        unlearn.run_unlearning(config, str(model_dir), runs[:1], pools, base)
 
 
 def test_empty_forget_set_and_missing_inputs_name_the_run(tmp_path, model_dir):

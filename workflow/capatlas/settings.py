@@ -257,6 +257,7 @@ class UnlearningStop(Section):
     guard_fraction: float = 0.9
     guard_every: int = 25
     forget_loss_threshold: float | None = None
+    dose: str = 'matched'
 
 
 @dataclass(frozen=True)

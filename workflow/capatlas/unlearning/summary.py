@@ -101,6 +101,7 @@ def gamma_table(runs: Sequence[PlannedRun], records: Sequence[dict], baseline: d
                         "gamma": before - float(after[metric]),
                         "steps": int(record.get("steps", 0)),
                         "stop_reason": record.get("stop_reason", ""),
+                        "dose": record.get("dose", "independent"),
                     }
                 )
     return pd.DataFrame(rows)

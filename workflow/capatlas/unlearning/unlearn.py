@@ -44,7 +44,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +64,7 @@ from capatlas.benchmarks.evaluate import (
     prepare_benchmarks,
 )
 from capatlas.devices import resolve_device
-from capatlas.plan import GLOBAL_UNIT
+from capatlas.plan import GLOBAL_UNIT, PAIRS
 from capatlas.unlearning.forget_sets import read_forget_set, read_retain_pool
 from capatlas.fileio import atomic_path, write_json
 
@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 COMMAND = Command(config_help="capatlas config (keys unlearning, evaluation, benchmarks)")
 
 IGNORE_INDEX = -100
+# control condition -> the influence condition it is paired with
+CONTROL_OF = {control: treated for treated, control in PAIRS}
 LOG_COLUMNS = (
     "step", "loss", "forget_loss", "retain_loss", "forget_grad_norm", "retain_grad_norm", "lr", "guard", "retain_round",
 )  # fmt: skip
@@ -394,8 +396,14 @@ def _check_guard(model, guard, snapshot: list, row: dict, run_name: str) -> list
     return None
 
 
-def train_unlearning(model, data: RunData, section: dict, seed: int, *, guard=None, run_name: str = "run"):
-    """Run the method until a stop criterion; `guard(model) -> bool` says whether utility is still acceptable."""
+def train_unlearning(
+    model, data: RunData, section: dict, seed: int, *, guard=None, run_name: str = "run", fixed_steps: int | None = None
+):
+    """Run the method until a stop criterion; `guard(model) -> bool` says whether utility is still acceptable.
+
+    With `fixed_steps` (a control run whose dose is matched to its influence
+    run) the run takes exactly that many optimizer steps and no stop rule applies.
+    """
     import torch
     from tqdm import tqdm
 
@@ -414,9 +422,12 @@ def train_unlearning(model, data: RunData, section: dict, seed: int, *, guard=No
     model.train()
     optimizer = make_optimizer(model, train_cfg)
     every = section["retain"]["resample_every"]
-    outcome = TrainOutcome(steps=0, stop_reason="max_steps")
+    outcome = TrainOutcome(steps=0, stop_reason="max_steps" if fixed_steps is None else "matched_dose")
+    if fixed_steps is not None:
+        guard, stop = None, {**stop, "forget_loss_threshold": None}
     snapshot = [p.detach().clone() for p in trainable(model)]
-    for step in tqdm(range(train_cfg["max_steps"]), desc=run_name, file=sys.stderr, mininterval=2.0):
+    n_steps = train_cfg["max_steps"] if fixed_steps is None else fixed_steps
+    for step in tqdm(range(n_steps), desc=run_name, file=sys.stderr, mininterval=2.0):
         round_ = min(step // every if every else 0, len(retain_samplers) - 1)
         forget_batches = [_to(collate(forget_sampler.next()), device) for _ in range(train_cfg["grad_accum"])]
         retain_batches = []
@@ -548,7 +559,9 @@ def load_shared_inputs(
     )
 
 
-def run_one(config: dict, shared: SharedInputs, forget: pd.DataFrame, meta: dict, out: Path) -> dict:
+def run_one(
+    config: dict, shared: SharedInputs, forget: pd.DataFrame, meta: dict, out: Path, *, fixed_steps: int | None = None
+) -> dict:
     """One run from the base model: forget `forget`, evaluate, write `out` (eval.json last)."""
     import torch
 
@@ -572,7 +585,7 @@ def run_one(config: dict, shared: SharedInputs, forget: pd.DataFrame, meta: dict
     guard = _make_guard(
         section["stop"], shared.prepared, shared.baseline, shared.baseline_path, run_name, eval_cfg["batch_size"], eval_len
     )
-    outcome = train_unlearning(model, data, section, seed, guard=guard, run_name=run_name)
+    outcome = train_unlearning(model, data, section, seed, guard=guard, run_name=run_name, fixed_steps=fixed_steps)
     results = evaluate_prepared(model, shared.prepared, batch_size=eval_cfg["batch_size"], max_length=eval_len)
     model_dir = out / ("adapter" if section["lora"]["enabled"] else "checkpoint")
     with atomic_path(model_dir, directory=True) as tmp:
@@ -592,6 +605,7 @@ def run_one(config: dict, shared: SharedInputs, forget: pd.DataFrame, meta: dict
         "device": str(shared.device),
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
+        "dose": section["stop"]["dose"],
         "forget_docs": data.forget_docs,
         "forget_tokens": data.forget_tokens,
         "forget_chunks": len(data.forget_chunks),
@@ -630,7 +644,32 @@ def run_unlearning(
     torch.set_num_threads(config["unlearning"]["threads"])
     torch.use_deterministic_algorithms(True, warn_only=True)
     shared = load_shared_inputs(config, model_path, pools, baseline_path, world_dir=world_dir, job_name=job_name)
-    return [run_one(config, shared, forget, meta, out) for (forget, meta), (_, out) in zip(forget_sets, runs)]
+    matched = config["unlearning"]["stop"]["dose"] == "matched"
+    # Influence runs first: with a matched dose each control run takes its partner's step count.
+    order = sorted(range(len(runs)), key=lambda i: forget_sets[i][1].get("condition") in CONTROL_OF)
+    summaries: dict[int, dict] = {}
+    for i in order:
+        (forget, meta), (_, out) = forget_sets[i], runs[i]
+        fixed_steps = dose_partner_steps(meta, summaries.values(), job_name) if matched else None
+        summaries[i] = run_one(config, shared, forget, meta, out, fixed_steps=fixed_steps)
+    return [summaries[i] for i in range(len(runs))]
+
+
+def dose_partner_steps(meta: dict, done: Iterable[dict], job_name: str) -> int | None:
+    """The steps a control run takes under a matched dose: its influence run's; None for an influence run."""
+    treated = CONTROL_OF.get(meta.get("condition"))
+    if treated is None:
+        return None
+    key = (meta.get("target"), meta.get("unit_slot"), treated, int(meta.get("seed", 0)))
+    for summary in done:
+        run = summary["run"]
+        if (run["target"], run["unit_slot"], run["condition"], run["seed"]) == key:
+            return int(summary["steps"])
+    raise CapatlasError(
+        f"{job_name}: the {meta.get('condition')} run of target {key[0]}, unit {key[1]}, seed {key[3]} has a matched "
+        f"dose (unlearning.stop.dose: matched) but its {treated} run is not in the same job; list both conditions "
+        "in unlearning.forget.conditions, or set unlearning.stop.dose: independent"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
