@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -191,6 +192,92 @@ def test_guard_stops_and_keeps_the_last_passing_parameters(tmp_path, model_dir):
     model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
     outcome = unlearn.train_unlearning(model, data, sec, seed=0)
     assert outcome.stop_reason == "forget_loss" and outcome.steps == 1
+
+
+def test_learning_rate_fit_is_the_parabolas_minimiser_clamped():
+    # L(lr) = 3 (lr - 2e-4)^2 + 1 sampled at 1e-4 -/+ 1e-5: the parabola is L itself, its minimiser 2e-4.
+    def loss(lr):
+        return 3 * (lr - 2e-4) ** 2 + 1
+
+    lr, delta = 1e-4, 1e-5
+    losses = [loss(lr - delta), loss(lr), loss(lr + delta)]
+    assert unlearn.fit_learning_rate(lr, delta, losses, 1e-7, 1e-3) == pytest.approx(2e-4, rel=1e-6)
+    assert unlearn.fit_learning_rate(lr, delta, losses, 1e-7, 1.5e-4) == 1.5e-4  # clamped above
+    assert unlearn.fit_learning_rate(lr, delta, [loss(x) + 5e-3 * x for x in (lr - delta, lr, lr + delta)], 1e-7, 1e-3) == (
+        pytest.approx(1e-7)  # minimiser 2e-4 - 5e-3 / 6 < 0: clamped below
+    )
+    concave = [-v for v in losses]
+    assert unlearn.fit_learning_rate(lr, delta, concave, 1e-7, 1e-3) == lr  # no minimiser: the lr stays
+    assert unlearn.fit_learning_rate(lr, delta, [1.0, 1.0, 1.0], 1e-7, 1e-3) == lr
+
+
+def test_learning_rate_probe_undoes_its_trial_steps():
+    # One weight w = 1, loss (w - 3)^2, gradient -4: an SGD step of size lr gives loss (4 lr - 2)^2,
+    # a parabola in lr with its minimum at lr = 0.5.
+    w = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    w.grad = torch.tensor([-4.0], dtype=torch.float64)
+    optimizer = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    auto_lr = {"delta": 0.01, "min": 1e-7, "max": 10.0}
+    new_lr, losses = unlearn.probe_learning_rate([w], optimizer, lambda: float((w - 3) ** 2), auto_lr)
+    assert losses == pytest.approx([(4 * x - 2) ** 2 for x in (0.09, 0.1, 0.11)])
+    assert new_lr == pytest.approx(0.5) and optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
+    assert float(w) == 1.0 and optimizer.state_dict()["state"] == {}  # parameters and momentum untouched
+    optimizer.step()  # the real step then uses the fitted lr: w = 1 + 0.5 * 4 = 3, the minimum
+    assert float(w) == pytest.approx(3.0)
+
+
+def test_forget_perplexity_and_its_shuffled_threshold(model_dir):
+    model = evaluate.load_model(str(model_dir))
+    data = run_data(model_dir)
+    # By hand: every chunk's next-token cross-entropy summed over its tokens, over all tokens.
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for chunk in data.forget_chunks:
+            ids = torch.tensor([chunk])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += len(chunk) - 1
+    for batch_size in (1, 2):
+        assert unlearn.forget_perplexity(model, data.forget_chunks, batch_size, "cpu") == pytest.approx(
+            math.exp(nll / count), rel=1e-5
+        )
+    shuffled = unlearn.shuffled_chunks(data.forget_chunks, seed=0)
+    assert [c[0] for c in shuffled] == [c[0] for c in data.forget_chunks]
+    assert [sorted(c) for c in shuffled] == [sorted(c) for c in data.forget_chunks]
+    assert shuffled == unlearn.shuffled_chunks(data.forget_chunks, seed=0) != unlearn.shuffled_chunks(data.forget_chunks, 1)
+
+
+def test_perplexity_stop_and_auto_lr_in_a_run(tmp_path, model_dir):
+    data = run_data(model_dir)
+    # Threshold 1: any perplexity reaches it, so the run stops at the first check (step 3 of 10).
+    sec = section(tmp_path, train={"max_steps": 10}, stop={"perplexity": {"every": 3, "threshold": 1.0}})
+    model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
+    outcome = unlearn.train_unlearning(model, data, sec, seed=0)
+    assert (outcome.steps, outcome.stop_reason) == (3, "perplexity")
+    assert [math.isnan(r["forget_ppl"]) for r in outcome.rows] == [True, True, False]
+    # `shuffled`: the base model's perplexity on the shuffled forget set, recorded.
+    sec = section(tmp_path, train={"max_steps": 2}, stop={"perplexity": {"every": 1, "threshold": "shuffled"}})
+    base = evaluate.load_model(str(model_dir))
+    expected = unlearn.forget_perplexity(base, unlearn.shuffled_chunks(data.forget_chunks, 0), 2, "cpu")
+    outcome = unlearn.train_unlearning(unlearn.prepare_model(base, sec), data, sec, seed=0)
+    assert outcome.perplexity_threshold == pytest.approx(expected)
+    # Auto-LR every 2 steps: the lr logged from step 3 on is the fitted one, within its bounds.
+    sec = section(tmp_path, train={"max_steps": 4, "lr": 1e-4, "auto_lr": {"enabled": True, "every": 2}})
+    model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
+    rows = unlearn.train_unlearning(model, data, sec, seed=0).rows
+    assert [r["lr"] for r in rows[:2]] == [1e-4, 1e-4]
+    assert rows[2]["lr"] == rows[3]["lr"] and 1e-7 <= rows[2]["lr"] <= 1e-3
+
+
+def test_retain_set_is_resampled_every_few_steps(tmp_path, model_dir):
+    tokenizer = evaluate.load_tokenizer(str(model_dir))
+    forget = unlearn.chunk_documents(tokenizer, sentences(3, seed=20), 24, tokenizer.eos_token_id)
+    rounds = [unlearn.chunk_documents(tokenizer, sentences(4, seed=50 + r), 24, tokenizer.eos_token_id) for r in range(3)]
+    sec = section(tmp_path, train={"max_steps": 7}, retain={"docs_per_unit": 2, "resample_every": 2})
+    model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
+    rows = unlearn.train_unlearning(model, unlearn.RunData(forget, rounds, 3, 0), sec, seed=0).rows
+    # Round r from step 2r + 1 on; the last round stays once the pool's rounds are used up.
+    assert [r["retain_round"] for r in rows] == [0, 0, 1, 1, 2, 2, 2]
 
 
 def write_run_inputs(tmp_path, texts, seed=0, condition="influence"):

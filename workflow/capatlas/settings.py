@@ -236,6 +236,17 @@ class UnlearningLora(Section):
 
 
 @dataclass(frozen=True)
+class UnlearningTrainAutoLr(Section):
+    """The study's NGDiff learning-rate search: every `every` optimizer steps, three probe steps at lr - delta, lr and lr + delta (each from the same parameters and optimizer state, then undone) measured on one retain example; the minimiser of the parabola through the three losses, clamped to [min, max], becomes the lr."""
+
+    enabled: bool = False
+    every: int = 10
+    delta: float = 1e-05
+    min: float = 1e-07
+    max: float = 0.001
+
+
+@dataclass(frozen=True)
 class UnlearningTrain(Section):
     """The UnlearningTrain keys."""
 
@@ -246,6 +257,15 @@ class UnlearningTrain(Section):
     grad_accum: int = 4
     max_steps: int = 200
     max_length: int = 2048
+    auto_lr: UnlearningTrainAutoLr = dataclasses.field(default_factory=lambda: UnlearningTrainAutoLr.of({}))
+
+
+@dataclass(frozen=True)
+class UnlearningStopPerplexity(Section):
+    """The study's perplexity stop: every `every` optimizer steps the forget set's perplexity (exp of the mean next-token cross-entropy over all its chunks); the run stops once it reaches `threshold`: a number, or `shuffled` (the base model's perplexity on the forget chunks with their tokens shuffled within each chunk, seeded: forgetting until the set reads as word salad), or null (off)."""
+
+    every: int = 200
+    threshold: dict = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +277,7 @@ class UnlearningStop(Section):
     guard_fraction: float = 0.9
     guard_every: int = 25
     forget_loss_threshold: float | None = None
+    perplexity: UnlearningStopPerplexity = dataclasses.field(default_factory=lambda: UnlearningStopPerplexity.of({}))
     dose: str = 'matched'
 
 

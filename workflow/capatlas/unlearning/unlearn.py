@@ -77,6 +77,7 @@ IGNORE_INDEX = -100
 CONTROL_OF = {control: treated for treated, control in PAIRS}
 LOG_COLUMNS = (
     "step", "loss", "forget_loss", "retain_loss", "forget_grad_norm", "retain_grad_norm", "lr", "guard", "retain_round",
+    "forget_ppl",
 )  # fmt: skip
 
 
@@ -357,6 +358,19 @@ class TrainOutcome:
     steps: int
     stop_reason: str
     rows: list[dict] = field(default_factory=list)
+    perplexity_threshold: float | None = None
+
+
+def _eval_loss(model, batch) -> float:
+    """The mean cross-entropy of `batch` in eval mode (no dropout), as the study's learning-rate probe measures it."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        loss = float(mean_ce(model, batch))
+    model.train(was_training)
+    return loss
 
 
 def _reference_logprobs(model, data: RunData, device) -> dict:
@@ -379,6 +393,81 @@ def _losses(result) -> dict:
         "forget_grad_norm": result.forget_grad_norm,
         "retain_grad_norm": result.retain_grad_norm,
     }
+
+
+# ------------------------------------------- the study's NGDiff controls
+
+
+def fit_learning_rate(lr: float, delta: float, losses: Sequence[float], low: float, high: float) -> float:
+    """The minimiser of the parabola through (lr - delta, l-), (lr, l0), (lr + delta, l+), clamped to [low, high].
+
+    A parabola that is not convex (flat, concave, not finite) has no
+    minimiser, and the lr stays. The study's code takes -b / 2a, the offset
+    from lr, as the new lr, and also follows a concave fit to its maximum.
+    """
+    l_minus, l_0, l_plus = losses
+    curvature = (l_minus - 2 * l_0 + l_plus) / (2 * delta**2)
+    slope = (l_plus - l_minus) / (2 * delta)
+    if not (math.isfinite(curvature) and math.isfinite(slope) and curvature > 0):
+        return lr
+    return min(high, max(low, lr - slope / (2 * curvature)))
+
+
+def probe_learning_rate(params: Sequence, optimizer, loss_fn: Callable[[], float], auto_lr: dict) -> tuple[float, list]:
+    """Three trial steps with the gradients in place, each from the same parameters and optimizer state and undone.
+
+    Sets and returns the fitted lr, with the three probe losses.
+    """
+    import copy
+
+    import torch
+
+    lr = optimizer.param_groups[0]["lr"]
+    saved_params = [p.detach().clone() for p in params]
+    saved_state = copy.deepcopy(optimizer.state_dict())
+    losses = []
+    for trial in (lr - auto_lr["delta"], lr, lr + auto_lr["delta"]):
+        for group in optimizer.param_groups:
+            group["lr"] = trial
+        optimizer.step()
+        losses.append(float(loss_fn()))
+        with torch.no_grad():
+            for p, saved in zip(params, saved_params):
+                p.copy_(saved)
+        optimizer.load_state_dict(saved_state)
+    new_lr = fit_learning_rate(lr, auto_lr["delta"], losses, auto_lr["min"], auto_lr["max"])
+    for group in optimizer.param_groups:
+        group["lr"] = new_lr
+    return new_lr, losses
+
+
+def forget_perplexity(model, chunks: Sequence[Sequence[int]], batch_size: int, device) -> float:
+    """exp of the mean next-token cross-entropy over every token of `chunks` (the first of each is never predicted)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(chunks), batch_size):
+            batch = _to(collate(chunks[start : start + batch_size]), device)
+            total -= float(sequence_logprobs(model, batch).sum())
+            count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return math.exp(total / count)
+
+
+def shuffled_chunks(chunks: Sequence[Sequence[int]], seed: int) -> list[list[int]]:
+    """Each chunk with its tokens after the first in a seeded random order: the same words, no text."""
+    rng = np.random.default_rng([seed, 11])
+    return [[c[0], *np.asarray(c[1:])[rng.permutation(len(c) - 1)].tolist()] for c in chunks]
+
+
+def perplexity_threshold(model, data: RunData, stop: dict, seed: int, batch_size: int, device) -> float | None:
+    threshold = stop["perplexity"]["threshold"]
+    if threshold == "shuffled":
+        return forget_perplexity(model, shuffled_chunks(data.forget_chunks, seed), batch_size, device)
+    return threshold
 
 
 def _check_guard(model, guard, snapshot: list, row: dict, run_name: str) -> list | None:
@@ -424,17 +513,18 @@ def train_unlearning(
     every = section["retain"]["resample_every"]
     outcome = TrainOutcome(steps=0, stop_reason="max_steps" if fixed_steps is None else "matched_dose")
     if fixed_steps is not None:
-        guard, stop = None, {**stop, "forget_loss_threshold": None}
+        guard, stop = None, {**stop, "forget_loss_threshold": None, "perplexity": {**stop["perplexity"], "threshold": None}}
+    auto_lr = train_cfg["auto_lr"]
+    if auto_lr["enabled"] and not needs_retain:
+        raise CapatlasError(f"{run_name}: unlearning.train.auto_lr probes on a retain example; method {method} has none")
+    ppl_threshold = perplexity_threshold(model, data, stop, seed, train_cfg["batch_size"], device)
+    outcome.perplexity_threshold = ppl_threshold
     snapshot = [p.detach().clone() for p in trainable(model)]
     n_steps = train_cfg["max_steps"] if fixed_steps is None else fixed_steps
     for step in tqdm(range(n_steps), desc=run_name, file=sys.stderr, mininterval=2.0):
         round_ = min(step // every if every else 0, len(retain_samplers) - 1)
-        forget_batches = [_to(collate(forget_sampler.next()), device) for _ in range(train_cfg["grad_accum"])]
-        retain_batches = []
-        if needs_retain and retain_samplers[round_] is not None:
-            retain_batches = [
-                _to(collate(retain_samplers[round_].next()), device) for _ in range(train_cfg["grad_accum"])
-            ]
+        forget_batches = _draw(forget_sampler, train_cfg["grad_accum"], device)
+        retain_batches = _draw(retain_samplers[round_], train_cfg["grad_accum"], device) if needs_retain else []
         ref = None
         if method == "npo":
             ref = [torch.stack([ref_cache[tuple(_unpad(row, m))] for row, m in _rows(b)]) for b in forget_batches]
@@ -447,10 +537,15 @@ def train_unlearning(
             npo_beta=section["npo_beta"],
             ref_logps=ref,
         )
+        if auto_lr["enabled"] and retain_batches and (step + 1) % auto_lr["every"] == 0:
+            probe = {k: v[:1] for k, v in retain_batches[0].items()}
+            probe_learning_rate(trainable(model), optimizer, lambda: _eval_loss(model, probe), auto_lr)
+        lr_used = optimizer.param_groups[0]["lr"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         outcome.steps = step + 1
-        row = {"step": step + 1, **_losses(result), "lr": train_cfg["lr"], "guard": float("nan"), "retain_round": round_}
+        row = {"step": step + 1, **_losses(result), "lr": lr_used, "guard": float("nan"), "retain_round": round_,
+               "forget_ppl": float("nan")}  # fmt: skip
         outcome.rows.append(row)
         if not all(math.isfinite(row[k]) for k in ("forget_loss", "loss")):
             raise CapatlasError(f"{run_name}: the loss became {row['loss']} at step {step + 1} (lower the lr)")
@@ -459,12 +554,29 @@ def train_unlearning(
             if snapshot is None:
                 outcome.stop_reason = "guard"
                 break
-        threshold = stop["forget_loss_threshold"]
-        if threshold is not None and result.forget_loss >= threshold:
-            outcome.stop_reason = "forget_loss"
+        reason = _forgotten(model, data, result, row, stop, ppl_threshold, train_cfg["batch_size"], device)
+        if reason is not None:
+            outcome.stop_reason = reason
             break
     model.eval()
     return outcome
+
+
+def _draw(sampler: ChunkSampler | None, n: int, device) -> list[dict]:
+    """`n` batches (one per gradient-accumulation step); none from an empty retain round."""
+    return [] if sampler is None else [_to(collate(sampler.next()), device) for _ in range(n)]
+
+
+def _forgotten(model, data: RunData, result, row: dict, stop: dict, ppl_threshold, batch_size: int, device) -> str | None:
+    """The stop rule on the forget set that this step met, if any: its loss, or (every few steps) its perplexity."""
+    threshold = stop["forget_loss_threshold"]
+    if threshold is not None and result.forget_loss >= threshold:
+        return "forget_loss"
+    if ppl_threshold is not None and row["step"] % stop["perplexity"]["every"] == 0:
+        row["forget_ppl"] = forget_perplexity(model, data.forget_chunks, batch_size, device)
+        if row["forget_ppl"] >= ppl_threshold:
+            return "perplexity"
+    return None
 
 
 def _to(batch: dict, device) -> dict:
@@ -606,6 +718,7 @@ def run_one(
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
         "dose": section["stop"]["dose"],
+        "perplexity_threshold": outcome.perplexity_threshold,
         "forget_docs": data.forget_docs,
         "forget_tokens": data.forget_tokens,
         "forget_chunks": len(data.forget_chunks),
