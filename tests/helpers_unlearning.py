@@ -94,11 +94,15 @@ def write_benchmarks(root: Path, names: tuple[str, ...] = ("bench_a", "bench_b")
     return entries
 
 
-def make_config(benchmarks: list[dict], **unlearning) -> dict:
-    """A validated config for the tests: no demo, the given benchmarks and unlearning overrides."""
+def make_config(benchmarks: list[dict], item_roles: dict | None = None, **unlearning) -> dict:
+    """A validated config for the tests: no demo, the given benchmarks and unlearning overrides.
+
+    Every item is evaluated (item_roles overlapping) unless `item_roles` says otherwise.
+    """
     raw = {
         "seed": 3,
         "benchmarks": benchmarks,
+        "item_roles": item_roles or {"design": "overlapping"},
         "corpus": {"paths": ["unused"], "labels": {"topic": {"field": "t"}, "format": {"field": "f"}}},
         "models": {"document": {"path": "unused"}},
         "evaluation": {"batch_size": 5, "threads": 1, "device": "cpu"},

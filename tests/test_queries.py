@@ -239,6 +239,53 @@ def test_cli_end_to_end(tmp_path, tok_dir, cli):
     assert cli([*argv[:4], "nope", *argv[5:]]) == 2
 
 
+def test_held_out_roles_split_every_subject_and_never_overlap():
+    items = [bm.MCItem(f"q{k}", "?", ["a", "b"], 0, subject=f"s{k % 3}") for k in range(60)]
+    roles = {"design": "held_out", "queries": 0.5, "guard": 0.2}
+    assigned = bm.assign_roles(items, roles, seed=3, name="mmlu_stem")
+    for subject in ("s0", "s1", "s2"):  # 20 items each: 10 queries, 4 guard, 6 evaluation
+        mine = [r for item, r in zip(items, assigned) if item.subject == subject]
+        assert (mine.count("queries"), mine.count("guard"), mine.count("evaluation")) == (10, 4, 6)
+    split = {role: {i.item_id for i in bm.items_for_role(items, role, roles, seed=3, name="mmlu_stem")} for role in bm.ROLES}
+    assert not (split["queries"] & split["evaluation"]) and not (split["guard"] & (split["queries"] | split["evaluation"]))
+    assert set().union(*split.values()) == {i.item_id for i in items}
+    # Seeded: the same split again, another under another seed or benchmark name.
+    assert bm.assign_roles(items, roles, seed=3, name="mmlu_stem") == assigned
+    assert bm.assign_roles(items, roles, seed=4, name="mmlu_stem") != assigned
+    assert bm.assign_roles(items, roles, seed=3, name="mmlu_social_sciences") != assigned
+    # The study's design: every item in every role.
+    overlapping = bm.items_for_role(items, "queries", {"design": "overlapping"}, seed=3, name="x")
+    assert overlapping == bm.items_for_role(items, "evaluation", {"design": "overlapping"}, seed=3, name="x") == items
+    with pytest.raises(CapatlasError, match=r"item_roles.*leave no evaluation items"):
+        bm.assign_roles(items, {"queries": 0.6, "guard": 0.4}, seed=3, name="x")
+    with pytest.raises(CapatlasError, match=r"benchmark 'x': none of its 60 items is a guard item"):
+        bm.items_for_role(items, "guard", {"queries": 0.5}, seed=3, name="x")
+
+
+def test_query_sets_hold_only_query_items_and_record_the_split(tmp_path, tok_dir, cli):
+    world = tmp_path / "world"
+    src = world / "benchmarks" / "ai2_arc" / "ARC-Challenge" / "test.jsonl"
+    src.parent.mkdir(parents=True)
+    src.write_text("".join(json.dumps(r) + "\n" for r in ARC_ROWS))
+    bench = {"name": "arc_challenge", "domain": "stem", "capability": "reasoning", "loader": "arc",
+             "source": "{world}/benchmarks/ai2_arc/ARC-Challenge"}  # fmt: skip
+    config_path = write_benchmark_config(tmp_path, [bench])
+    config = yaml.safe_load(config_path.read_text())
+    config["item_roles"] = {"design": "held_out", "queries": 0.5}
+    config_path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "q" / "arc_challenge"
+    argv = ["queries", "--config", str(config_path), "--benchmark", "arc_challenge",
+            "--tokenizer", str(tok_dir), "--out", str(out), "--world", str(world)]  # fmt: skip
+    assert cli(argv) == 0
+    summary = json.loads((out / "queries.json").read_text())
+    items = bm.load_items(bench, seed=3, world_dir=world)
+    evaluated = {i.item_id for i in bm.items_for_role(items, "evaluation", config["item_roles"], seed=3, name="arc_challenge")}
+    assert summary["item_ids"] and not set(summary["item_ids"]) & evaluated
+    assert set(summary["item_ids"]) | evaluated == {i.item_id for i in items}
+    assert summary["item_roles"] == {"design": "held_out", "queries_fraction": 0.5, "guard_fraction": 0.0,
+                                     "items": {"queries": 4, "evaluation": 4, "guard": 0}}  # fmt: skip
+
+
 def test_cli_bad_item_leaves_no_output(tmp_path, tok_dir, cli, capsys):
     rows = [*ARC_ROWS[:3], {**ARC_ROWS[3], "answerKey": "Z"}]
     src = tmp_path / "arc.jsonl"

@@ -297,8 +297,9 @@ def write_run_inputs(tmp_path, texts, seed=0, condition="influence"):
 
 
 def test_run_writes_adapter_log_and_eval(tmp_path, model_dir):
-    config = make_config(write_benchmarks(tmp_path / "b"), stop={"guard_benchmark": "bench_a", "guard_every": 2,
-                                                                  "guard_fraction": 0.0})  # fmt: skip
+    # Held-out items: the guard runs on bench_a's guard items, which are never evaluated.
+    config = make_config(write_benchmarks(tmp_path / "b"), item_roles={"queries": 0.3, "guard": 0.3},
+                         stop={"guard_benchmark": "bench_a", "guard_every": 2, "guard_fraction": 0.0})  # fmt: skip
     run_dir = write_run_inputs(tmp_path, sentences(3, seed=40))
     baseline = evaluate.evaluate_model(config, str(model_dir))
     (tmp_path / "base.json").write_text(json.dumps(baseline))
@@ -312,6 +313,7 @@ def test_run_writes_adapter_log_and_eval(tmp_path, model_dir):
     written = json.loads((run_dir / "eval.json").read_text())
     assert written == json.loads(json.dumps(summary))
     assert written["run"]["target"] == "bench_a" and set(written["benchmarks"]) == {"bench_a", "bench_b"}
+    assert written["benchmarks"]["bench_a"]["n_items"] == 2  # 6 items: 2 queries, 2 guard, 2 evaluated
     # The saved adapter evaluates to what the run reported.
     again = evaluate.evaluate_model(config, str(model_dir), adapter=str(run_dir / "adapter"))
     assert again["benchmarks"]["bench_a"]["logprob"] == pytest.approx(written["benchmarks"]["bench_a"]["logprob"])

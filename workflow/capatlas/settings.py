@@ -182,6 +182,15 @@ class Benchmark(Section):
 
 
 @dataclass(frozen=True)
+class ItemRoles(Section):
+    """How each benchmark's items (after `limit`) are divided between the attribution queries, the evaluation before and after unlearning, and the unlearning guard."""
+
+    design: str = 'held_out'
+    queries: float = 0.5
+    guard: float = 0.0
+
+
+@dataclass(frozen=True)
 class Evaluation(Section):
     """Multiple-choice log-likelihood evaluation (capatlas evaluate, and after every unlearning run)."""
 
@@ -358,6 +367,7 @@ class Settings(Section):
     attribution: Attribution = dataclasses.field(default_factory=lambda: Attribution.of({}))
     analysis: Analysis = dataclasses.field(default_factory=lambda: Analysis.of({}))
     benchmarks: list[Benchmark] = dataclasses.field(default_factory=lambda: [])
+    item_roles: ItemRoles = dataclasses.field(default_factory=lambda: ItemRoles.of({}))
     evaluation: Evaluation = dataclasses.field(default_factory=lambda: Evaluation.of({}))
     unlearning: Unlearning = dataclasses.field(default_factory=lambda: Unlearning.of({}))
     resources: Resources = dataclasses.field(default_factory=lambda: Resources.of({}))

@@ -35,7 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from capatlas.command import Command
-from capatlas.benchmarks.items import benchmark_spec, load_all_items, load_fewshot_pool, render_items, subsample
+from capatlas.benchmarks.items import (
+    benchmark_spec,
+    items_for_role,
+    load_all_items,
+    load_fewshot_pool,
+    render_items,
+    subsample,
+)
 from capatlas.config import run_dir
 from capatlas.devices import resolve_device
 from capatlas.errors import CapatlasError
@@ -173,9 +180,14 @@ class PreparedBenchmark:
 
 
 def prepare_benchmarks(
-    config: dict, tokenizer, *, world_dir: str | os.PathLike | None = None, names: Sequence[str] | None = None
+    config: dict,
+    tokenizer,
+    *,
+    world_dir: str | os.PathLike | None = None,
+    names: Sequence[str] | None = None,
+    role: str = "evaluation",
 ) -> list[PreparedBenchmark]:
-    """Render and tokenize the configured benchmarks (all, or `names`, in config order)."""
+    """Render and tokenize the `role` items (config key item_roles) of the configured benchmarks (all, or `names`)."""
     seed = int(config["seed"])
     prefix = prefix_id(tokenizer, config["evaluation"]["prefix_token"])
     wanted = set(names) if names else None
@@ -186,6 +198,7 @@ def prepare_benchmarks(
         items = load_all_items(bench, world_dir=world_dir)
         pool = load_fewshot_pool(bench, items, world_dir=world_dir) if bench.fewshot else None
         items = subsample(items, bench.limit, seed=seed, name=bench.name)
+        items = items_for_role(items, role, config["item_roles"], seed=seed, name=bench.name)
         rendered = render_items(items, bench, seed=seed, pool=pool)
         requests, n_choices, golds, chars = [], [], [], []
         for item, shown in zip(items, rendered):

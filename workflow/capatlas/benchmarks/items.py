@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from capatlas.errors import CapatlasError
-from capatlas.settings import Benchmark
+from capatlas.settings import Benchmark, ItemRoles
 
 log = logging.getLogger(__name__)
 
@@ -791,10 +791,65 @@ def load_all_items(
 
 
 def load_items(bench: Benchmark | Mapping, *, seed: int, world_dir: str | os.PathLike | None = None) -> list[MCItem]:
-    """The benchmark's evaluation items: validated, subject-filtered, subsampled to `limit`."""
+    """The benchmark's items: validated, subject-filtered, subsampled to `limit` (every role)."""
     bench = benchmark_spec(bench)
     items = load_all_items(bench, world_dir=world_dir)
     return subsample(items, bench.limit, seed=seed, name=bench.name)
+
+
+# ---------------------------------------------------------------------------
+# Item roles: attribution queries, evaluation, guard
+
+ROLES = ("queries", "evaluation", "guard")
+
+
+def assign_roles(items: Sequence[MCItem], roles: ItemRoles | Mapping, *, seed: int, name: str) -> list[str]:
+    """Each item's role, in `items`' order.
+
+    held_out: within each subject (all items one stratum when they have
+    none) a seeded order, and the item at position i of n is a query if
+    (i + 0.5) / n < queries, a guard item if below queries + guard, an
+    evaluation item otherwise, so every subject is split in the same
+    proportions. overlapping (the study's design): every item plays every role.
+    """
+    roles = roles if isinstance(roles, ItemRoles) else ItemRoles.of(roles)
+    if roles.design == "overlapping":
+        return ["all"] * len(items)
+    if roles.queries + roles.guard >= 1:
+        raise CapatlasError(
+            f"config key 'item_roles': queries ({roles.queries}) + guard ({roles.guard}) leave no evaluation items"
+        )
+    strata: dict[str | None, list[int]] = {}
+    for index, item in enumerate(items):
+        strata.setdefault(item.subject, []).append(index)
+    assigned = [""] * len(items)
+    for subject, members in strata.items():
+        rng = np.random.default_rng([seed, stable_hash(name), stable_hash(str(subject))])
+        for position, index in enumerate(rng.permutation(members)):
+            share = (position + 0.5) / len(members)
+            assigned[index] = "queries" if share < roles.queries else "guard" if share < roles.queries + roles.guard else "evaluation"
+    return assigned
+
+
+def items_for_role(items: Sequence[MCItem], role: str, roles: ItemRoles | Mapping, *, seed: int, name: str) -> list[MCItem]:
+    """The items of `role` (queries, evaluation or guard) in their original order; refuse an empty role."""
+    if role not in ROLES:
+        raise CapatlasError(f"unknown item role '{role}' ({', '.join(ROLES)})")
+    kept = [item for item, r in zip(items, assign_roles(items, roles, seed=seed, name=name)) if r in (role, "all")]
+    if not kept:
+        raise CapatlasError(
+            f"benchmark '{name}': none of its {len(items)} items is a {role} item under config key 'item_roles' "
+            "(raise the fraction, or the benchmark's limit)"
+        )
+    return kept
+
+
+def role_counts(items: Sequence[MCItem], roles: ItemRoles | Mapping, *, seed: int, name: str) -> dict:
+    """What provenance records of a benchmark's split: the design, the fractions and the items in each role."""
+    roles = roles if isinstance(roles, ItemRoles) else ItemRoles.of(roles)
+    assigned = assign_roles(items, roles, seed=seed, name=name)
+    counts = {role: sum(r in (role, "all") for r in assigned) for role in ROLES}
+    return {"design": roles.design, "queries_fraction": roles.queries, "guard_fraction": roles.guard, "items": counts}
 
 
 # ---------------------------------------------------------------------------

@@ -41,11 +41,13 @@ from capatlas.benchmarks.items import (
     Rendered,
     benchmark_config,
     benchmark_spec,
+    items_for_role,
     load_all_items,
     load_fewshot_pool,
     render_items,
     resolve_source,
     resolve_subjects,
+    role_counts,
     subsample,
 )
 from capatlas.errors import CapatlasError
@@ -347,7 +349,9 @@ def write_query_set(
     truncation = Attribution.of(config["attribution"]).truncation
 
     all_items = load_all_items(bench, world_dir=world)
-    items = subsample(all_items, bench.limit, seed=seed, name=bench.name)
+    limited = subsample(all_items, bench.limit, seed=seed, name=bench.name)
+    # Only the query items: the evaluation (and guard) items are held out of attribution.
+    items = items_for_role(limited, "queries", config["item_roles"], seed=seed, name=bench.name)
     pool = load_fewshot_pool(bench, all_items, world_dir=world) if bench.fewshot else None
     rendered = render_items(items, bench, seed=seed, pool=pool)
 
@@ -384,6 +388,8 @@ def write_query_set(
         "seed": seed,
         "n_items_available": len(all_items),
         "n_items": len(items),
+        # Which of the benchmark's items are queries, evaluated, guards: the split the evaluation relies on.
+        "item_roles": role_counts(limited, config["item_roles"], seed=seed, name=bench.name),
         "tokenizer": str(Path(tokenizer_path).resolve()) if Path(tokenizer_path).exists() else tokenizer_path,
         "tokenizer_revision": revision,
         # Checked by query-gradients against the query model's own tokenizer files.

@@ -606,20 +606,20 @@ def read_baseline(path: Path, run_name: str) -> dict:
     return json.loads(path.read_text())["benchmarks"]
 
 
-def _make_guard(stop: dict, prepared, baseline: dict, baseline_path, run_name: str, batch_size: int, eval_len):
-    """`guard(model) -> (value, ok)` on the guard benchmark against its baseline floor, or None without one."""
-    name = stop["guard_benchmark"]
-    if name is None:
-        return None
-    guarded = [p for p in prepared if p.name == name]
+def _make_guard(stop: dict, guarded: list, base_model, batch_size: int, eval_len):
+    """`guard(model) -> (value, ok)` on the guard benchmark's guard items against its floor, or None without one.
+
+    The floor is `guard_fraction` x the base model's value on the same items,
+    measured here: under item_roles held_out they are items no run is judged on.
+    """
     if not guarded:
-        raise CapatlasError(f"config key 'unlearning.stop.guard_benchmark': '{name}' is not a benchmark")
-    if name not in baseline:
-        raise CapatlasError(f"{run_name}: baseline {baseline_path} has no '{name}'")
-    floor = stop["guard_fraction"] * baseline[name][stop["guard_metric"]]
+        return None
+    (bench,) = guarded
+    metric = stop["guard_metric"]
+    floor = stop["guard_fraction"] * evaluate_prepared(base_model, guarded, batch_size=batch_size, max_length=eval_len)[bench.name][metric]
 
     def guard(m):
-        value = evaluate_prepared(m, guarded, batch_size=batch_size, max_length=eval_len)[name][stop["guard_metric"]]
+        value = evaluate_prepared(m, guarded, batch_size=batch_size, max_length=eval_len)[bench.name][metric]
         return value, value >= floor
 
     return guard
@@ -633,6 +633,7 @@ class SharedInputs:
     device: str
     tokenizer: object
     prepared: list
+    guarded: list  # the guard benchmark's guard items, prepared; empty without a guard
     pools: dict[int, pd.DataFrame]
     baseline: dict
     baseline_path: Path
@@ -659,11 +660,15 @@ def load_shared_inputs(
     config: dict, model_path: str, pools: dict[int, pd.DataFrame], baseline_path: Path, *, world_dir, job_name
 ) -> SharedInputs:
     tokenizer = load_tokenizer(model_path)
+    guard = config["unlearning"]["stop"]["guard_benchmark"]
+    if guard is not None and guard not in {b["name"] for b in config["benchmarks"]}:
+        raise CapatlasError(f"config key 'unlearning.stop.guard_benchmark': '{guard}' is not a benchmark")
     return SharedInputs(
         model_path=str(model_path),
         device=resolve_device(config["unlearning"]["device"], key="unlearning.device"),
         tokenizer=tokenizer,
         prepared=prepare_benchmarks(config, tokenizer, world_dir=world_dir),
+        guarded=[] if guard is None else prepare_benchmarks(config, tokenizer, world_dir=world_dir, names=[guard], role="guard"),
         pools=pools,
         baseline=read_baseline(baseline_path, job_name),
         baseline_path=baseline_path,
@@ -693,10 +698,8 @@ def run_one(
     data = load_run_data(
         shared.tokenizer, forget, meta, shared.pools[seed], max_length=max_length, prefix=shared.prefix, run_name=run_name
     )
+    guard = _make_guard(section["stop"], shared.guarded, base, eval_cfg["batch_size"], eval_len)
     model = prepare_model(base, section)
-    guard = _make_guard(
-        section["stop"], shared.prepared, shared.baseline, shared.baseline_path, run_name, eval_cfg["batch_size"], eval_len
-    )
     outcome = train_unlearning(model, data, section, seed, guard=guard, run_name=run_name, fixed_steps=fixed_steps)
     results = evaluate_prepared(model, shared.prepared, batch_size=eval_cfg["batch_size"], max_length=eval_len)
     model_dir = out / ("adapter" if section["lora"]["enabled"] else "checkpoint")
