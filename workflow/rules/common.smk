@@ -48,7 +48,9 @@ CAPATLAS_FUNCTION = (
 
 # YAML, not JSON: jobs read it with a YAML loader, which takes JSON's 1e-05
 # for a string (YAML 1.1 floats need a dot); safe_dump writes 1.0e-05.
-RESOLVED_CONFIG_TEXT = yaml.safe_dump(config, sort_keys=True, default_flow_style=False, allow_unicode=True)
+RESOLVED_CONFIG_TEXT = yaml.safe_dump(
+    config, sort_keys=True, default_flow_style=False, allow_unicode=True
+)
 # The validated config (overrides merged, defaults filled) that this
 # invocation's jobs read, content-addressed: another invocation (a dry run, a
 # run the lock refuses, a run with other overrides) plans its own file and
