@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from capatlas import plan
 from capatlas.unlearning import forget_sets as fs
@@ -130,3 +133,34 @@ def test_bad_forget_sets_and_missing_adapters_name_the_run(demo, tmp_path):
     shutil.rmtree(copy / "mmlu_stem" / "top1" / "random" / "seed1" / "adapter")
     with pytest.raises(CapatlasError, match=r"mmlu_stem/top1/random/seed1: its adapter .* is missing"):
         unlearning_summary.summarise(config, root / "eval" / "base.json", copy, tmp_path / "figures")
+
+
+def test_the_study_preset_runs_on_the_demo(demo, repo_root, venv_bin, tmp_path):
+    """config/presets/study.yaml on a copy of the demo run, its sizes shrunk to the demo's topics."""
+    root, _ = demo
+    workdir = tmp_path / "study"
+    shutil.copytree(root.parent.parent, workdir, symlinks=True)  # mtimes kept: only what the preset changes reruns
+    # Sizes only (the demo's topics hold ~150 documents and its runs 12 steps); every rule stays the preset's.
+    sizes = tmp_path / "demo-sizes.yaml"
+    sizes.write_text(yaml.safe_dump({"unlearning": {
+        "forget": {"n_docs": 4, "random_n_docs": 12}, "retain": {"resample_every": 6},
+        "train": {"auto_lr": {"every": 5}}, "stop": {"guard_every": 6, "perplexity": {"every": 6}},
+    }}))  # fmt: skip
+    target = "results/demo/unlearning/summary.parquet"
+    command = [str(venv_bin / "snakemake"), "--snakefile", str(repo_root / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(repo_root / "config" / "config.yaml"), str(repo_root / "config" / "presets" / "study.yaml"),
+               str(sizes), "--cores", "2", target]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "rule demo_model" not in result.stdout + result.stderr  # the preset reruns unlearning, not the demo
+    runs = pd.read_parquet(workdir / target).drop_duplicates(["target", "unit_slot", "condition", "seed"])
+    assert len(runs) == 16 and set(runs["dose"]) == {"independent"}
+    for run in runs.itertuples():
+        run_dir = workdir / "results" / "demo" / "unlearning" / run.target / run.unit_slot / run.condition / f"seed{run.seed}"
+        assert pq.read_metadata(run_dir / "forget_set.parquet").num_rows == (4 if run.condition == "influence" else 12)
+        record = json.loads((run_dir / "eval.json").read_text())
+        assert record["perplexity_threshold"] > 1  # the shuffled forget set's perplexity under the base model
+        log = pd.read_csv(run_dir / "train_log.csv")
+        assert log["guard"].notna().any() or record["stop_reason"] != "max_steps"
+        assert log["lr"].between(1e-7, 1e-3).all()  # searched every 5 steps, within the preset's clamp

@@ -145,6 +145,12 @@ def test_queries_are_olmes_mc_and_their_gradients_come_from_the_instruct_model(p
             assert row["completion"] == " " + "ABCDE"[row["gold"]]
         record = json.loads((results / "queries" / name / "queries.json").read_text())
         assert record["prompt_format"] == "olmes_mc"
+        # Held-out items: the queries are not the items evaluated (nor the guard's).
+        roles = record["item_roles"]
+        assert roles["design"] == "held_out" and len(record["item_ids"]) == roles["items"]["queries"] > 0
+        assert sum(roles["items"].values()) == record["n_items_available"]
+        evaluated = json.loads((results / "eval" / "base.json").read_text())["benchmarks"][name]["n_items"]
+        assert evaluated == roles["items"]["evaluation"] > 0
         assert record["tokenizer"] == site["models"]["query"]["path"]
         gradients = json.loads((results / "attribution" / "queries" / name / "provenance.json").read_text())
         assert gradients["model"]["path"] == site["models"]["query"]["path"]

@@ -218,6 +218,7 @@ class UnlearningForget(Section):
     """The UnlearningForget keys."""
 
     n_docs: int = 200
+    random_n_docs: int | None = None
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
     conditions: list[str] = dataclasses.field(default_factory=lambda: ['influence', 'random'])
     match_tokens: bool = True

@@ -50,6 +50,7 @@ rule queries:
         section=config_section(
             "seed",
             "benchmarks",
+            "item_roles",
             "attribution.max_length",
             "attribution.token_batch_size",
             "attribution.truncation",

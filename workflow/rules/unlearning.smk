@@ -54,7 +54,7 @@ rule evaluate_base:
     resources:
         **attempt_resources("gpu"),
     params:
-        section=config_section("seed", "benchmarks", "evaluation"),
+        section=config_section("seed", "benchmarks", "item_roles", "evaluation"),
         world=WORLD_ARG,
     shell:
         'capatlas evaluate --config "$CAPATLAS_CONFIG" --model {input.model:q}'
@@ -147,6 +147,7 @@ for unlearn_rule, unlearn_unit, kind_conditions, unit_pattern in UNLEARN_RULES:
             section=config_section(
                 "seed",
                 "benchmarks",
+                "item_roles",
                 "evaluation",
                 "unlearning",
                 ignore=["unlearning.seeds_per_job"],

@@ -244,12 +244,12 @@ class ForgetSet:
 
 
 def check_unit_sizes(
-    runs: list[PlannedRun], resolved: dict[str, dict[str, str]], counts: pd.Series, level: str, n: int
+    runs: list[PlannedRun], resolved: dict[str, dict[str, str]], counts: pd.Series, level: str, n: int, n_random: int
 ) -> None:
     """Refuse, before any set is drawn, every unit too small for its runs, all in one message.
 
-    An influence set takes n documents of the unit and a random one n others,
-    so a unit with a random condition needs 2n. `select: all` (the paper's)
+    An influence set takes n documents of the unit and a random one n_random
+    others, so a unit with a random condition needs n + n_random. `select: all` (the paper's)
     asks for every unit of the taxonomy, which a partial corpus lacks; the
     message lists the units that do have enough to choose from.
     """
@@ -259,7 +259,7 @@ def check_unit_sizes(
         if run.unit == GLOBAL_UNIT:
             continue
         unit = resolved[run.target][run.unit]
-        k = n if run.condition == "influence" else 2 * n
+        k = n if run.condition == "influence" else n + n_random
         if int(counts.get(unit, 0)) < k:
             first_short.setdefault(unit, run)
             need[unit] = max(k, need.get(unit, 0))
@@ -270,12 +270,12 @@ def check_unit_sizes(
         have = int(counts.get(unit, 0))
         what = "no documents" if have == 0 else f"{have} documents"
         lines.append(f"  {run.name}: {level} '{unit}' has {what}, needs {need[unit]}")
-    enough = sorted(u for u, c in counts.items() if c >= 2 * n)
+    enough = sorted(u for u, c in counts.items() if c >= n + n_random)
     raise CapatlasError(
         f"{len(need)} {level}(s) to unlearn have too few documents in the working set for "
-        f"unlearning.forget.n_docs = {n} (an influence set takes {n}, a disjoint random set {n} more):\n"
+        f"unlearning.forget.n_docs = {n} (an influence set takes {n}, a disjoint random set {n_random} more):\n"
         + "\n".join(lines)
-        + f"\n{level}s with at least {2 * n} documents: {', '.join(enough) or 'none'}; choose among them with "
+        + f"\n{level}s with at least {n + n_random} documents: {', '.join(enough) or 'none'}; choose among them with "
         "unlearning.units (select: explicit or top_k), or lower unlearning.forget.n_docs"
     )
 
@@ -290,12 +290,18 @@ def build_forget_sets(
     """
     section = config["unlearning"]
     level, n = section["unit"], section["forget"]["n_docs"]
+    n_random = section["forget"]["random_n_docs"] or n
     match_pool, tolerance = section["forget"]["match_pool"], section["forget"]["token_tolerance"]
+    if section["forget"]["random_n_docs"] is not None and section["forget"]["match_tokens"]:
+        raise CapatlasError(
+            "config key 'unlearning.forget.random_n_docs' sets the random sets' own size, so they cannot be matched "
+            "to the influence sets document by document: set unlearning.forget.match_tokens: false"
+        )
     slugs = unit_slugs(level)
     docs = docs.assign(_unit=[slugs[i] for i in unit_index(docs["bin_id"].to_numpy(), level)])
     runs = planned_runs(config)
     resolved = {t: resolve_units(config, bin_matrix, t) for t in dict.fromkeys(r.target for r in runs)}
-    check_unit_sizes(runs, resolved, docs["_unit"].value_counts(), level, n)
+    check_unit_sizes(runs, resolved, docs["_unit"].value_counts(), level, n, n_random)
     sets: list[ForgetSet] = []
     influence_cache: dict[tuple[str, str], pd.DataFrame] = {}
 
@@ -319,7 +325,7 @@ def build_forget_sets(
             if section["forget"]["match_tokens"]:
                 chosen = matched_random(top, others, rng, match_pool=match_pool, token_tolerance=tolerance)
             else:
-                chosen = others.iloc[np.sort(rng.choice(len(others), size=n, replace=False))]
+                chosen = others.iloc[np.sort(rng.choice(len(others), size=n_random, replace=False))]
             reference = int(top["n_tokens"].sum())
         frame = chosen.rename(columns={run.target: "score"})[
             ["doc_id", "bin_id", "topic_id", "format_id", "n_tokens", "score"]
