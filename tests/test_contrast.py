@@ -309,3 +309,59 @@ def test_permutation_p_values_converge_to_the_exact_null_on_a_tiny_matrix():
     exact = np.mean(np.array(ratios) >= observed)
     got = contrast.sharpness_permutation_p(means, bins % 3, bins % 4, d, 6000, 0)["bin/max_abs"]
     assert got == pytest.approx(exact, abs=0.02)
+
+
+def test_paper_matrix_standardised_effects_reverse_the_headline(paper):
+    """Cohen's d_z of the study's topic contrasts (issue 18's figures), each checked by brute force on the CSVs."""
+    summary, frames, out = paper
+    effects = pd.read_parquet(out / "facet_effects.parquet")
+    by_topic = {n: f.set_index(["topic_label", "format_label"])["zscore"] for n, f in frames.items()}
+    dz = by_topic["socialiqa"] - by_topic["arc_challenge"]
+    literature = dz.xs("literature", level="topic_label")
+    row = effects.query("facet == 'topic' and level == 'reasoning' and unit == 'literature'").iloc[0]
+    assert row["n_bins"] == 24
+    assert row["mean_dz"] == pytest.approx(literature.mean(), abs=1e-9) == pytest.approx(0.905, abs=5e-4)
+    assert row["sd_dz"] == pytest.approx(literature.std(ddof=1), abs=1e-9) == pytest.approx(3.81, abs=5e-3)
+    assert row["d_z"] == pytest.approx(literature.mean() / literature.std(ddof=1), abs=1e-9) == pytest.approx(0.24, abs=5e-3)
+    half = stats.t.ppf(0.975, 23) * literature.std(ddof=1) / np.sqrt(24)
+    assert (row["mean_dz_ci_low"], row["mean_dz_ci_high"]) == pytest.approx((-0.70, 2.52), abs=5e-3)
+    assert row["mean_dz_ci_high"] - row["mean_dz_ci_low"] == pytest.approx(2 * half, abs=1e-9)
+    # The noncentral-t interval: the observed t sits at the 2.5% tail of each end's distribution.
+    t = row["d_z"] * np.sqrt(24)
+    assert stats.nct.sf(t, 23, row["d_z_ci_low"] * np.sqrt(24)) == pytest.approx(0.025, abs=1e-8)
+    assert stats.nct.cdf(t, 23, row["d_z_ci_high"] * np.sqrt(24)) == pytest.approx(0.025, abs=1e-8)
+    assert row["median_dz"] == pytest.approx(literature.median(), abs=1e-9)
+    assert row["trimmed_mean_dz"] == pytest.approx(stats.trim_mean(literature, 0.2), abs=1e-9)
+    # Standardised, the sharpness headline reverses: knowledge has the larger max |d_z|.
+    largest = summary["standardised_effects"]["largest_abs_d_z"]["topic"]
+    assert largest["reasoning"]["unit"] == "science_math_and_technology"
+    assert largest["reasoning"]["d_z"] == pytest.approx(0.65, abs=5e-3) or largest["reasoning"]["d_z"] == pytest.approx(-0.65, abs=5e-3)
+    assert largest["knowledge"]["unit"] == "software_development"
+    assert abs(largest["knowledge"]["d_z"]) == pytest.approx(1.51, abs=5e-3)
+    assert largest["ratio_max_abs_d_z"] == pytest.approx(0.43, abs=5e-3)
+    # Which topic has the largest reasoning contrast, over bins resampled: shares that sum to one.
+    shares = summary["standardised_effects"]["argmax_probability"]["topic"]["bins"]["reasoning"]
+    assert sum(shares.values()) == pytest.approx(1.0) and "literature" in shares
+
+
+def test_argmax_probabilities_and_unit_effects_by_brute_force():
+    from capatlas.analysis import effects
+
+    rng = np.random.default_rng(5)
+    reps = rng.normal(size=(400, 5))
+    reps[:, 2] += 0.8
+    reps[3] = np.nan  # a replicate with no value is not counted
+    shares = effects.argmax_probabilities(reps, list("abcde"))
+    counted = reps[np.isfinite(reps).any(axis=1)]
+    for k, unit in enumerate("abcde"):
+        assert shares.get(unit, 0.0) == pytest.approx(np.mean(np.argmax(counted, axis=1) == k))
+    assert list(shares)[0] == "c"
+    dz = rng.normal(0.3, 1.0, size=9)
+    got = effects.unit_effect(dz, 0.9)
+    assert got["d_z"] == pytest.approx(dz.mean() / dz.std(ddof=1))
+    # The interval by brute force: the noncentralities whose 5% tails meet the observed t, on a fine grid.
+    t, grid = got["d_z"] * 3, np.linspace(-5, 8, 26001)
+    low = grid[np.argmin(np.abs(stats.nct.sf(t, 8, grid) - 0.05))] / 3
+    high = grid[np.argmin(np.abs(stats.nct.cdf(t, 8, grid) - 0.05))] / 3
+    assert (got["d_z_ci_low"], got["d_z_ci_high"]) == pytest.approx((low, high), abs=1e-3)
+    assert np.isnan(effects.unit_effect(dz[:1], 0.9)["d_z"])

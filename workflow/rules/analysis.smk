@@ -95,6 +95,13 @@ rule contrast:
             labels={"table": "format contrasts"},
         ),
         loo=f"{CONTRAST}/leave_one_bin_out.parquet",
+        effects=report(
+            f"{CONTRAST}/facet_effects.parquet",
+            caption="../report/tables.rst",
+            category="Tables",
+            subcategory="contrast",
+            labels={"table": "standardised effects"},
+        ),
         recovery=[f"{CONTRAST}/demo_recovery.json"] if DEMO else [],
     log:
         f"{RUN}/logs/contrast.log",

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from capatlas.command import Command
 from capatlas.errors import CapatlasError
+from capatlas.analysis import effects
 from capatlas.analysis.influence import percentile_ci, zscore
 from capatlas.artifacts.bin_matrix import BOOTSTRAP_FILE, read_bin_matrix, read_bootstrap, read_influence_provenance
 from capatlas.fileio import write_json, write_parquet
@@ -64,6 +65,7 @@ COMMAND = Command(config="optional", config_help="capatlas config: benchmark rol
 SUMMARY_FILE = "summary.json"
 INTERACTION_FILE = "interaction.parquet"
 TOPIC_CONTRAST_FILE = "topic_contrast.parquet"
+FACET_EFFECTS_FILE = "facet_effects.parquet"
 FORMAT_CONTRAST_FILE = "format_contrast.parquet"
 LOO_FILE = "leave_one_bin_out.parquet"
 RECOVERY_FILE = "demo_recovery.json"
@@ -508,6 +510,7 @@ def _contrasts(est: _Estimates, summary: dict, tables: dict, means, bin_ids, des
                 "p_permutation": p_values.get(f"{facet}/{measure}"),
             }
     summary["sharpness"] = sharpness
+    _standardised(est, summary, tables, means, topic_ids, format_ids, design)
     interaction = interaction_table(means, bin_ids, design, n_permutations, seed)
     tables["interaction"] = interaction
     summary["interaction"] = {
@@ -519,6 +522,32 @@ def _contrasts(est: _Estimates, summary: dict, tables: dict, means, bin_ids, des
             {k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()}
             for row in interaction.head(top_k).to_dict("records")
         ],
+    }
+
+
+def _standardised(est: _Estimates, summary: dict, tables: dict, means, topic_ids, format_ids, design) -> None:
+    """Cohen's d_z and robust centres of every topic and format contrast; how often each unit is the largest."""
+    facets = {"topic": (TOPIC_SLUGS, topic_ids), "format": (FORMAT_SLUGS, format_ids)}
+    table = effects.facet_effects(level_contrasts(zscore(means), design), facets, est.ci_level)
+    tables["facet_effects"] = table
+    argmax: dict = {}
+    for facet, (slugs, _) in facets.items():
+        argmax[facet] = {
+            kind: {
+                level: effects.argmax_probabilities(
+                    reps[:, [est.index[f"{facet}_contrast/{level}/{slug}"] for slug in slugs]], list(slugs)
+                )
+                for level in LEVELS
+            }
+            for kind, reps in est.uncertainty.items()
+        }
+    summary["standardised_effects"] = {
+        "definition": "per unit over its bins, dz = z_social - z_stem: mean_dz (the study's contrast, a mean "
+        "difference in z units) with its t interval; Cohen's d_z = mean / sd (ddof 1) with the noncentral-t "
+        "interval; median and 20% trimmed mean",
+        "table": FACET_EFFECTS_FILE,
+        "largest_abs_d_z": effects.largest_d_z(table),
+        "argmax_probability": argmax,
     }
 
 
@@ -721,6 +750,7 @@ def write_outputs(summary: dict, tables: dict[str, pd.DataFrame], out_dir: Path)
         "topic_contrast": TOPIC_CONTRAST_FILE,
         "format_contrast": FORMAT_CONTRAST_FILE,
         "leave_one_bin_out": LOO_FILE,
+        "facet_effects": FACET_EFFECTS_FILE,
     }
     import pyarrow as pa
 
