@@ -365,3 +365,24 @@ def test_argmax_probabilities_and_unit_effects_by_brute_force():
     high = grid[np.argmin(np.abs(stats.nct.cdf(t, 8, grid) - 0.05))] / 3
     assert (got["d_z_ci_low"], got["d_z_ci_high"]) == pytest.approx((low, high), abs=1e-3)
     assert np.isnan(effects.unit_effect(dz[:1], 0.9)["d_z"])
+
+
+def test_joint_interaction_null_holds_its_level_where_independent_permutation_does_not():
+    """Profiles that correlate at 0.8 and no interaction: p_joint rejects ~5% at 0.05, the permutation null far less."""
+    rng = np.random.default_rng(11)
+    cov = np.full((4, 4), 0.8) + 0.2 * np.eye(4)
+    d = contrast.Design(("a", "b", "c", "e"), {"a": ("social", "reasoning"), "b": ("stem", "reasoning"),
+                                               "c": ("social", "knowledge"), "e": ("stem", "knowledge")})  # fmt: skip
+    joint, permuted = [], []
+    for _ in range(20):
+        means = rng.multivariate_normal(np.zeros(4), cov, size=N_BINS).T
+        table = contrast.interaction_table(means, np.arange(N_BINS), d, 40, seed=int(rng.integers(1 << 30)))
+        joint.append((table["p_joint"] < 0.05).mean())
+        permuted.append((table["p_value"] < 0.05).mean())
+    assert 0.04 <= np.mean(joint) <= 0.06, np.mean(joint)
+    assert np.mean(permuted) < 0.01, np.mean(permuted)
+    # By hand for one bin: its interaction against the others' spread (ddof 1).
+    inter = table.sort_values("bin_id")["interaction"].to_numpy()
+    others = np.delete(inter, 7)
+    expected = 2 * stats.norm.sf(abs(inter[7]) / others.std(ddof=1))
+    assert table.set_index("bin_id").loc[7, "p_joint"] == pytest.approx(expected, rel=1e-9)
