@@ -271,7 +271,7 @@ def test_figures_are_drawn_for_the_paper_matrix(paper, shared_dir, tmp_path):
     written = analysis_figures.draw(
         shared_dir / "fixtures" / "paper-bin-matrix", tmp_path, heatmaps=["socialiqa"], contrast_dir=out
     )
-    assert {p.name for p in written} == {"heatmap_socialiqa.png", "correlations.png", "contrast_bars.png"}
+    assert {p.name for p in written} == {"heatmap_socialiqa.png", "correlations.png", "contrast_bars.png", "verdict.png"}
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
     with pytest.raises(CapatlasError, match="no benchmark 'gsm8k'"):
@@ -386,3 +386,37 @@ def test_joint_interaction_null_holds_its_level_where_independent_permutation_do
     others = np.delete(inter, 7)
     expected = 2 * stats.norm.sf(abs(inter[7]) / others.std(ddof=1))
     assert table.set_index("bin_id").loc[7, "p_joint"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_paper_matrix_verdict_reads_each_claim(paper):
+    summary, _, out = paper
+    verdict = {v["claim"]: v for v in summary["verdict"]}
+    assert [v["claim"] for v in summary["verdict"]] == ["profile_apart", "sharper_at_reasoning", "top_reasoning_topic"]
+    # SocialIQA apart: r 0.76 among the other three against at most 0.21 with SocialIQA, robust to any one bin.
+    assert verdict["profile_apart"]["reading"] == "supported" and verdict["profile_apart"]["estimate"] > 0.5
+    sharper = verdict["sharper_at_reasoning"]
+    assert sharper["estimate"] == pytest.approx(summary["sharpness"]["topic"]["max_abs"]["ratio"], abs=1e-12)
+    assert sharper["intervals"]["bins"] == pytest.approx(summary["sharpness"]["topic"]["max_abs"]["ratio_ci_bins"])
+    assert sharper["reading"] == "fragile" and "bins interval includes no effect" in sharper["why"]
+    literature = verdict["top_reasoning_topic"]
+    assert "literature" in literature["statement"] and literature["reading"] == "fragile"
+    loo = summary["robustness"]["leave_one_bin_out"]["topic_contrast/reasoning/literature"]
+    assert literature["leave_one_bin_out"] == pytest.approx([loo["min"], loo["max"]])
+
+
+def test_verdict_readings_by_hand():
+    from capatlas.analysis import verdict
+
+    claim = verdict.Claim("c", "x is positive", "x", 0.0, False, lambda values: values.get("x", np.nan))
+    keys = ["x"]
+    reps = np.linspace(0.5, 1.5, 101)[:, None]  # percentile interval [0.525, 1.475]: excludes 0
+    supported = verdict.assess(claim, {"x": 1.0}, keys, {"bins": reps}, np.full((5, 1), 0.9), 0.95)
+    assert supported["reading"] == "supported" and supported["leave_one_bin_out"] == [0.9, 0.9]
+    crossing_loo = verdict.assess(claim, {"x": 1.0}, keys, {"bins": reps}, np.array([[0.9], [-0.1]]), 0.95)
+    assert crossing_loo["reading"] == "fragile" and crossing_loo["why"] == "leaving out one bin crosses no effect"
+    wide = verdict.assess(claim, {"x": 1.0}, keys, {"bins": reps - 1.0}, np.full((5, 1), 0.9), 0.95)
+    assert wide["reading"] == "fragile" and wide["intervals"]["bins"][0] < 0
+    assert verdict.assess(claim, {"x": -0.2}, keys, {}, np.full((5, 1), -0.2), 0.95)["reading"] == "not supported"
+    ratio = verdict.Claim("r", "ratio above 1", "r", 1.0, True, lambda values: values["x"])
+    assert verdict.assess(ratio, {"x": 0.8}, keys, {}, np.full((2, 1), 0.8), 0.95)["reading"] == "not supported"
+    assert verdict.assess(ratio, {"x": 1.3}, keys, {"bins": reps + 0.6}, np.full((2, 1), 1.2), 0.95)["reading"] == "supported"

@@ -27,6 +27,7 @@ FIGURES = (
     *(f"figures/heatmap_{b}.png" for b in BENCHMARKS),
     "figures/contrast_bars.png",
     "figures/correlations.png",
+    "figures/verdict.png",
     *(f"figures/unlearning_{kind}_{metric}.png" for kind in ("paired", "damage") for metric in ("acc", "logprob")),
 )
 # The tables a reader of the study looks for: the bin matrix and its marginals,
@@ -38,6 +39,7 @@ TABLES = (
     "contrast/summary.json",
     "contrast/topic_contrast.parquet",
     "contrast/format_contrast.parquet",
+    "contrast/facet_effects.parquet",
     "unlearning/summary.parquet",
     "unlearning/paired_stats.parquet",
 )

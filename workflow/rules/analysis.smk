@@ -172,6 +172,12 @@ rule contrast_figures:
             category="Contrast",
             labels={"figure": "profile correlations"},
         ),
+        verdict=report(
+            f"{FIGURES}/verdict.png",
+            caption="../report/verdict.rst",
+            category="Contrast",
+            labels={"figure": "verdict on the study's claims"},
+        ),
     log:
         f"{RUN}/logs/figures/contrast.log",
     conda:

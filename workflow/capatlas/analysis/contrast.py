@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from capatlas.command import Command
 from capatlas.errors import CapatlasError
-from capatlas.analysis import effects
+from capatlas.analysis import effects, verdict
 from capatlas.analysis.influence import percentile_ci, zscore
 from capatlas.artifacts.bin_matrix import BOOTSTRAP_FILE, read_bin_matrix, read_bootstrap, read_influence_provenance
 from capatlas.fileio import write_json, write_parquet
@@ -576,6 +576,15 @@ def _standardised(est: _Estimates, summary: dict, tables: dict, means, topic_ids
     }
 
 
+def _verdict(observed, keys, uncertainty, loo, design: Design, ci_level: float) -> list[dict]:
+    """The study's three analysis claims read against our estimates (analysis/verdict.py)."""
+    cells = {(d, c): [design.benchmarks[i] for i in design.cell(d, c)] for d in DOMAINS for c in LEVELS}
+    reasoning = {slug: observed[f"topic_contrast/reasoning/{slug}"] for slug in TOPIC_SLUGS}
+    top = max((s for s in reasoning if np.isfinite(reasoning[s])), key=lambda s: reasoning[s])
+    claims = verdict.study_claims(cells, top)
+    return [verdict.assess(claim, observed, keys, uncertainty, loo, ci_level) for claim in claims]
+
+
 def analyse(
     matrix: BinMatrix,
     design: Design,
@@ -631,6 +640,7 @@ def analyse(
     z = zscore(matrix.means)  # all bins with a score, per benchmark (the study's z)
     summary["top_bins"] = _top_bins(matrix, z, top_k)
     summary["robustness"] = _robustness(observed, keys, loo, bin_ids, design, means, topic_ids, format_ids)
+    summary["verdict"] = _verdict(observed, keys, uncertainty, loo, design, ci_level) if design.complete else None
     tables["leave_one_bin_out"] = _loo_table(observed, keys, loo, bin_ids)
     return summary, tables
 

@@ -10,6 +10,9 @@
   CI from the widest-reaching uncertainty available (documents if the
   bin matrix came with bootstrap replicates, else resampled bins).
 * ``correlations.png``: Pearson and Spearman bin-profile correlations.
+* ``verdict.png``: a forest plot of the study's claims (analysis/verdict.py):
+  each estimate with its intervals and leave-one-bin-out range, on an axis
+  where 0 is no effect, coloured by the reading.
 """
 
 from __future__ import annotations
@@ -180,6 +183,53 @@ def correlations(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+READING_COLOURS = {"supported": "#1b7837", "fragile": "#e08214", "not supported": "#b2182b"}
+
+
+def verdict_forest(verdict: list[dict], path: Path, ci_level: float) -> None:
+    """Each claim's estimate with its intervals and leave-one-bin-out range, on an axis where 0 is no effect."""
+    plt = _pyplot()
+
+    def axis(claim: dict, value: float) -> float:
+        if value is None or not np.isfinite(value):
+            return np.nan
+        if claim["log_scale"]:
+            return float(np.log(value / claim["null"])) if value > 0 else np.nan
+        return float(value - claim["null"])
+
+    fig, ax = plt.subplots(figsize=(9, 1.3 + 1.1 * len(verdict)))
+    kinds = sorted({k for claim in verdict for k in claim["intervals"]})
+    markers = dict(zip(kinds, ("o", "s", "^", "D")))
+    for row, claim in enumerate(reversed(verdict)):
+        colour = READING_COLOURS[claim["reading"]]
+        if claim["leave_one_bin_out"]:
+            low, high = (axis(claim, v) for v in claim["leave_one_bin_out"])
+            ax.plot([low, high], [row, row], color=colour, alpha=0.25, linewidth=9, solid_capstyle="butt")
+        for k, kind in enumerate(kinds):
+            interval = claim["intervals"].get(kind)
+            if not interval:
+                continue
+            y = row if len(kinds) == 1 else row - 0.18 + 0.36 * k / (len(kinds) - 1)
+            ax.plot([axis(claim, v) for v in interval], [y, y], color=colour, linewidth=1.6)
+            ax.plot(axis(claim, claim["estimate"]), y, marker=markers[kind], color=colour, markersize=5)
+        scale = "log ratio" if claim["log_scale"] else "difference"
+        label = f"{claim['statement']}\n{claim['statistic']} = {claim['estimate']:.3g} ({scale}): {claim['reading']}"
+        ax.text(1.02, row, label, transform=ax.get_yaxis_transform(), va="center", fontsize=7.5, color=colour)
+    ax.axvline(0, color="0.3", linewidth=0.8, linestyle="--")
+    ax.set_yticks([])
+    ax.set_ylim(-0.7, len(verdict) - 0.3)
+    ax.set_xlabel("estimate relative to no effect (ratios as log ratio)", fontsize=9)
+    handles = [
+        plt.Line2D([], [], color="0.3", marker=markers[k], linewidth=1.6, label=f"{ci_level:.0%} CI, {k} resampled")
+        for k in kinds
+    ]
+    handles.append(plt.Line2D([], [], color="0.3", alpha=0.25, linewidth=9, label="range leaving out one bin"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.14), ncol=2)
+    ax.set_title("The study's claims against our estimates", fontsize=10)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def draw(
     bin_matrix: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -212,6 +262,9 @@ def draw(
             format_ = pd.read_parquet(contrast_dir / FORMAT_CONTRAST_FILE)
             contrast_bars(topic, format_, out / "contrast_bars.png", summary["input"]["ci_level"])
             written.append(out / "contrast_bars.png")
+        if summary.get("verdict"):
+            verdict_forest(summary["verdict"], out / "verdict.png", summary["input"]["ci_level"])
+            written.append(out / "verdict.png")
     if not written:
         raise CapatlasError("nothing to draw: give --heatmap NAME (or all) and/or --contrast DIR")
     return written
