@@ -267,3 +267,32 @@ def test_a_flipped_bit_in_a_scores_file_is_refused_by_name(data, tmp_path):
     scores[1].write_bytes(bytes(raw))
     with pytest.raises(CapatlasError, match=r"shard-00001\.parquet"):
         inf.compute_influence(inf.pair_shards(scores, binsums), n_bootstrap=5, seed=5)
+
+
+def test_finite_population_correction_by_hand(tmp_path):
+    from capatlas.artifacts.bin_summary import read_bin_counts, summary_rows
+
+    rng = np.random.default_rng(2)
+    means = rng.normal(size=(2, N_BINS))
+    reps = means[:, None, :] + rng.normal(size=(2, 50, N_BINS))
+    fraction = np.full(N_BINS, np.nan)
+    fraction[:3] = [1.0, 0.75, 0.0]  # exhaustive, three quarters, a vanishing share
+    corrected = inf.finite_population_replicates(reps, means, fraction)
+    np.testing.assert_allclose(corrected[:, :, 0], np.broadcast_to(means[:, None, 0], (2, 50)))  # no sampling error left
+    np.testing.assert_allclose(corrected[:, :, 1] - means[:, None, 1], 0.5 * (reps[:, :, 1] - means[:, None, 1]))
+    np.testing.assert_allclose(corrected[:, :, 2:], reps[:, :, 2:])  # f = 0 or unknown: unchanged
+    # The bin summary the manifest writes, read back; it must describe the scored working set.
+    sampled = np.full(N_BINS, 2)
+    eligible = np.full(N_BINS, 8)
+    eligible[5] = 2
+    text = "\n".join(",".join(map(str, row)) for row in summary_rows(eligible, eligible, eligible, sampled)) + "\n"
+    (tmp_path / "bin_summary.csv").write_text(text)
+    counts = read_bin_counts(tmp_path / "bin_summary.csv")
+    n_docs = np.full((1, N_BINS), 2)
+    got = inf.sampling_fraction(tmp_path / "bin_summary.csv", counts, n_docs, 2 * N_BINS)
+    assert got[5] == 1.0 and got[0] == 0.25
+    with pytest.raises(CapatlasError, match=r"counts 1152 sampled documents but the shards scored 10"):
+        inf.sampling_fraction(tmp_path / "bin_summary.csv", counts, n_docs, 10)
+    (tmp_path / "bin_summary.csv").write_text(text.replace("\n3,0,", "\n4,0,", 1))
+    with pytest.raises(CapatlasError, match=r"bin_summary.csv, row 5: bin_id 4 where 3 belongs"):
+        read_bin_counts(tmp_path / "bin_summary.csv")

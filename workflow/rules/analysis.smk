@@ -25,6 +25,8 @@ rule influence:
         binsums=expand(
             f"{RUN}/attribution/binsums/shard-{{shard}}.safetensors", shard=SHARD_IDS
         ),
+        # Sampled and eligible documents per bin: the finite-population correction.
+        bin_summary=rules.manifest.output.summary,
     output:
         matrix=report(
             f"{INFLUENCE}/bin_matrix.parquet",
@@ -63,7 +65,8 @@ rule influence:
         out=directory_of("output", "matrix"),
     shell:
         'capatlas influence --config "$CAPATLAS_CONFIG" --scores {input.scores:q}'
-        " --binsums {input.binsums:q} --out {params.out:q} > {log:q} 2>&1"
+        " --binsums {input.binsums:q} --bin-summary {input.bin_summary:q}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule contrast:

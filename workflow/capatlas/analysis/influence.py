@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from capatlas.command import Command
 from capatlas.artifacts.bin_matrix import write_influence_files
+from capatlas.artifacts.bin_summary import read_bin_counts
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, read_bin_sums
 from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores, run_signature, shard_key
 from capatlas.artifacts.provenance import canonical_json, identity_differences
@@ -70,6 +71,8 @@ log = logging.getLogger(__name__)
 COMMAND = Command(config_help="capatlas config (keys seed and analysis)")
 
 STAGE = "influence"
+# Bins with fewer scored documents get `small_bin`: their percentile intervals are unreliable (zero width at one).
+SMALL_BIN = 5
 
 BIN_TOPIC = np.arange(N_BINS) // N_FORMATS
 BIN_FORMAT = np.arange(N_BINS) % N_FORMATS
@@ -324,9 +327,19 @@ def _read_bin_sums_of(shard: ShardFiles, provenance: dict) -> BinSums:
 
 
 def compute_influence(
-    shards: Sequence[ShardFiles], *, n_bootstrap: int = 1000, seed: int = 42, ci_level: float = 0.95
+    shards: Sequence[ShardFiles],
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 42,
+    ci_level: float = 0.95,
+    bin_counts: tuple[Path, dict[str, np.ndarray]] | None = None,
 ) -> InfluenceResult:
-    """Stream the shards (one at a time) into bin accumulators; return the matrix, marginals and replicates."""
+    """Stream the shards (one at a time) into bin accumulators; return the matrix, marginals and replicates.
+
+    `bin_counts`: the working set's bin summary (its path, and its counts from
+    artifacts/bin_summary.py); with it the document bootstrap is corrected
+    for sampling without replacement from each bin's eligible documents.
+    """
     reference = None
     accumulator = None
     query_sums = _QuerySums()
@@ -360,6 +373,10 @@ def compute_influence(
     names = accumulator.benchmarks
     bin_stats = accumulator.bin_stats()
     doc_reps = accumulator.document_replicates() if n_bootstrap else np.full((len(names), 0, N_BINS), np.nan)
+    fraction = None
+    if bin_counts is not None:
+        fraction = sampling_fraction(bin_counts[0], bin_counts[1], bin_stats["n_docs"], n_docs_total)
+        doc_reps = finite_population_replicates(doc_reps, bin_stats["mean"], fraction)
     query_reps = (
         np.stack([query_replicates(query_sums.sums[n], query_sums.counts[n], n_bootstrap, seed, n) for n in names])
         if n_bootstrap
@@ -367,6 +384,8 @@ def compute_influence(
     )
     z = zscore(bin_stats["mean"])
     matrix = _bin_matrix(names, bin_stats, z, doc_reps, query_reps, ci_level)
+    matrix["sampling_fraction"] = np.tile(fraction, len(names)) if fraction is not None else np.nan
+    matrix["small_bin"] = matrix["n_docs"].between(1, SMALL_BIN - 1)
     replicate_z = zscore(doc_reps) if n_bootstrap else None
     topics = _marginals("topic", names, bin_stats["n_docs"], z, replicate_z, ci_level)
     formats = _marginals("format", names, bin_stats["n_docs"], z, replicate_z, ci_level)
@@ -381,11 +400,36 @@ def compute_influence(
         "ci_level": ci_level,
         "bootstrap": "Poisson(1) weights per (seed, doc_id, replicate), summed per shard by score-shard; "
         "queries resampled from bin sums",
+        "finite_population_correction": fraction is not None,
         "attribution_run": run_signature(upstream),
         "model": upstream.get("model"),
         "benchmarks": {n: {"n_queries": int(query_sums.sums[n].shape[1])} for n in names},
     }
     return InfluenceResult(names, matrix, topics, formats, doc_reps, query_reps, provenance)
+
+
+def sampling_fraction(source: Path, counts: dict[str, np.ndarray], n_docs: np.ndarray, n_scored: int) -> np.ndarray:
+    """Each bin's sampled over eligible documents, after checking the summary describes the scored working set."""
+    if int(counts["sampled"].sum()) != n_scored:
+        raise CapatlasError(
+            f"{source} counts {int(counts['sampled'].sum())} sampled documents but the shards scored {n_scored}: "
+            "it is not the working set's bin summary; rerun the manifest and what follows it"
+        )
+    over = np.flatnonzero((n_docs > counts["sampled"]).any(axis=0))
+    if len(over):
+        raise CapatlasError(f"{source}: bin {int(over[0])} has more scored documents than it says were sampled")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts["after_filter"] > 0, counts["sampled"] / counts["after_filter"], np.nan)
+
+
+def finite_population_replicates(doc_reps: np.ndarray, means: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """Document bootstrap replicates ([nb, B, 576]) shrunk towards the bin means by sqrt(1 - sampled/eligible).
+
+    A bin sampled in full (every eligible document in the working set) then
+    has no document-sampling uncertainty, which is the truth for the corpus.
+    """
+    factor = np.sqrt(np.clip(1 - np.nan_to_num(fraction, nan=0.0), 0.0, 1.0))
+    return means[:, None, :] + (doc_reps - means[:, None, :]) * factor
 
 
 def _bin_matrix(names, bin_stats: dict, z: np.ndarray, doc_reps, query_reps, ci_level: float) -> pd.DataFrame:
@@ -462,14 +506,16 @@ def write_influence(result: InfluenceResult, out_dir: str | os.PathLike) -> None
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scores", nargs="+", required=True, help="attribution/scores/shard-*.parquet")
     parser.add_argument("--binsums", nargs="+", required=True, help="attribution/binsums/shard-*.safetensors")
+    parser.add_argument("--bin-summary", default=None, help="manifest/bin_summary.csv: finite-population correction")
     parser.add_argument("--out", required=True, help="output directory (influence/)")
 
 
 def run(args: argparse.Namespace, config: dict | None) -> None:
     analysis = config["analysis"]
     shards = pair_shards(args.scores, args.binsums)
+    counts = (Path(args.bin_summary), read_bin_counts(args.bin_summary)) if args.bin_summary else None
     result = compute_influence(
-        shards, n_bootstrap=analysis["bootstrap"], seed=config["seed"], ci_level=analysis["ci_level"]
+        shards, n_bootstrap=analysis["bootstrap"], seed=config["seed"], ci_level=analysis["ci_level"], bin_counts=counts
     )
     write_influence(result, args.out)
     log.info(

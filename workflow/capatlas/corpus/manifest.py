@@ -67,9 +67,10 @@ from capatlas import __version__
 from capatlas.command import Command
 from capatlas.corpus.pool import pool_map
 from capatlas.corpus.readers import CorpusRecord, LabelResolver, expand_paths, iter_records, record_location
+from capatlas.artifacts.bin_summary import summary_rows
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet, write_text
-from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS, bin_slug
+from capatlas.taxonomy import N_BINS, N_FORMATS, bin_slug
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +95,6 @@ LOCATIONS_SCHEMA = pa.schema(
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("row", pa.int64(), nullable=False),
     ]
-)
-SUMMARY_COLUMNS = (
-    "bin_id",
-    "topic_id",
-    "topic",
-    "format_id",
-    "format",
-    "population",
-    "after_dedup",
-    "after_filter",
-    "sampled",
 )
 
 
@@ -800,23 +790,8 @@ def locations_table(docs: Sequence[Candidate]) -> pa.Table:
 
 def summary_csv(result: ManifestResult) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(SUMMARY_COLUMNS)
-    for b in range(N_BINS):
-        t, f = divmod(b, N_FORMATS)
-        writer.writerow(
-            [
-                b,
-                t,
-                TOPIC_SLUGS[t],
-                f,
-                FORMAT_SLUGS[f],
-                int(result.population[b]),
-                int(result.after_dedup[b]),
-                int(result.after_filter[b]),
-                int(result.sampled[b]),
-            ]
-        )
+    rows = summary_rows(result.population, result.after_dedup, result.after_filter, result.sampled)
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
 
 
