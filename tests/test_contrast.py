@@ -420,3 +420,21 @@ def test_verdict_readings_by_hand():
     ratio = verdict.Claim("r", "ratio above 1", "r", 1.0, True, lambda values: values["x"])
     assert verdict.assess(ratio, {"x": 0.8}, keys, {}, np.full((2, 1), 0.8), 0.95)["reading"] == "not supported"
     assert verdict.assess(ratio, {"x": 1.3}, keys, {"bins": reps + 0.6}, np.full((2, 1), 1.2), 0.95)["reading"] == "supported"
+
+
+def test_crossed_draw_by_hand_and_its_wider_interval_on_the_study_matrix(paper):
+    # All 576 bins used except two: a drawn (topic, format) pair brings its bin once per draw, if used.
+    used = np.ones(N_BINS, dtype=bool)
+    used[[5, 100]] = False
+    bins = np.flatnonzero(used)
+    topic_ids, format_ids = bins // 24, bins % 24
+    idx = contrast.crossed_draw(topic_ids, format_ids, np.random.default_rng(9))
+    rng = np.random.default_rng(9)
+    topics, formats = rng.integers(0, 24, 24), rng.integers(0, 24, 24)
+    expected = [int(np.flatnonzero(bins == t * 24 + f)[0]) for t in topics for f in formats if used[t * 24 + f]]
+    assert idx.tolist() == expected
+    # Topics and formats resampled: r(SocialIQA, ARC)'s interval widens (issue 18: [-0.03, 0.50] -> [-0.18, 0.63]).
+    summary, _, _ = paper
+    ci = summary["pearson"]["ci"]["socialiqa"]["arc_challenge"]
+    assert ci["ci_bins"] == pytest.approx([-0.03, 0.50], abs=0.02)
+    assert ci["ci_crossed"][0] < ci["ci_bins"][0] - 0.08 and ci["ci_crossed"][1] > ci["ci_bins"][1] + 0.08
