@@ -114,6 +114,27 @@ def test_npo_loss_and_its_gradient_at_the_reference(model, batches):
         )
 
 
+def test_npo_takes_policy_and_reference_in_the_same_mode(tmp_path, model_dir, monkeypatch):
+    # With LoRA dropout, a policy taken in train mode against an eval-mode reference would compare
+    # dropped-out log-likelihoods with whole ones. Every NPO log-likelihood is taken in one mode.
+    sec = section(tmp_path, method="npo", npo_beta=0.5, retain_weight=0.0, train={"max_steps": 2},
+                  lora={"enabled": True, "r": 2, "alpha": 4, "dropout": 0.5})  # fmt: skip
+    modes = []
+    original = unlearn.sequence_logprobs
+
+    def recording(model, batch):
+        modes.append(model.training)
+        return original(model, batch)
+
+    monkeypatch.setattr(unlearn, "sequence_logprobs", recording)
+    torch.manual_seed(0)
+    model = unlearn.prepare_model(evaluate.load_model(str(model_dir)), sec)
+    rows = unlearn.train_unlearning(model, run_data(model_dir), sec, seed=0).rows
+    assert len(modes) > 3 and set(modes) == {False}
+    # At the first step the policy is the reference: NPO's loss is (2 / beta) log 2.
+    assert rows[0]["loss"] == pytest.approx((2 / 0.5) * np.log(2), rel=1e-5)
+
+
 def test_unknown_method_and_missing_retain_are_errors(model, batches):
     forget, _ = batches
     with pytest.raises(CapatlasError, match="unknown unlearning.method"):

@@ -508,7 +508,10 @@ def train_unlearning(
         raise CapatlasError(f"{run_name}: the retain set is empty after removing the run's unit and forget documents")
     device = next(model.parameters()).device
     ref_cache = _reference_logprobs(model, data, device) if method == "npo" else {}
-    model.train()
+    # NPO compares the policy's log-likelihood with the reference's, taken in
+    # eval mode: it trains in eval mode too (no dropout), so that the two are
+    # taken alike and at the first step the loss is exactly its reference value.
+    model.train(method != "npo")
     optimizer = make_optimizer(model, train_cfg)
     every = section["retain"]["resample_every"]
     outcome = TrainOutcome(steps=0, stop_reason="max_steps" if fixed_steps is None else "matched_dose")
