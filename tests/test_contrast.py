@@ -438,3 +438,22 @@ def test_crossed_draw_by_hand_and_its_wider_interval_on_the_study_matrix(paper):
     ci = summary["pearson"]["ci"]["socialiqa"]["arc_challenge"]
     assert ci["ci_bins"] == pytest.approx([-0.03, 0.50], abs=0.02)
     assert ci["ci_crossed"][0] < ci["ci_bins"][0] - 0.08 and ci["ci_crossed"][1] > ci["ci_bins"][1] + 0.08
+
+
+def test_bca_interval_agrees_with_scipys_and_is_named_in_the_summary(paper):
+    from capatlas.analysis.influence import bca_interval
+
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(0, 1, size=40)  # skewed: BCa moves away from the percentile interval
+    reps = x[rng.integers(0, 40, size=(40_000, 40))].mean(axis=1)
+    jackknife = (x.sum() - x) / 39
+    ours = bca_interval(x.mean(), reps, jackknife, 0.95)
+    theirs = stats.bootstrap((x,), np.mean, method="BCa", n_resamples=40_000, random_state=rng).confidence_interval
+    width = theirs.high - theirs.low
+    assert ours == pytest.approx((theirs.low, theirs.high), abs=0.03 * width)
+    percentile = np.quantile(reps, [0.025, 0.975])
+    assert ours[1] > percentile[1]  # right skew: BCa reaches further up
+    summary, _, _ = paper
+    sharp = summary["sharpness"]["topic"]["max_abs"]
+    assert summary["input"]["interval_methods"]["ci_bins_bca"].startswith("BCa")
+    assert sharp["ratio_ci_bins_bca"] is None or sharp["ratio_ci_bins_bca"][0] < sharp["ratio_ci_bins_bca"][1]

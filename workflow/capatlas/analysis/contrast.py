@@ -53,7 +53,7 @@ from tqdm import tqdm
 from capatlas.command import Command
 from capatlas.errors import CapatlasError
 from capatlas.analysis import effects, verdict
-from capatlas.analysis.influence import percentile_ci, zscore
+from capatlas.analysis.influence import bca_interval, percentile_ci, zscore
 from capatlas.artifacts.bin_matrix import BOOTSTRAP_FILE, read_bin_matrix, read_bootstrap, read_influence_provenance
 from capatlas.fileio import write_json, write_parquet
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS, resolve_format, resolve_topic
@@ -495,12 +495,19 @@ class _Estimates:
     keys: list[str]
     uncertainty: dict[str, np.ndarray]
     ci_level: float
+    # [n_bins, len(keys)]: each statistic without each bin, the jackknife of the bins bootstrap
+    leave_one_out: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.index = {k: j for j, k in enumerate(self.keys)}
 
     def entry(self, key: str) -> dict:
-        return {"value": _finite(self.observed[key]), **_ci(self.uncertainty, self.index[key], self.ci_level)}
+        j = self.index[key]
+        out = {"value": _finite(self.observed[key]), **_ci(self.uncertainty, j, self.ci_level)}
+        if "bins" in self.uncertainty and self.leave_one_out is not None:
+            low, high = bca_interval(self.observed[key], self.uncertainty["bins"][:, j], self.leave_one_out[:, j], self.ci_level)
+            out["ci_bins_bca"] = [low, high] if np.isfinite(low) and np.isfinite(high) else None
+        return out
 
     def correlation_matrix(self, kind: str, names: list[str]) -> dict:
         out: dict = {"matrix": {}, "ci": {}}
@@ -528,6 +535,11 @@ def _input_summary(matrix: BinMatrix, design: Design, used: np.ndarray, uncertai
         "n_bins_used": int(used.sum()),
         "bins_left_out": [int(b) for b in np.flatnonzero(~used)],
         "uncertainty": sorted(uncertainty),
+        "interval_methods": {
+            **{f"ci_{kind}": "percentile" for kind in sorted(uncertainty)},
+            **({"ci_bins_bca": "BCa: bins bootstrap, acceleration from the leave-one-bin-out jackknife"}
+               if "bins" in uncertainty else {}),
+        },
         "n_bootstrap": settings["n_bootstrap"],
         "n_replicates": {k: int(v.shape[1]) for k, v in matrix.replicates.items()},
         "n_permutations": settings["n_permutations"],
@@ -648,7 +660,7 @@ def analyse(
     for kind, reps in matrix.replicates.items():
         uncertainty[kind] = replicate_statistics(reps, used, topic_ids, format_ids, design, keys)
     loo = leave_one_bin_out(means, topic_ids, format_ids, design, keys)
-    est = _Estimates(observed, keys, uncertainty, ci_level)
+    est = _Estimates(observed, keys, uncertainty, ci_level, loo)
 
     settings = dict(n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, seed=seed)
     summary: dict = {

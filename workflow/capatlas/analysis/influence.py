@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from scipy import stats
 from tqdm import tqdm
 
 from capatlas.command import Command
@@ -238,6 +239,32 @@ def percentile_ci(replicates: np.ndarray, level: float, axis: int = 0) -> tuple[
         low = np.nanquantile(replicates, alpha, axis=axis)
         high = np.nanquantile(replicates, 1.0 - alpha, axis=axis)
     return low, high
+
+
+def bca_interval(observed: float, replicates: np.ndarray, jackknife: np.ndarray, level: float) -> tuple[float, float]:
+    """Efron's bias-corrected and accelerated interval from bootstrap replicates and jackknife values.
+
+    Bias correction z0 from the share of replicates below the estimate;
+    acceleration a from the jackknife (leave-one-unit-out) values'
+    skewness; the interval is the replicates' quantiles at the corrected
+    levels. NaN where the replicates or jackknife values do not allow it.
+    """
+    reps = replicates[np.isfinite(replicates)]
+    jack = jackknife[np.isfinite(jackknife)]
+    if len(reps) < 2 or len(jack) < 3 or not np.isfinite(observed):
+        return (np.nan, np.nan)
+    share = np.mean(reps < observed)
+    if share in (0.0, 1.0):
+        return (np.nan, np.nan)
+    z0 = stats.norm.ppf(share)
+    deviation = jack.mean() - jack
+    denominator = 6.0 * np.sum(deviation**2) ** 1.5
+    accel = np.sum(deviation**3) / denominator if denominator > 0 else 0.0
+    bounds = []
+    for tail in ((1 - level) / 2, (1 + level) / 2):
+        z = stats.norm.ppf(tail)
+        bounds.append(stats.norm.cdf(z0 + (z0 + z) / (1 - accel * (z0 + z))))
+    return tuple(float(v) for v in np.quantile(reps, bounds))
 
 
 def group_means(values: np.ndarray, groups: np.ndarray, n_groups: int, weights: np.ndarray | None = None) -> np.ndarray:
