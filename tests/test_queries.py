@@ -187,6 +187,19 @@ def write_benchmark_config(tmp_path: Path, benchmarks: list[dict], **models) -> 
     return path
 
 
+ARC_BENCH = {"name": "arc_challenge", "domain": "stem", "capability": "reasoning", "loader": "arc",
+             "source": "{world}/benchmarks/ai2_arc/ARC-Challenge"}  # fmt: skip
+
+
+def write_arc_world(tmp_path: Path) -> Path:
+    """A demo-world-shaped directory holding ARC_ROWS as ARC-Challenge's test split."""
+    world = tmp_path / "world"
+    src = world / "benchmarks" / "ai2_arc" / "ARC-Challenge" / "test.jsonl"
+    src.parent.mkdir(parents=True)
+    src.write_text("".join(json.dumps(r) + "\n" for r in ARC_ROWS))
+    return world
+
+
 @pytest.fixture
 def cli(monkeypatch):
     """capatlas.cli.main with the queries stage registered (cli.py owns the real entry)."""
@@ -201,13 +214,8 @@ def cli(monkeypatch):
 def test_cli_end_to_end(tmp_path, tok_dir, cli):
     import datasets
 
-    world = tmp_path / "world"
-    src = world / "benchmarks" / "ai2_arc" / "ARC-Challenge" / "test.jsonl"
-    src.parent.mkdir(parents=True)
-    src.write_text("".join(json.dumps(r) + "\n" for r in ARC_ROWS))
-    bench = {"name": "arc_challenge", "domain": "stem", "capability": "reasoning", "loader": "arc",
-             "source": "{world}/benchmarks/ai2_arc/ARC-Challenge", "prompt_format": "olmes_mc",
-             "fewshot": 1, "limit": 5}  # fmt: skip
+    world = write_arc_world(tmp_path)
+    bench = {**ARC_BENCH, "prompt_format": "olmes_mc", "fewshot": 1, "limit": 5}
     config = write_benchmark_config(tmp_path, [bench])
     out = tmp_path / "q" / "arc_challenge"
     argv = ["queries", "--config", str(config), "--benchmark", "arc_challenge",
@@ -263,12 +271,8 @@ def test_held_out_roles_split_every_subject_and_never_overlap():
 
 
 def test_query_sets_hold_only_query_items_and_record_the_split(tmp_path, tok_dir, cli):
-    world = tmp_path / "world"
-    src = world / "benchmarks" / "ai2_arc" / "ARC-Challenge" / "test.jsonl"
-    src.parent.mkdir(parents=True)
-    src.write_text("".join(json.dumps(r) + "\n" for r in ARC_ROWS))
-    bench = {"name": "arc_challenge", "domain": "stem", "capability": "reasoning", "loader": "arc",
-             "source": "{world}/benchmarks/ai2_arc/ARC-Challenge"}  # fmt: skip
+    world = write_arc_world(tmp_path)
+    bench = dict(ARC_BENCH)
     config_path = write_benchmark_config(tmp_path, [bench])
     config = yaml.safe_load(config_path.read_text())
     config["item_roles"] = {"design": "held_out", "queries": 0.5}
