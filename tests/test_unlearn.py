@@ -356,9 +356,16 @@ def test_runs_sharing_a_job_equal_runs_alone(tmp_path, model_dir):
     together = unlearn.run_unlearning(config, str(model_dir), runs, pools, base)
     adapters = [(d / "adapter" / "adapter_model.safetensors").read_bytes() for d in (influence, random, other_seed)]
     alone = [unlearn.run_unlearning(config, str(model_dir), [run], pools[::-1], base)[0] for run in reversed(runs)][::-1]
+    # The diagnostics need the paired run's forget set, which a run alone does not have.
     for joint, single, adapter, directory in zip(together, alone, adapters, (influence, random, other_seed)):
-        assert {k: v for k, v in joint.items() if k != "seconds"} == {k: v for k, v in single.items() if k != "seconds"}
+        kept = {k: v for k, v in joint.items() if k not in ("seconds", "diagnostics")}
+        assert kept == {k: v for k, v in single.items() if k not in ("seconds", "diagnostics")}
         assert (directory / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    assert [s["diagnostics"] is None for s in together] == [False, False, True] and alone[0]["diagnostics"] is None
+    influence_diag = together[0]["diagnostics"]
+    assert "paired random run" in influence_diag["heldout"]
+    # Unlearning raised the forget set's perplexity (lr 1e-2, 3 steps of gradient difference).
+    assert influence_diag["after"]["forget_ppl"] > influence_diag["before"]["forget_ppl"]
     assert together[0]["benchmarks"] != together[1]["benchmarks"]  # two different runs, not one twice
     assert [s["run"]["seed"] for s in together] == [0, 0, 1]
     with pytest.raises(CapatlasError, match=r"no retain pool for seed\(s\) \[1\].*given seeds \[0\]"):
@@ -394,6 +401,19 @@ def test_a_control_run_takes_exactly_its_influence_runs_steps(tmp_path, model_di
     # A control without its influence run in the job cannot be dosed.
     with pytest.raises(CapatlasError, match=r"the random run of target bench_a, unit top1, seed 0 has a matched dose"):
         unlearn.run_unlearning(config, str(model_dir), runs[:1], pools, base)
+
+
+def test_membership_and_perplexity_diagnostics_by_hand():
+    from capatlas.unlearning import diagnostics
+
+    logprobs = [np.log([0.5, 0.25, 0.125, 0.5, 0.5]), np.log([0.9, 0.8])]
+    # 20% of 5 tokens is 1, of 2 tokens 1: each chunk's lowest log-probability.
+    np.testing.assert_allclose(diagnostics.min_k_scores(logprobs), [np.log(0.125), np.log(0.8)])
+    np.testing.assert_allclose(diagnostics.min_k_scores(logprobs, k=0.5), [np.mean(np.log([0.125, 0.25, 0.5])), np.log(0.8)])
+    assert diagnostics.perplexity(logprobs) == pytest.approx(np.exp(-np.mean(np.concatenate(logprobs))))
+    forget, heldout = np.array([-3.0, -2.0, -1.0]), np.array([-2.0, 0.0])
+    pairs = [(h > f) + 0.5 * (h == f) for h in heldout for f in forget]  # every (held-out, forget) pair
+    assert diagnostics.membership_auc(forget, heldout) == pytest.approx(np.mean(pairs))
 
 
 def test_empty_forget_set_and_missing_inputs_name_the_run(tmp_path, model_dir):

@@ -45,6 +45,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,7 @@ from capatlas.benchmarks.evaluate import (
 )
 from capatlas.devices import resolve_device
 from capatlas.plan import GLOBAL_UNIT, PAIRS
+from capatlas.unlearning import diagnostics
 from capatlas.unlearning.forget_sets import read_forget_set, read_retain_pool
 from capatlas.fileio import atomic_path, write_json
 
@@ -75,6 +77,8 @@ COMMAND = Command(config_help="capatlas config (keys unlearning, evaluation, ben
 IGNORE_INDEX = -100
 # control condition -> the influence condition it is paired with
 CONTROL_OF = {control: treated for treated, control in PAIRS}
+# either condition of a pair -> the other (its forget set is the held-out set of the diagnostics)
+PARTNER = {**CONTROL_OF, **{treated: control for treated, control in PAIRS}}
 LOG_COLUMNS = (
     "step", "loss", "forget_loss", "retain_loss", "forget_grad_norm", "retain_grad_norm", "lr", "guard", "retain_round",
     "forget_ppl",
@@ -680,9 +684,19 @@ def load_shared_inputs(
 
 
 def run_one(
-    config: dict, shared: SharedInputs, forget: pd.DataFrame, meta: dict, out: Path, *, fixed_steps: int | None = None
+    config: dict,
+    shared: SharedInputs,
+    forget: pd.DataFrame,
+    meta: dict,
+    out: Path,
+    *,
+    fixed_steps: int | None = None,
+    heldout: tuple[str, pd.DataFrame] | None = None,
 ) -> dict:
-    """One run from the base model: forget `forget`, evaluate, write `out` (eval.json last)."""
+    """One run from the base model: forget `forget`, evaluate, write `out` (eval.json last).
+
+    `heldout`: the paired run's condition and forget set (same unit and seed), for the diagnostics.
+    """
     import torch
 
     section = config["unlearning"]
@@ -702,8 +716,14 @@ def run_one(
         shared.tokenizer, forget, meta, shared.pools[seed], max_length=max_length, prefix=shared.prefix, run_name=run_name
     )
     guard = _make_guard(section["stop"], shared.guarded, base, eval_cfg["batch_size"], eval_len)
+    heldout_chunks = chunk_documents(shared.tokenizer, list(heldout[1]["text"]), max_length, shared.prefix) if heldout else []
+    diagnose = partial(
+        diagnostics.diagnose, batch_size=eval_cfg["batch_size"], device=shared.device, collate=collate, ignore=IGNORE_INDEX
+    )
+    before = diagnose(base, data.forget_chunks, heldout_chunks) if heldout_chunks else None
     model = prepare_model(base, section)
     outcome = train_unlearning(model, data, section, seed, guard=guard, run_name=run_name, fixed_steps=fixed_steps)
+    after = diagnose(model, data.forget_chunks, heldout_chunks) if heldout_chunks else None
     results = evaluate_prepared(model, shared.prepared, batch_size=eval_cfg["batch_size"], max_length=eval_len)
     model_dir = out / ("adapter" if section["lora"]["enabled"] else "checkpoint")
     with atomic_path(model_dir, directory=True) as tmp:
@@ -725,6 +745,11 @@ def run_one(
         "stop_reason": outcome.stop_reason,
         "dose": section["stop"]["dose"],
         "perplexity_threshold": outcome.perplexity_threshold,
+        "diagnostics": None if before is None else {
+            "heldout": f"the forget set of the paired {heldout[0]} run (same unit and seed)",
+            "before": before,
+            "after": after,
+        },
         "forget_docs": data.forget_docs,
         "forget_tokens": data.forget_tokens,
         "forget_chunks": len(data.forget_chunks),
@@ -767,11 +792,18 @@ def run_unlearning(
     # Influence runs first: with a matched dose each control run takes its partner's step count.
     order = sorted(range(len(runs)), key=lambda i: forget_sets[i][1].get("condition") in CONTROL_OF)
     summaries: dict[int, dict] = {}
+    by_run = {_run_key(meta, meta.get("condition")): forget for forget, meta in forget_sets}
     for i in order:
         (forget, meta), (_, out) = forget_sets[i], runs[i]
         fixed_steps = dose_partner_steps(meta, summaries.values(), job_name) if matched else None
-        summaries[i] = run_one(config, shared, forget, meta, out, fixed_steps=fixed_steps)
+        partner = PARTNER.get(meta.get("condition"))
+        heldout = (partner, by_run[_run_key(meta, partner)]) if _run_key(meta, partner) in by_run else None
+        summaries[i] = run_one(config, shared, forget, meta, out, fixed_steps=fixed_steps, heldout=heldout)
     return [summaries[i] for i in range(len(runs))]
+
+
+def _run_key(meta: dict, condition: str | None) -> tuple:
+    return (meta.get("target"), meta.get("unit_slot"), condition, int(meta.get("seed", 0)))
 
 
 def dose_partner_steps(meta: dict, done: Iterable[dict], job_name: str) -> int | None:
