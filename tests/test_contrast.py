@@ -271,7 +271,9 @@ def test_figures_are_drawn_for_the_paper_matrix(paper, shared_dir, tmp_path):
     written = analysis_figures.draw(
         shared_dir / "fixtures" / "paper-bin-matrix", tmp_path, heatmaps=["socialiqa"], contrast_dir=out
     )
-    assert {p.name for p in written} == {"heatmap_socialiqa.png", "correlations.png", "contrast_bars.png", "verdict.png"}
+    assert {p.name for p in written} == {
+        "heatmap_socialiqa.png", "correlations.png", "contrast_bars.png", "verdict.png", "standardised_effects.png"
+    }
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
     with pytest.raises(CapatlasError, match="no benchmark 'gsm8k'"):

@@ -28,6 +28,7 @@ FIGURES = (
     "figures/contrast_bars.png",
     "figures/correlations.png",
     "figures/verdict.png",
+    "figures/standardised_effects.png",
     *(f"figures/unlearning_{kind}_{metric}.png" for kind in ("paired", "damage") for metric in ("acc", "logprob")),
 )
 # The tables a reader of the study looks for: the bin matrix and its marginals,

@@ -175,6 +175,12 @@ rule contrast_figures:
             category="Contrast",
             labels={"figure": "profile correlations"},
         ),
+        effects=report(
+            f"{FIGURES}/standardised_effects.png",
+            caption="../report/standardised_effects.rst",
+            category="Contrast",
+            labels={"figure": "standardised and robust effects"},
+        ),
         verdict=report(
             f"{FIGURES}/verdict.png",
             caption="../report/verdict.rst",

@@ -10,6 +10,8 @@
   CI from the widest-reaching uncertainty available (documents if the
   bin matrix came with bootstrap replicates, else resampled bins).
 * ``correlations.png``: Pearson and Spearman bin-profile correlations.
+* ``standardised_effects.png``: per topic and format, Cohen's d_z with its
+  noncentral-t interval, and the mean, median and trimmed mean of the bins' dz.
 * ``verdict.png``: a forest plot of the study's claims (analysis/verdict.py):
   each estimate with its intervals and leave-one-bin-out range, on an axis
   where 0 is no effect, coloured by the reading.
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from capatlas.command import Command
-from capatlas.analysis.contrast import FORMAT_CONTRAST_FILE, SUMMARY_FILE, TOPIC_CONTRAST_FILE, read_any
+from capatlas.analysis.contrast import FACET_EFFECTS_FILE, FORMAT_CONTRAST_FILE, SUMMARY_FILE, TOPIC_CONTRAST_FILE, read_any
 from capatlas.errors import CapatlasError
 from capatlas.analysis.influence import zscore
 from capatlas.fileio import atomic_path
@@ -183,6 +185,45 @@ def correlations(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def standardised_effects(effects: pd.DataFrame, path: Path, ci_level: float) -> None:
+    """Per topic and format: Cohen's d_z with its interval (left) and the robust centres of dz (right)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(13, 16), gridspec_kw={"height_ratios": [1, 1]})
+    for row, (facet, names) in enumerate((("topic", TOPIC_NAMES), ("format", FORMAT_NAMES))):
+        part = effects[effects["facet"] == facet]
+        reasoning = part[part["level"] == "reasoning"].reset_index(drop=True)
+        order = np.argsort(reasoning["d_z"].fillna(0).to_numpy())
+        y = np.arange(len(order))
+        for offset, level in ((0.18, "reasoning"), (-0.18, "knowledge")):
+            rows = part[part["level"] == level].reset_index(drop=True).iloc[order]
+            colour = LEVEL_COLOURS[level]
+            d = rows["d_z"].to_numpy()
+            err = np.abs(np.vstack([d - rows["d_z_ci_low"].to_numpy(), rows["d_z_ci_high"].to_numpy() - d]))
+            axes[row, 0].errorbar(d, y + offset, xerr=err, fmt="o", color=colour, markersize=3.5, elinewidth=0.9,
+                                  capsize=1.5, label=f"{level}")  # fmt: skip
+            for column, marker, label in (("mean_dz", "o", "mean"), ("median_dz", "x", "median"),
+                                          ("trimmed_mean_dz", "+", "20% trimmed mean")):  # fmt: skip
+                axes[row, 1].plot(rows[column], y + offset, marker, color=colour, markersize=5, linestyle="none",
+                                  label=f"{level}: {label}")  # fmt: skip
+        for ax in axes[row]:
+            ax.set_yticks(y, [names[i] for i in order], fontsize=7.5)
+            ax.axvline(0, color="black", linewidth=0.8)
+            ax.grid(axis="x", alpha=0.3)
+        axes[row, 0].set_xlabel(f"Cohen's d_z of the bins' dz ({ci_level:.0%} noncentral-t interval)")
+        axes[row, 1].set_xlabel("centre of the bins' dz = z(social) - z(STEM)")
+        axes[row, 0].set_title(f"standardised, per {facet}", fontsize=10)
+        if row:  # the top panel's title is its legend's, above it
+            axes[row, 1].set_title(f"mean and robust centres, per {facet}", fontsize=10)
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    # Above the panel, where no unit's markers are.
+    axes[0, 1].legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
+                      title="mean and robust centres, per topic", title_fontsize=9)  # fmt: skip
+    fig.suptitle("Standardised and robust contrast effects (sorted by the reasoning d_z)", fontsize=12)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 READING_COLOURS = {"supported": "#1b7837", "fragile": "#e08214", "not supported": "#b2182b"}
 
 
@@ -262,6 +303,10 @@ def draw(
             format_ = pd.read_parquet(contrast_dir / FORMAT_CONTRAST_FILE)
             contrast_bars(topic, format_, out / "contrast_bars.png", summary["input"]["ci_level"])
             written.append(out / "contrast_bars.png")
+        effects_path = contrast_dir / FACET_EFFECTS_FILE
+        if summary.get("standardised_effects") and effects_path.is_file():
+            standardised_effects(pd.read_parquet(effects_path), out / "standardised_effects.png", summary["input"]["ci_level"])
+            written.append(out / "standardised_effects.png")
         if summary.get("verdict"):
             verdict_forest(summary["verdict"], out / "verdict.png", summary["input"]["ci_level"])
             written.append(out / "verdict.png")
