@@ -196,3 +196,17 @@ def test_typed_sections_fill_defaults_and_name_bad_keys():
         Unlearning.of({"forget": {"n_doc": 3}})
     with pytest.raises(CapatlasError, match=r"Benchmark: .*missing .*'source'"):
         Benchmark.of({"name": "arc", "domain": "stem", "capability": "reasoning", "loader": "arc"})
+
+
+def test_a_guard_without_guard_items_is_refused_at_planning(repo_root):
+    from capatlas.config import load_config
+
+    paper = repo_root / "config" / "olmo3-7b.yaml"
+    site = {"corpus": {"paths": ["x"]}, "models": {"document": {"path": "m"}}}
+    assert load_config(paper, overrides=site)["item_roles"]["guard"] == 0.1
+    with pytest.raises(CapatlasError, match=r"'unlearning.stop.guard_benchmark' is set but 'item_roles.guard' is 0"):
+        load_config(paper, overrides={**site, "item_roles": {"guard": 0.0}})
+    with pytest.raises(CapatlasError, match=r"'item_roles.queries' \(0.7\) \+ 'item_roles.guard' \(0.3\) leave no evaluation"):
+        load_config(paper, overrides={**site, "item_roles": {"queries": 0.7, "guard": 0.3}})
+    # The study's design needs no held-out guard items.
+    assert load_config(paper, overrides={**site, "item_roles": {"design": "overlapping", "guard": 0.0}})

@@ -157,6 +157,23 @@ def _check_semantics(config: dict, source: str) -> None:
             raise CapatlasError(
                 f"invalid {source}: config key '{key}.source' is 'path', but Dolma 3 paths carry only the topic"
             )
+    _check_item_roles(config, source)
+
+
+def _check_item_roles(config: dict, source: str) -> None:
+    roles, unlearning = config["item_roles"], config["unlearning"]
+    if roles["design"] != "held_out":
+        return
+    if roles["queries"] + roles["guard"] >= 1:
+        raise CapatlasError(
+            f"invalid {source}: config keys 'item_roles.queries' ({roles['queries']}) + 'item_roles.guard' "
+            f"({roles['guard']}) leave no evaluation items"
+        )
+    if unlearning["enabled"] and unlearning["stop"]["guard_benchmark"] and not roles["guard"] > 0:
+        raise CapatlasError(
+            f"invalid {source}: config key 'unlearning.stop.guard_benchmark' is set but 'item_roles.guard' is 0: "
+            "with held-out items the guard needs its own (e.g. item_roles.guard: 0.1)"
+        )
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
