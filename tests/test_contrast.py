@@ -393,7 +393,12 @@ def test_joint_interaction_null_holds_its_level_where_independent_permutation_do
 def test_paper_matrix_verdict_reads_each_claim(paper):
     summary, _, out = paper
     verdict = {v["claim"]: v for v in summary["verdict"]}
-    assert [v["claim"] for v in summary["verdict"]] == ["profile_apart", "sharper_at_reasoning", "top_reasoning_topic"]
+    assert [v["claim"] for v in summary["verdict"]] == [
+        "profile_apart", "profile_apart_spearman", "sharper_at_reasoning", "top_reasoning_topic"
+    ]  # fmt: skip
+    assert verdict["profile_apart_spearman"]["reading"] == "supported"
+    # BCa beside the bins' percentile interval (the leave-one-bin-out values its jackknife): it includes 1 too.
+    assert verdict["sharper_at_reasoning"]["intervals"]["bins_bca"][0] < 1 < verdict["sharper_at_reasoning"]["intervals"]["bins_bca"][1]
     # SocialIQA apart: r 0.76 among the other three against at most 0.21 with SocialIQA, robust to any one bin.
     assert verdict["profile_apart"]["reading"] == "supported" and verdict["profile_apart"]["estimate"] > 0.5
     sharper = verdict["sharper_at_reasoning"]

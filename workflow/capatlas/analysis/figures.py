@@ -261,7 +261,8 @@ def verdict_forest(verdict: list[dict], path: Path, ci_level: float) -> None:
     ax.set_ylim(-0.7, len(verdict) - 0.3)
     ax.set_xlabel("estimate relative to no effect (ratios as log ratio)", fontsize=9)
     handles = [
-        plt.Line2D([], [], color="0.3", marker=markers[k], linewidth=1.6, label=f"{ci_level:.0%} CI, {k} resampled")
+        plt.Line2D([], [], color="0.3", marker=markers[k], linewidth=1.6,
+                   label=f"{ci_level:.0%} CI, " + ("bins resampled, BCa" if k == "bins_bca" else f"{k} resampled"))  # fmt: skip
         for k in kinds
     ]
     handles.append(plt.Line2D([], [], color="0.3", alpha=0.25, linewidth=9, label="range leaving out one bin"))

@@ -11,7 +11,8 @@ matrix) and its range when each bin is left out in turn give the reading:
   the null or leaving out one bin crosses it;
 * not supported: the estimate is not on the claimed side.
 
-Ratios are read (and drawn) on a log scale, where "no effect" is 0 as for
+The bins bootstrap's interval is read both as percentile and as BCa
+(`bins_bca`, its jackknife the leave-one-bin-out values). Ratios are read (and drawn) on a log scale, where "no effect" is 0 as for
 the differences.
 """
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capatlas.analysis.influence import percentile_ci
+from capatlas.analysis.influence import bca_interval, percentile_ci
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,15 @@ def study_claims(benchmarks: Mapping[tuple[str, str], Sequence[str]], top_reason
     (sr,) = benchmarks[("social", "reasoning")][:1]
     others = [b for cell, names in benchmarks.items() if cell != ("social", "reasoning") for b in names[:1]]
 
-    def r(values: Mapping[str, float], a: str, b: str) -> float:
-        return values.get(f"pearson/{a}/{b}", values.get(f"pearson/{b}/{a}", np.nan))
+    def apart(kind: str) -> Callable[[Mapping[str, float]], float]:
+        def r(values: Mapping[str, float], a: str, b: str) -> float:
+            return values.get(f"{kind}/{a}/{b}", values.get(f"{kind}/{b}/{a}", np.nan))
 
-    def apart(values: Mapping[str, float]) -> float:
-        among = [r(values, a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
-        return min(among) - max(r(values, sr, o) for o in others)
+        def gap(values: Mapping[str, float]) -> float:
+            among = [r(values, a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
+            return min(among) - max(r(values, sr, o) for o in others)
+
+        return gap
 
     return [
         Claim(
@@ -55,7 +59,15 @@ def study_claims(benchmarks: Mapping[tuple[str, str], Sequence[str]], top_reason
             f"lowest Pearson r among the other three minus highest r of {sr} with them",
             0.0,
             False,
-            apart,
+            apart("pearson"),
+        ),
+        Claim(
+            "profile_apart_spearman",
+            f"the same, in ranks ({sr}'s bin z are heavy-tailed)",
+            f"lowest Spearman rho among the other three minus highest rho of {sr} with them",
+            0.0,
+            False,
+            apart("spearman"),
         ),
         Claim(
             "sharper_at_reasoning",
@@ -107,6 +119,11 @@ def assess(
             intervals[kind] = [float(low), float(high)]
     loo = _column(claim, keys, leave_one_out)
     loo_range = [float(np.nanmin(loo)), float(np.nanmax(loo))] if np.isfinite(loo).any() else None
+    if "bins" in resampled:
+        # BCa beside the bins' percentile interval: the leave-one-bin-out values are its jackknife.
+        low, high = bca_interval(estimate, _column(claim, keys, resampled["bins"]), loo, ci_level)
+        if np.isfinite(low) and np.isfinite(high):
+            intervals["bins_bca"] = [low, high]
     axis = _on_axis(claim, estimate)
     if not axis > 0:
         reading, why = "not supported", "the estimate is not on the claimed side"
