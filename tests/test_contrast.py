@@ -464,3 +464,12 @@ def test_bca_interval_agrees_with_scipys_and_is_named_in_the_summary(paper):
     sharp = summary["sharpness"]["topic"]["max_abs"]
     assert summary["input"]["interval_methods"]["ci_bins_bca"].startswith("BCa")
     assert sharp["ratio_ci_bins_bca"] is None or sharp["ratio_ci_bins_bca"][0] < sharp["ratio_ci_bins_bca"][1]
+
+
+def test_verdict_forest_draws_every_resampling(tmp_path):
+    claim = {"claim": "c", "statement": "x is positive", "statistic": "x", "estimate": 1.0, "null": 0.0,
+             "log_scale": False, "leave_one_bin_out": [0.5, 1.2], "reading": "supported", "why": ""}  # fmt: skip
+    kinds = ("bins", "bins_bca", "crossed", "documents", "queries")
+    claim["intervals"] = {kind: [0.2 + 0.01 * k, 1.8] for k, kind in enumerate(kinds)}
+    analysis_figures.verdict_forest([claim, {**claim, "claim": "r", "log_scale": True, "null": 1.0}], tmp_path / "v.png", 0.95)
+    assert (tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -240,7 +240,8 @@ def verdict_forest(verdict: list[dict], path: Path, ci_level: float) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 1.3 + 1.1 * len(verdict)))
     kinds = sorted({k for claim in verdict for k in claim["intervals"]})
-    markers = dict(zip(kinds, ("o", "s", "^", "D")))
+    # One marker per resampling: bins, its BCa, crossed, documents, queries (and room for more).
+    markers = {kind: "os^Dv<>P"[k % 8] for k, kind in enumerate(kinds)}
     for row, claim in enumerate(reversed(verdict)):
         colour = READING_COLOURS[claim["reading"]]
         if claim["leave_one_bin_out"]:
