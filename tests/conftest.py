@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,12 @@ def pytest_configure_node(node):
     if not hasattr(config, "_capatlas_groups"):
         config._capatlas_groups = Path(tempfile.mkdtemp(prefix="capatlas-test-groups-"))
     node.workerinput[GROUPS_FILE] = str(config._capatlas_groups)
+
+
+def pytest_unconfigure(config):
+    # The controller's table directory: nothing of the run left in the system's temp.
+    if hasattr(config, "_capatlas_groups"):
+        shutil.rmtree(config._capatlas_groups, ignore_errors=True)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -112,16 +112,16 @@ def assess(
     """The claim's estimate, percentile intervals per resampling, leave-one-bin-out range and reading."""
     estimate = claim.value(observed)
     intervals = {}
-    for kind, reps in resampled.items():
-        column = _column(claim, keys, reps)
+    columns = {kind: _column(claim, keys, reps) for kind, reps in resampled.items()}
+    for kind, column in columns.items():
         if np.isfinite(column).any():
             low, high = percentile_ci(column, ci_level)
             intervals[kind] = [float(low), float(high)]
     loo = _column(claim, keys, leave_one_out)
     loo_range = [float(np.nanmin(loo)), float(np.nanmax(loo))] if np.isfinite(loo).any() else None
-    if "bins" in resampled:
+    if "bins" in columns:
         # BCa beside the bins' percentile interval: the leave-one-bin-out values are its jackknife.
-        low, high = bca_interval(estimate, _column(claim, keys, resampled["bins"]), loo, ci_level)
+        low, high = bca_interval(estimate, columns["bins"], loo, ci_level)
         if np.isfinite(low) and np.isfinite(high):
             intervals["bins_bca"] = [low, high]
     axis = _on_axis(claim, estimate)

@@ -21,32 +21,12 @@ window is several chunks, as in training.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
 
 MIN_K = 0.2
-
-
-def chunk_token_logprobs(model, chunks: Sequence[Sequence[int]], batch_size: int, device, collate, ignore: int) -> list[np.ndarray]:
-    """Each chunk's next-token log-probabilities (tokens 1..), in eval mode."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    out: list[np.ndarray] = []
-    with torch.no_grad():
-        for start in range(0, len(chunks), batch_size):
-            batch = {k: v.to(device) for k, v in collate(chunks[start : start + batch_size]).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = batch["labels"][:, 1:]
-            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            for row, valid in zip(picked, targets != ignore):
-                out.append(row[valid].cpu().numpy().astype(np.float64))
-    model.train(was_training)
-    return out
 
 
 def perplexity(token_logprobs: Sequence[np.ndarray]) -> float:
@@ -67,10 +47,14 @@ def membership_auc(forget_scores: np.ndarray, heldout_scores: np.ndarray) -> flo
     return float(u / (len(forget_scores) * len(heldout_scores)))
 
 
-def diagnose(model, forget_chunks, heldout_chunks, *, batch_size: int, device, collate, ignore: int) -> dict:
-    """Perplexities of both sets and the min-k% membership AUC, for one model state."""
-    forget = chunk_token_logprobs(model, forget_chunks, batch_size, device, collate, ignore)
-    heldout = chunk_token_logprobs(model, heldout_chunks, batch_size, device, collate, ignore)
+def diagnose(token_logprobs_of: Callable[[Sequence], list[np.ndarray]], forget_chunks, heldout_chunks) -> dict:
+    """Perplexities of both sets and the min-k% membership AUC, for one model state.
+
+    `token_logprobs_of(chunks)`: each chunk's next-token log-probabilities under that state
+    (unlearn.chunk_token_logprobs, bound to the model).
+    """
+    forget = token_logprobs_of(forget_chunks)
+    heldout = token_logprobs_of(heldout_chunks)
     return {
         "forget_ppl": perplexity(forget),
         "heldout_ppl": perplexity(heldout),

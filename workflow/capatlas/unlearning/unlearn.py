@@ -111,16 +111,35 @@ def collate(chunks: Sequence[Sequence[int]]):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def sequence_logprobs(model, batch) -> "torch.Tensor":  # noqa: F821
-    """Summed log-likelihood of each sequence's tokens (positions 1..), shape [batch]."""
+def token_logprobs(model, batch) -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
+    """Each sequence's next-token log-probabilities (positions 1..) and which of them are real tokens, [batch, T - 1]."""
     import torch
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
     targets = batch["labels"][:, 1:]
-    valid = targets != IGNORE_INDEX
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1), targets != IGNORE_INDEX
+
+
+def sequence_logprobs(model, batch) -> "torch.Tensor":  # noqa: F821
+    """Summed log-likelihood of each sequence's tokens (positions 1..), shape [batch]."""
+    picked, valid = token_logprobs(model, batch)
     return (picked * valid).sum(dim=1)
+
+
+def chunk_token_logprobs(model, chunks: Sequence[Sequence[int]], batch_size: int, device) -> list[np.ndarray]:
+    """Each chunk's next-token log-probabilities (float64), in eval mode."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(chunks), batch_size):
+            picked, valid = token_logprobs(model, _to(collate(chunks[start : start + batch_size]), device))
+            out.extend(row[mask].cpu().numpy().astype(np.float64) for row, mask in zip(picked, valid))
+    model.train(was_training)
+    return out
 
 
 def mean_ce(model, batch) -> "torch.Tensor":  # noqa: F821
@@ -447,18 +466,7 @@ def probe_learning_rate(params: Sequence, optimizer, loss_fn: Callable[[], float
 
 def forget_perplexity(model, chunks: Sequence[Sequence[int]], batch_size: int, device) -> float:
     """exp of the mean next-token cross-entropy over every token of `chunks` (the first of each is never predicted)."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(chunks), batch_size):
-            batch = _to(collate(chunks[start : start + batch_size]), device)
-            total -= float(sequence_logprobs(model, batch).sum())
-            count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    model.train(was_training)
-    return math.exp(total / count)
+    return diagnostics.perplexity(chunk_token_logprobs(model, chunks, batch_size, device))
 
 
 def shuffled_chunks(chunks: Sequence[Sequence[int]], seed: int) -> list[list[int]]:
@@ -613,17 +621,21 @@ def read_baseline(path: Path, run_name: str) -> dict:
     return json.loads(path.read_text())["benchmarks"]
 
 
-def _make_guard(stop: dict, guarded: list, base_model, batch_size: int, eval_len):
+def _make_guard(stop: dict, shared: SharedInputs, base_model, batch_size: int, eval_len):
     """`guard(model) -> (value, ok)` on the guard benchmark's guard items against its floor, or None without one.
 
     The floor is `guard_fraction` x the base model's value on the same items,
-    measured here: under item_roles held_out they are items no run is judged on.
+    measured once per job: under item_roles held_out they are items no run is judged on.
     """
+    guarded = shared.guarded
     if not guarded:
         return None
     (bench,) = guarded
     metric = stop["guard_metric"]
-    floor = stop["guard_fraction"] * evaluate_prepared(base_model, guarded, batch_size=batch_size, max_length=eval_len)[bench.name][metric]
+    if shared.guard_base_value is None:
+        base = evaluate_prepared(base_model, guarded, batch_size=batch_size, max_length=eval_len)
+        shared.guard_base_value = base[bench.name][metric]
+    floor = stop["guard_fraction"] * shared.guard_base_value
 
     def guard(m):
         value = evaluate_prepared(m, guarded, batch_size=batch_size, max_length=eval_len)[bench.name][metric]
@@ -645,6 +657,8 @@ class SharedInputs:
     baseline: dict
     baseline_path: Path
     prefix: int | None
+    # The base model's value on the guard items: the same for every run of the job, measured by the first.
+    guard_base_value: float | None = None
 
 
 def read_retain_pools(retain_paths: Sequence[Path], seeds: set[int], job_name: str) -> dict[int, pd.DataFrame]:
@@ -715,15 +729,16 @@ def run_one(
     data = load_run_data(
         shared.tokenizer, forget, meta, shared.pools[seed], max_length=max_length, prefix=shared.prefix, run_name=run_name
     )
-    guard = _make_guard(section["stop"], shared.guarded, base, eval_cfg["batch_size"], eval_len)
+    guard = _make_guard(section["stop"], shared, base, eval_cfg["batch_size"], eval_len)
     heldout_chunks = chunk_documents(shared.tokenizer, list(heldout[1]["text"]), max_length, shared.prefix) if heldout else []
-    diagnose = partial(
-        diagnostics.diagnose, batch_size=eval_cfg["batch_size"], device=shared.device, collate=collate, ignore=IGNORE_INDEX
-    )
-    before = diagnose(base, data.forget_chunks, heldout_chunks) if heldout_chunks else None
+    def diagnose(state) -> dict:
+        measure = partial(chunk_token_logprobs, state, batch_size=eval_cfg["batch_size"], device=shared.device)
+        return diagnostics.diagnose(measure, data.forget_chunks, heldout_chunks)
+
+    before = diagnose(base) if heldout_chunks else None
     model = prepare_model(base, section)
     outcome = train_unlearning(model, data, section, seed, guard=guard, run_name=run_name, fixed_steps=fixed_steps)
-    after = diagnose(model, data.forget_chunks, heldout_chunks) if heldout_chunks else None
+    after = diagnose(model) if heldout_chunks else None
     results = evaluate_prepared(model, shared.prepared, batch_size=eval_cfg["batch_size"], max_length=eval_len)
     model_dir = out / ("adapter" if section["lora"]["enabled"] else "checkpoint")
     with atomic_path(model_dir, directory=True) as tmp:
@@ -811,10 +826,9 @@ def dose_partner_steps(meta: dict, done: Iterable[dict], job_name: str) -> int |
     treated = CONTROL_OF.get(meta.get("condition"))
     if treated is None:
         return None
-    key = (meta.get("target"), meta.get("unit_slot"), treated, int(meta.get("seed", 0)))
+    key = _run_key(meta, treated)
     for summary in done:
-        run = summary["run"]
-        if (run["target"], run["unit_slot"], run["condition"], run["seed"]) == key:
+        if _run_key(summary["run"], summary["run"]["condition"]) == key:
             return int(summary["steps"])
     raise CapatlasError(
         f"{job_name}: the {meta.get('condition')} run of target {key[0]}, unit {key[1]}, seed {key[3]} has a matched "
