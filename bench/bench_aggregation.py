@@ -101,6 +101,9 @@ def write_inputs(
             count=counts,
             boot_sum=boot_sum[j],
             boot_weight=boot_weight[j],
+            # The combined bootstrap's sums have the document sums' shape and cost to add; the bench times
+            # aggregation, not their values.
+            joint_sum=boot_sum[j],
         )
     shared_binsums = root / "binsums.safetensors"
     write_bin_sums(shared_binsums, bin_sums)

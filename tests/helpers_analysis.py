@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
-from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
+from capatlas.artifacts.doc_bootstrap import (
+    WEIGHTS_SCHEME,
+    document_keys,
+    joint_bin_sums,
+    poisson_weights,
+    query_mean_weights,
+    shard_bootstrap,
+)
 from capatlas.artifacts.scores import scores_table, write_scores
 from capatlas.taxonomy import N_BINS
 
@@ -147,13 +154,23 @@ def write_shards(
             ss = np.zeros((N_BINS, values.shape[1]))
             np.add.at(s, bins[scored], values[scored])
             np.add.at(ss, bins[scored], values[scored] ** 2)
+            item_ids = [f"{name}-{q}" for q in range(values.shape[1])]
+            joint = np.zeros((n_bootstrap, N_BINS))
+            if n_bootstrap and scored.any():
+                doc_weights = poisson_weights(
+                    document_keys([d for d, ok in zip(doc_ids, scored) if ok], seed), n_bootstrap
+                )
+                query_weights = query_mean_weights(item_ids, name, n_bootstrap, seed)
+                present, part = joint_bin_sums(doc_weights, bins[scored], values[scored], query_weights)
+                joint[:, present] = part.T
             bin_sums.benchmarks[name] = BenchmarkSums(
-                item_ids=[f"{name}-{q}" for q in range(values.shape[1])],
+                item_ids=item_ids,
                 sum=s,
                 sumsq=ss,
                 count=np.bincount(bins[scored], minlength=N_BINS).astype(np.int64),
                 boot_sum=boot_sum[j],
                 boot_weight=boot_weight[j],
+                joint_sum=joint,
             )
         table = scores_table(doc_ids, bins, {n: doc_scores[:, j] for j, n in enumerate(data.benchmarks)}, provenance)
         score_path = root / "scores" / f"shard-{k:05d}.parquet"

@@ -38,6 +38,7 @@ def _bin_sums(seed: int = 0) -> BinSums:
             boot_sum=rng.normal(size=(4, N_BINS)),
             # Fortran order in memory: the writer must store the logical layout.
             boot_weight=np.asfortranarray(rng.integers(0, 9, size=(4, N_BINS)).astype(np.uint32)),
+            joint_sum=rng.normal(size=(4, N_BINS)),
         )
     return out
 
@@ -97,6 +98,7 @@ def _influence_files(out, provenance=None):
     write_influence_files(
         out, matrix=matrix, topic_marginals=marginals, format_marginals=marginals, benchmarks=["a"],
         document_replicates=[rng.normal(size=(3, N_BINS))], query_replicates=[rng.normal(size=(3, N_BINS))],
+        combined_replicates=[rng.normal(size=(3, N_BINS))],
         provenance=provenance,
     )  # fmt: skip
     return matrix

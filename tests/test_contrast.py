@@ -231,6 +231,16 @@ def test_paper_matrix_profile_correlations(paper):
     )
 
 
+def test_bin_level_sd_ratio_restates_the_correlations(paper):
+    """Issue 18: the bin-level sharpness of the study's matrix is sqrt((1 - r_SIQA,ARC) / (1 - r_SS,STEM))."""
+    summary, frames, _ = paper
+    sd = summary["sharpness"]["bin"]["sd"]
+    pearson = summary["pearson"]["matrix"]
+    by_hand = np.sqrt((1 - pearson["socialiqa"]["arc_challenge"]) / (1 - pearson["mmlu_social_science"]["mmlu_stem"]))
+    assert sd["ratio"] == pytest.approx(by_hand, abs=1e-9) == pytest.approx(2.3971, abs=1e-4)
+    assert sd["from_correlations"] == pytest.approx(sd["ratio"], abs=1e-9) and "restated" in sd["note"]
+
+
 def test_paper_matrix_top_bin_carries_the_topic_contrast(paper):
     summary, frames, _ = paper
     top = summary["top_bins"]["socialiqa"]["top"][0]

@@ -20,6 +20,11 @@ def test_bin_matrix_covers_every_bin_of_every_benchmark(demo_run):
     assert len(matrix) == N_BINS * len(truth["benchmarks"])
     scored = matrix[matrix["n_docs"] > 0]
     assert (scored["ci_low"] <= scored["mean"] + 1e-12).all() and (scored["ci_high"] >= scored["mean"] - 1e-12).all()
+    # The combined interval holds both sources of noise: never narrower than either one-way component by much,
+    # and wider than the documents-alone one in most bins.
+    width = scored["ci_high"] - scored["ci_low"]
+    assert (width >= scored["doc_ci_high"] - scored["doc_ci_low"]).mean() > 0.6
+    assert scored[["z_ci_low", "z_ci_high"]].notna().all().all()
     for _, part in scored.groupby("benchmark"):
         assert part["zscore"].std(ddof=1) == pytest.approx(1.0)
 
@@ -51,7 +56,14 @@ def test_contrast_summary_and_figures_exist(demo_run):
     summary = json.loads((demo_run / "contrast" / "summary.json").read_text())
     for key in ("pearson", "spearman", "topic_contrast", "format_contrast", "sharpness", "top_bins", "robustness"):
         assert summary[key], key
-    assert "documents" in summary["input"]["uncertainty"]
+    assert {"combined", "documents", "queries"} <= set(summary["input"]["uncertainty"])
+    assert summary["input"]["interval_methods"]["ci_combined"].startswith("percentile; documents and queries at once")
+    top = summary["top_bins"][summary["input"]["benchmarks"][0]]["top"][0]
+    # The z's own interval beside it (not the raw mean's, as before issue 18).
+    matrix = pq.read_table(demo_run / "influence" / "bin_matrix.parquet").to_pandas()
+    row = matrix[(matrix["benchmark"] == summary["input"]["benchmarks"][0]) & (matrix["bin_id"] == top["bin_id"])].iloc[0]
+    assert top["z_ci"] == pytest.approx([row["z_ci_low"], row["z_ci_high"]])
+    assert top["mean_ci"] == pytest.approx([row["ci_low"], row["ci_high"]])
     values = [v for row in summary["pearson"]["matrix"].values() for v in row.values()]
     assert np.all(np.abs(values) <= 1 + 1e-9)
     for name in summary["input"]["benchmarks"]:

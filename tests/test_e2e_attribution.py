@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from capatlas.artifacts.provenance import PROVENANCE_FILE, PROVENANCE_KEY, provenance_sha256
+from capatlas.artifacts import doc_bootstrap
 from capatlas.artifacts.binsums import read_bin_sums
 from capatlas.attribution.context import bergson_version
 from capatlas.attribution.score_shard import FAIL_SHARDS_ENV, score_shard
@@ -163,6 +164,18 @@ def test_demo_scores_and_bin_sums_equal_bergson_score(demo, tmp_path):
         members = reference[bins[rows] == b]
         np.testing.assert_allclose(sums.sum[b] / sums.count[b], members.mean(axis=0), rtol=0, atol=1e-5)
         np.testing.assert_allclose(sums.sumsq[b], (members**2).sum(axis=0), rtol=0, atol=1e-5)
+
+    # The combined bootstrap's sums: document weight x the document's query-weighted mean cosine, from the
+    # keyed weights drawn again here (issue 18).
+    config = demo["config"]
+    n_boot, seed = config["analysis"]["bootstrap"], config["seed"]
+    w = doc_bootstrap.poisson_weights(doc_bootstrap.document_keys(part.column("doc_id").to_pylist(), seed), n_boot)
+    items = pq.read_table(demo["query_indices"][name] / "items.parquet").column("item_id").to_pylist()
+    v = doc_bootstrap.query_mean_weights([str(i) for i in items], name, n_boot, seed)
+    for b in checked:
+        members = bins[rows] == b
+        expected = (w[members] * (reference[members] @ v)).sum(axis=0)
+        np.testing.assert_allclose(sums.joint_sum[:, b], expected, rtol=0, atol=1e-4)
 
 
 def test_document_equal_to_a_query_scores_highest_for_it(demo, tmp_path):

@@ -93,10 +93,46 @@ def test_document_bootstrap_is_the_poisson_bootstrap_of_each_bin(data, result):
     np.testing.assert_allclose(result.document_replicates[j], expected, rtol=1e-10, equal_nan=True)
     got = result.matrix[result.matrix["benchmark"] == name].set_index("bin_id")
     low, high = np.nanquantile(expected, [0.05, 0.95], axis=0)
-    np.testing.assert_allclose(got["ci_low"], low, rtol=1e-10, equal_nan=True)
-    np.testing.assert_allclose(got["ci_high"], high, rtol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(got["doc_ci_low"], low, rtol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(got["doc_ci_high"], high, rtol=1e-10, equal_nan=True)
     # Poisson(1) weights: mean and variance 1.
     assert abs(weights.mean() - 1) < 0.05 and abs(weights.var() - 1) < 0.1
+
+
+def test_combined_bootstrap_is_the_product_weight_bootstrap_of_each_bin(data, result):
+    """Brute force: each replicate weighs cell (d, q) by w_d x v_q and takes the weighted mean of the bin's cells."""
+    name = data.benchmarks[2]
+    values = data.per_query[name]
+    scored = np.isfinite(values).all(axis=1)
+    doc_ids = [d for d, ok in zip(data.doc_ids, scored) if ok]
+    bins, cells = data.bins[scored], values[scored]
+    w = doc_bootstrap.poisson_weights(doc_bootstrap.document_keys(doc_ids, 5), 50)
+    item_ids = [f"{name}-{q}" for q in range(values.shape[1])]
+    v = doc_bootstrap.poisson_weights(
+        doc_bootstrap.document_keys([f"query\0{name}\0{i}" for i in item_ids], 5), 50
+    )
+    expected = np.full((50, N_BINS), np.nan)
+    for b in np.unique(bins):
+        rows = np.flatnonzero(bins == b)
+        for r in range(50):
+            vq = v[:, r] if v[:, r].sum() > 0 else np.ones(len(item_ids))
+            wd = w[rows, r] if w[rows, r].sum() > 0 else np.ones(len(rows))  # no document drawn: queries alone
+            product = wd[:, None] * vq[None, :]
+            expected[r, b] = (product * cells[rows]).sum() / product.sum()
+    j = result.benchmarks.index(name)
+    np.testing.assert_allclose(result.combined_replicates[j], expected, rtol=1e-9, equal_nan=True)
+    got = result.matrix[result.matrix["benchmark"] == name].set_index("bin_id")
+    low, high = np.nanquantile(expected, [0.05, 0.95], axis=0)
+    np.testing.assert_allclose(got["ci_low"], low, rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(got["ci_high"], high, rtol=1e-9, equal_nan=True)
+    # z intervals: every replicate re-standardised across the bins.
+    z = (expected - np.nanmean(expected, axis=1, keepdims=True)) / np.nanstd(expected, axis=1, ddof=1, keepdims=True)
+    z_low, z_high = np.nanquantile(z, [0.05, 0.95], axis=0)
+    np.testing.assert_allclose(got["z_ci_low"], z_low, rtol=1e-9, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(got["z_ci_high"], z_high, rtol=1e-9, atol=1e-12, equal_nan=True)
+    # Both sources together: wider than either alone in most bins.
+    width = got["ci_high"] - got["ci_low"]
+    assert (width >= got["doc_ci_high"] - got["doc_ci_low"]).mean() > 0.7
 
 
 def test_query_bootstrap_resamples_queries_of_the_bin_sums(data, result):
@@ -223,7 +259,7 @@ def test_cli_writes_all_outputs_and_exits_2_on_bad_input(data, tmp_path, repo_ro
     assert done.returncode == 0, done.stderr[-2000:]
     matrix = pq.read_table(tmp_path / "out" / bin_matrix.MATRIX_FILE)
     assert matrix.num_rows == N_BINS * len(data.benchmarks)
-    assert matrix.column_names[:11] == [
+    assert matrix.column_names[:15] == [
         "benchmark",
         "bin_id",
         "topic",
@@ -235,10 +271,18 @@ def test_cli_writes_all_outputs_and_exits_2_on_bad_input(data, tmp_path, repo_ro
         "zscore",
         "ci_low",
         "ci_high",
+        "z_ci_low",
+        "z_ci_high",
+        "doc_ci_low",
+        "doc_ci_high",
     ]
     assert bin_matrix.METADATA_KEY in matrix.schema.metadata
     boot = bin_matrix.read_bootstrap(tmp_path / "out" / bin_matrix.BOOTSTRAP_FILE)
-    assert boot[data.benchmarks[0]]["documents"].shape == (20, N_BINS)
+    assert {k: v.shape for k, v in boot[data.benchmarks[0]].items()} == {
+        "combined": (20, N_BINS),
+        "documents": (20, N_BINS),
+        "queries": (20, N_BINS),
+    }
     for name in (bin_matrix.TOPIC_FILE, bin_matrix.FORMAT_FILE):
         assert pq.read_table(tmp_path / "out" / name).num_rows == 24 * len(data.benchmarks)
     failed = subprocess.run(
@@ -277,7 +321,7 @@ def test_finite_population_correction_by_hand(tmp_path):
     reps = means[:, None, :] + rng.normal(size=(2, 50, N_BINS))
     fraction = np.full(N_BINS, np.nan)
     fraction[:3] = [1.0, 0.75, 0.0]  # exhaustive, three quarters, a vanishing share
-    corrected = inf.finite_population_replicates(reps, means, fraction)
+    corrected = inf.finite_population_replicates(reps, means[:, None, :], fraction)
     np.testing.assert_allclose(corrected[:, :, 0], np.broadcast_to(means[:, None, 0], (2, 50)))  # no sampling error left
     np.testing.assert_allclose(corrected[:, :, 1] - means[:, None, 1], 0.5 * (reps[:, :, 1] - means[:, None, 1]))
     np.testing.assert_allclose(corrected[:, :, 2:], reps[:, :, 2:])  # f = 0 or unknown: unchanged
@@ -296,3 +340,30 @@ def test_finite_population_correction_by_hand(tmp_path):
     (tmp_path / "bin_summary.csv").write_text(text.replace("\n3,0,", "\n4,0,", 1))
     with pytest.raises(CapatlasError, match=r"bin_summary.csv, row 5: bin_id 4 where 3 belongs"):
         read_bin_counts(tmp_path / "bin_summary.csv")
+
+
+def _simulated_bin(k: int, rng: np.random.Generator, n_docs: int = 20, n_queries: int = 25, n_boot: int = 500):
+    """One bin of a crossed design, score = document effect + query effect + noise (each sd 1), true mean 0;
+    returns whether its 95% combined and documents-alone percentile intervals cover 0."""
+    cells = rng.normal(size=(n_docs, 1)) + rng.normal(size=(1, n_queries)) + rng.normal(size=(n_docs, n_queries))
+    w = doc_bootstrap.poisson_weights(doc_bootstrap.document_keys([f"sim{k}-doc{i}" for i in range(n_docs)], k), n_boot)
+    v = doc_bootstrap.query_mean_weights([f"q{j}" for j in range(n_queries)], f"sim{k}", n_boot, k)
+    _, joint = doc_bootstrap.joint_bin_sums(w, np.zeros(n_docs, dtype=np.int64), cells, v)
+    total = w.sum(axis=0)
+    combined = np.where(total > 0, joint[0] / np.maximum(total, 1), (cells @ v).mean(axis=0))
+    doc_means = cells.mean(axis=1)
+    documents = np.where(total > 0, (w * doc_means[:, None]).sum(axis=0) / np.maximum(total, 1), doc_means.mean())
+    return [low <= 0 <= high for low, high in (inf.percentile_ci(r, 0.95) for r in (combined, documents))]
+
+
+def test_combined_bootstrap_covers_a_crossed_design_by_simulation():
+    """600 independent bins (20 documents x 25 queries): the combined interval's coverage is nominal.
+
+    Measured over simulation seeds 0-6 (400-600 bins each): 0.938-0.955 for
+    the combined interval, 0.79-0.85 for documents alone, which misses the
+    queries' share of the noise.
+    """
+    rng = np.random.default_rng(3)
+    covered = np.array([_simulated_bin(k, rng) for k in range(600)])
+    assert 0.92 <= covered[:, 0].mean() <= 0.98, covered[:, 0].mean()
+    assert covered[:, 1].mean() < 0.9, covered[:, 1].mean()

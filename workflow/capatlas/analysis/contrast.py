@@ -24,9 +24,11 @@ Definitions (README, "Analysis"):
 * interaction per bin: dz(reasoning) - dz(knowledge).
 
 Uncertainty: ``ci_bins`` resamples the bins with replacement and recomputes
-everything (z included); ``ci_documents`` / ``ci_queries`` recompute every
-statistic on each bootstrap replicate of the bin means written by
-`capatlas influence`. Permutation p-values: sharpness swaps each bin's
+everything (z included); ``ci_crossed`` resamples topics and formats;
+``ci_combined`` (documents and queries resampled together: the primary
+interval of our own matrices), ``ci_documents`` and ``ci_queries`` (its
+one-way components) recompute every statistic on each bootstrap replicate
+of the bin means written by `capatlas influence`. Permutation p-values: sharpness swaps each bin's
 reasoning and knowledge contrast at random (one-sided, reasoning sharper);
 the per-bin interaction is compared with a null pooled over bins in which
 each cell's z profile is permuted across bins independently (two-sided),
@@ -54,7 +56,13 @@ from capatlas.command import Command
 from capatlas.errors import CapatlasError
 from capatlas.analysis import effects, verdict
 from capatlas.analysis.influence import bca_interval, percentile_ci, zscore
-from capatlas.artifacts.bin_matrix import BOOTSTRAP_FILE, read_bin_matrix, read_bootstrap, read_influence_provenance
+from capatlas.artifacts.bin_matrix import (
+    BOOTSTRAP_FILE,
+    REPLICATE_KINDS,
+    read_bin_matrix,
+    read_bootstrap,
+    read_influence_provenance,
+)
 from capatlas.fileio import write_json, write_parquet
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS, resolve_format, resolve_topic
 
@@ -159,7 +167,7 @@ def read_bin_matrix_parquet(path: Path) -> BinMatrix:
     if boot_path.is_file():
         boot = read_bootstrap(boot_path, read_influence_provenance(path))
         if set(boot) >= set(names):
-            for kind in ("documents", "queries"):
+            for kind in REPLICATE_KINDS:
                 stack = np.stack([boot[n][kind] for n in names])
                 if stack.shape[1]:
                     replicates[kind] = stack
@@ -525,6 +533,16 @@ class _Estimates:
         return out
 
 
+# What each resampling draws, as summary.json names it beside its interval.
+RESAMPLED = {
+    "bins": "bins with replacement, independently (the statistic recomputed, z included)",
+    "crossed": "topics and formats with replacement, crossed (a bin enters once per draw of its topic and format)",
+    "combined": "documents and queries at once (two-way Poisson product weights, from `capatlas influence`)",
+    "documents": "documents alone (Poisson weights, from `capatlas influence`)",
+    "queries": "queries alone (with replacement, from `capatlas influence`)",
+}
+
+
 def _input_summary(matrix: BinMatrix, design: Design, used: np.ndarray, uncertainty, **settings) -> dict:
     return {
         "source": matrix.source,
@@ -536,7 +554,7 @@ def _input_summary(matrix: BinMatrix, design: Design, used: np.ndarray, uncertai
         "bins_left_out": [int(b) for b in np.flatnonzero(~used)],
         "uncertainty": sorted(uncertainty),
         "interval_methods": {
-            **{f"ci_{kind}": "percentile" for kind in sorted(uncertainty)},
+            **{f"ci_{kind}": f"percentile; {RESAMPLED.get(kind, kind)}" for kind in sorted(uncertainty)},
             **({"ci_bins_bca": "BCa: bins bootstrap, acceleration from the leave-one-bin-out jackknife"}
                if "bins" in uncertainty else {}),
         },
@@ -578,6 +596,7 @@ def _contrasts(est: _Estimates, summary: dict, tables: dict, means, bin_ids, des
                 **{f"ratio_{k}": v for k, v in e.items()},
                 "p_permutation": p_values.get(f"{facet}/{measure}"),
             }
+    _note_bin_sd_identity(est.observed, sharpness, design)
     summary["sharpness"] = sharpness
     _standardised(est, summary, tables, means, topic_ids, format_ids, design)
     interaction = interaction_table(means, bin_ids, design, n_permutations, seed)
@@ -595,6 +614,26 @@ def _contrasts(est: _Estimates, summary: dict, tables: dict, means, bin_ids, des
             for row in interaction.head(top_k).to_dict("records")
         ],
     }
+
+
+def _note_bin_sd_identity(observed: Mapping[str, float], sharpness: dict, design: Design) -> None:
+    """Say what the bin-level sd ratio is: with one benchmark per cell, sd(z_a - z_b) = sqrt(2 (1 - r_ab)) for
+    z-scored profiles, so the ratio is sqrt((1 - r_reasoning) / (1 - r_knowledge)), the two Pearson correlations
+    restated, not a finding of its own (its permutation p tests the correlations' difference)."""
+    cells = {(d, c): design.cell(d, c) for d in DOMAINS for c in LEVELS}
+    if any(len(members) != 1 for members in cells.values()):
+        return
+    r = {}
+    for level in LEVELS:
+        a, b = (design.benchmarks[cells[(d, level)][0]] for d in DOMAINS)
+        r[level] = observed.get(f"pearson/{a}/{b}", observed.get(f"pearson/{b}/{a}", np.nan))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        restated = np.sqrt((1 - r["reasoning"]) / (1 - r["knowledge"]))
+    sharpness["bin"]["sd"]["from_correlations"] = _finite(float(restated))
+    sharpness["bin"]["sd"]["note"] = (
+        "equals sqrt((1 - r_reasoning) / (1 - r_knowledge)) of the Pearson correlations between the social and "
+        "STEM profiles at each level: the correlations restated, not a separate finding"
+    )
 
 
 def _standardised(est: _Estimates, summary: dict, tables: dict, means, topic_ids, format_ids, design) -> None:
@@ -717,9 +756,10 @@ def _top_bins(matrix: BinMatrix, z: np.ndarray, top_k: int) -> dict:
             }
             if matrix.table is not None:
                 hit = matrix.table[(matrix.table["benchmark"] == name) & (matrix.table["bin_id"] == b)]
-                for column in ("ci_low", "ci_high"):
-                    if column in hit:
-                        item[column] = _finite(float(hit[column].iloc[0]))
+                # The z's interval beside the z, the mean's beside the mean (both from the combined bootstrap).
+                for key, (low, high) in (("z_ci", ("z_ci_low", "z_ci_high")), ("mean_ci", ("ci_low", "ci_high"))):
+                    if low in hit and high in hit:
+                        item[key] = [_finite(float(hit[low].iloc[0])), _finite(float(hit[high].iloc[0]))]
             return item
 
         out[name] = {"top": [row(b) for b in order[:top_k]], "bottom": [row(b) for b in order[::-1][:top_k]]}

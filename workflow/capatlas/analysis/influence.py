@@ -13,25 +13,39 @@ Per benchmark and bin (576 bins, empty ones kept with n_docs = 0):
   merged across shards with Chan's parallel update in float64;
 * ``zscore``: (mean - mean over non-empty bins) / sd over non-empty bins,
   ddof = 1, as in the study; empty bins get NaN and do not count;
-* ``ci_low``/``ci_high``: percentile CI of the bin mean from a Poisson
-  bootstrap over documents. Each document gets a Poisson(1) weight per
-  replicate, drawn from a counter-based hash of (seed, doc_id, replicate)
-  (`capatlas.artifacts.doc_bootstrap`), so the replicates do not depend on shard
-  count, shard order or row order. Every score-shard job has already summed
-  weight x score and the weights per replicate and bin for its documents
-  (``<b>/boot_sum``, ``<b>/boot_weight``); this stage adds those up, so it
-  never draws a weight itself;
-* ``query_ci_low``/``query_ci_high``: percentile CI from resampling the
-  benchmark's queries with replacement, computed from the bin sums.
+* ``ci_low``/``ci_high``: the bin mean's percentile CI from the combined
+  bootstrap, which resamples documents and queries at once (the two-way
+  Poisson product-weight bootstrap of a crossed design, Owen and Eckles
+  2012): both sources of uncertainty in one interval;
+* ``z_ci_low``/``z_ci_high``: the same for the bin's z, re-standardised
+  within each replicate;
+* ``doc_ci_low``/``doc_ci_high`` and ``query_ci_low``/``query_ci_high``: the
+  one-way components, documents alone and queries alone.
+
+Documents get a Poisson(1) weight per replicate, drawn from a counter-based
+hash of (seed, doc_id, replicate), and queries from one of (seed,
+benchmark, item id) (`capatlas.artifacts.doc_bootstrap`), so the replicates
+do not depend on shard count, shard order or row order. Every score-shard
+job has already summed weight x score and the weights per replicate and bin
+for its documents (``<b>/boot_sum``, ``<b>/boot_weight``, ``<b>/joint_sum``);
+this stage adds those up, so it never draws a document weight itself. The
+queries-alone interval resamples the queries with replacement from the bin
+sums.
+
+With the working set's bin summary, the document part of the document and
+combined replicates is shrunk by the finite-population factor
+sqrt(1 - sampled/eligible): a bin sampled in full keeps only the queries'
+uncertainty.
 
 Topic and format marginals per benchmark: ``mean_z`` (unweighted mean of
 the non-empty bins' z, the study's definition), ``weighted_mean_z``
-(weighted by n_docs), with a document-bootstrap CI of ``mean_z``.
+(weighted by n_docs), with the combined bootstrap's CI of ``mean_z``
+(``ci_low``/``ci_high``) and the documents-alone one (``doc_ci_*``).
 
 The bootstrap replicates of every bin mean go to ``bin_bootstrap.npz``
-(``<benchmark>/documents`` and ``<benchmark>/queries``, float64
-[n_bootstrap, 576]) so that `capatlas contrast` can put document- and
-query-level CIs on every statistic it derives.
+(``<benchmark>/combined``, ``<benchmark>/documents`` and
+``<benchmark>/queries``, float64 [n_bootstrap, 576]) so that
+`capatlas contrast` can put each kind of CI on every statistic it derives.
 
 All shards must come from one attribution run: the same model, Bergson
 version and attribution settings, the same preconditioner and the same
@@ -63,7 +77,7 @@ from capatlas.artifacts.bin_summary import read_bin_counts
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, read_bin_sums
 from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores, run_signature, shard_key
 from capatlas.artifacts.provenance import canonical_json, identity_differences
-from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME
+from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, query_mean_weights
 from capatlas.errors import CapatlasError
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, N_TOPICS, TOPIC_SLUGS
 
@@ -165,6 +179,7 @@ class BinAccumulator:
         self.m2 = np.zeros((nb, N_BINS))
         self.boot_sum = np.zeros((nb, n_bootstrap, N_BINS))
         self.boot_weight = np.zeros((nb, n_bootstrap, N_BINS))
+        self.joint_sum = np.zeros((nb, n_bootstrap, N_BINS))
 
     def add(self, bins: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Add one shard's documents (values: [n_docs, n_benchmarks], NaN = unscored); returns per-bin scored counts."""
@@ -192,10 +207,11 @@ class BinAccumulator:
             self.mean[j], self.m2[j], self.count[j] = new_mean, new_m2, total
         return scored_counts
 
-    def add_bootstrap(self, j: int, boot_sum: np.ndarray, boot_weight: np.ndarray) -> None:
+    def add_bootstrap(self, j: int, boot_sum: np.ndarray, boot_weight: np.ndarray, joint_sum: np.ndarray) -> None:
         """Add one shard's [n_bootstrap, 576] bootstrap sums of benchmark j (weight sums are exact integers)."""
         self.boot_sum[j] += boot_sum
         self.boot_weight[j] += boot_weight
+        self.joint_sum[j] += joint_sum
 
     def bin_stats(self) -> dict[str, np.ndarray]:
         n = self.count
@@ -212,6 +228,13 @@ class BinAccumulator:
             reps = self.boot_sum / self.boot_weight
         return np.ascontiguousarray(np.where(self.boot_weight > 0, reps, mean[:, None, :]))
 
+    def combined_replicates(self, query_part: np.ndarray) -> np.ndarray:
+        """[n_benchmarks, n_bootstrap, 576] bin means of the combined bootstrap; a replicate that drew no document
+        of a bin keeps its queries-only value (`query_part`, the same replicate's query weights on all documents)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = self.joint_sum / self.boot_weight
+        return np.ascontiguousarray(np.where(self.boot_weight > 0, reps, query_part))
+
 
 def query_replicates(sums: np.ndarray, counts: np.ndarray, n_bootstrap: int, seed: int, name: str) -> np.ndarray:
     """[n_bootstrap, 576] bin means with the benchmark's queries resampled with replacement."""
@@ -220,6 +243,20 @@ def query_replicates(sums: np.ndarray, counts: np.ndarray, n_bootstrap: int, see
     draws = rng.multinomial(n_queries, np.full(n_queries, 1.0 / n_queries), size=n_bootstrap).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (draws @ sums.T) / (n_queries * counts[None, :].astype(np.float64))
+
+
+def query_part_replicates(
+    sums: np.ndarray, counts: np.ndarray, item_ids: Sequence[str], name: str, n_bootstrap: int, seed: int
+) -> np.ndarray:
+    """[n_bootstrap, 576] bin means under the combined bootstrap's query weights alone (every document weight 1).
+
+    The centre the combined replicates' document part varies around: it
+    stands in where a replicate drew no document of a bin and anchors the
+    finite-population correction.
+    """
+    weights = query_mean_weights(list(item_ids), name, n_bootstrap, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums @ weights).T / counts[None, :].astype(np.float64)
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
@@ -289,6 +326,7 @@ class InfluenceResult:
     format_marginals: pd.DataFrame
     document_replicates: np.ndarray  # [nb, B, 576]
     query_replicates: np.ndarray  # [nb, B, 576]
+    combined_replicates: np.ndarray  # [nb, B, 576]
     provenance: dict
 
 
@@ -334,7 +372,7 @@ class _QuerySums:
         self.sums[name] += entry.sum
         self.counts[name] += entry.count
         boot_shape = (n_bootstrap, N_BINS)
-        for key in ("boot_sum", "boot_weight"):
+        for key in ("boot_sum", "boot_weight", "joint_sum"):
             if getattr(entry, key).shape != boot_shape:
                 raise CapatlasError(
                     f"{shard.binsums}: {name}/{key} has shape {getattr(entry, key).shape}, not {boot_shape}; "
@@ -344,7 +382,7 @@ class _QuerySums:
 
 def _read_bin_sums_of(shard: ShardFiles, provenance: dict) -> BinSums:
     # sumsq is not read: this stage does not use it.
-    sums = read_bin_sums(shard.binsums, arrays=("sum", "count", "boot_sum", "boot_weight"))
+    sums = read_bin_sums(shard.binsums, arrays=("sum", "count", "boot_sum", "boot_weight", "joint_sum"))
     if canonical_json(sums.provenance) != canonical_json(provenance):
         raise CapatlasError(
             f"{shard.binsums} and {shard.scores} carry different provenance: they are not the two "
@@ -394,26 +432,20 @@ def compute_influence(
             if name not in sums.benchmarks:
                 raise CapatlasError(f"{shard.binsums} holds no bin sums for benchmark {name!r}; rescore {shard.key}")
             query_sums.add(shard, name, sums[name], scored[j], n_bootstrap)
-            accumulator.add_bootstrap(j, sums[name].boot_sum, sums[name].boot_weight)
+            accumulator.add_bootstrap(j, sums[name].boot_sum, sums[name].boot_weight, sums[name].joint_sum)
     assert accumulator is not None and reference is not None
 
     names = accumulator.benchmarks
     bin_stats = accumulator.bin_stats()
-    doc_reps = accumulator.document_replicates() if n_bootstrap else np.full((len(names), 0, N_BINS), np.nan)
     fraction = None
     if bin_counts is not None:
         fraction = sampling_fraction(bin_counts[0], bin_counts[1], bin_stats["n_docs"], n_docs_total)
-        doc_reps = finite_population_replicates(doc_reps, bin_stats["mean"], fraction)
-    query_reps = (
-        np.stack([query_replicates(query_sums.sums[n], query_sums.counts[n], n_bootstrap, seed, n) for n in names])
-        if n_bootstrap
-        else np.full((len(names), 0, N_BINS), np.nan)
-    )
+    combined_reps, doc_reps, query_reps = _replicates(accumulator, query_sums, fraction, n_bootstrap, seed)
     z = zscore(bin_stats["mean"])
-    matrix = _bin_matrix(names, bin_stats, z, doc_reps, query_reps, ci_level)
+    matrix = _bin_matrix(names, bin_stats, z, combined_reps, doc_reps, query_reps, ci_level)
     matrix["sampling_fraction"] = np.tile(fraction, len(names)) if fraction is not None else np.nan
     matrix["small_bin"] = matrix["n_docs"].between(1, SMALL_BIN - 1)
-    replicate_z = zscore(doc_reps) if n_bootstrap else None
+    replicate_z = {"combined": zscore(combined_reps), "documents": zscore(doc_reps)} if n_bootstrap else None
     topics = _marginals("topic", names, bin_stats["n_docs"], z, replicate_z, ci_level)
     formats = _marginals("format", names, bin_stats["n_docs"], z, replicate_z, ci_level)
 
@@ -425,14 +457,36 @@ def compute_influence(
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "ci_level": ci_level,
-        "bootstrap": "Poisson(1) weights per (seed, doc_id, replicate), summed per shard by score-shard; "
-        "queries resampled from bin sums",
+        "bootstrap": "combined: Poisson(1) product weights per (seed, doc_id, replicate) x (seed, benchmark, "
+        "query item_id, replicate), summed per shard by score-shard; documents: the document weights alone; "
+        "queries: resampled with replacement from bin sums",
         "finite_population_correction": fraction is not None,
         "attribution_run": run_signature(upstream),
         "model": upstream.get("model"),
         "benchmarks": {n: {"n_queries": int(query_sums.sums[n].shape[1])} for n in names},
     }
-    return InfluenceResult(names, matrix, topics, formats, doc_reps, query_reps, provenance)
+    return InfluenceResult(names, matrix, topics, formats, doc_reps, query_reps, combined_reps, provenance)
+
+
+def _replicates(
+    accumulator: BinAccumulator, query_sums: _QuerySums, fraction: np.ndarray | None, n_bootstrap: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The combined, documents-alone and queries-alone replicates of every bin mean ([nb, B, 576] each), the
+    document part finite-population corrected when the sampling fractions are known."""
+    names = accumulator.benchmarks
+    if not n_bootstrap:
+        empty = np.full((len(names), 0, N_BINS), np.nan)
+        return empty, empty, empty
+    means = accumulator.bin_stats()["mean"]
+    sums, counts, item_ids = query_sums.sums, query_sums.counts, query_sums.item_ids
+    query_part = np.stack([query_part_replicates(sums[n], counts[n], item_ids[n], n, n_bootstrap, seed) for n in names])
+    combined = accumulator.combined_replicates(query_part)
+    documents = accumulator.document_replicates()
+    if fraction is not None:
+        documents = finite_population_replicates(documents, means[:, None, :], fraction)
+        combined = finite_population_replicates(combined, query_part, fraction)
+    queries = np.stack([query_replicates(sums[n], counts[n], n_bootstrap, seed, n) for n in names])
+    return combined, documents, queries
 
 
 def sampling_fraction(source: Path, counts: dict[str, np.ndarray], n_docs: np.ndarray, n_scored: int) -> np.ndarray:
@@ -449,17 +503,22 @@ def sampling_fraction(source: Path, counts: dict[str, np.ndarray], n_docs: np.nd
         return np.where(counts["after_filter"] > 0, counts["sampled"] / counts["after_filter"], np.nan)
 
 
-def finite_population_replicates(doc_reps: np.ndarray, means: np.ndarray, fraction: np.ndarray) -> np.ndarray:
-    """Document bootstrap replicates ([nb, B, 576]) shrunk towards the bin means by sqrt(1 - sampled/eligible).
+def finite_population_replicates(replicates: np.ndarray, centre: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """Bootstrap replicates ([nb, B, 576]) shrunk towards `centre` by sqrt(1 - sampled/eligible) per bin.
 
-    A bin sampled in full (every eligible document in the working set) then
-    has no document-sampling uncertainty, which is the truth for the corpus.
+    `centre` is what the replicates would be without document resampling:
+    the bin means ([nb, 1, 576]) for the document bootstrap, the same
+    replicate's queries-only values for the combined one. A bin sampled in
+    full (every eligible document in the working set) then has no
+    document-sampling uncertainty, which is the truth for the corpus.
     """
     factor = np.sqrt(np.clip(1 - np.nan_to_num(fraction, nan=0.0), 0.0, 1.0))
-    return means[:, None, :] + (doc_reps - means[:, None, :]) * factor
+    return centre + (replicates - centre) * factor
 
 
-def _bin_matrix(names, bin_stats: dict, z: np.ndarray, doc_reps, query_reps, ci_level: float) -> pd.DataFrame:
+def _bin_matrix(names, bin_stats: dict, z: np.ndarray, combined_reps, doc_reps, query_reps, ci_level: float) -> pd.DataFrame:
+    low, high = percentile_ci(combined_reps, ci_level, axis=1)
+    z_low, z_high = percentile_ci(zscore(combined_reps), ci_level, axis=1)
     doc_low, doc_high = percentile_ci(doc_reps, ci_level, axis=1)
     query_low, query_high = percentile_ci(query_reps, ci_level, axis=1)
     rows = []
@@ -476,8 +535,12 @@ def _bin_matrix(names, bin_stats: dict, z: np.ndarray, doc_reps, query_reps, ci_
                     "sd": bin_stats["sd"][j],
                     "sem": bin_stats["sem"][j],
                     "zscore": z[j],
-                    "ci_low": doc_low[j],
-                    "ci_high": doc_high[j],
+                    "ci_low": low[j],
+                    "ci_high": high[j],
+                    "z_ci_low": z_low[j],
+                    "z_ci_high": z_high[j],
+                    "doc_ci_low": doc_low[j],
+                    "doc_ci_high": doc_high[j],
                     "query_ci_low": query_low[j],
                     "query_ci_high": query_high[j],
                 }
@@ -485,20 +548,24 @@ def _bin_matrix(names, bin_stats: dict, z: np.ndarray, doc_reps, query_reps, ci_
         )
     matrix = pd.concat(rows, ignore_index=True)
     empty = matrix["n_docs"] == 0
-    matrix.loc[empty, ["ci_low", "ci_high", "query_ci_low", "query_ci_high"]] = np.nan
+    matrix.loc[empty, [c for c in matrix.columns if c.endswith(("ci_low", "ci_high"))]] = np.nan
     return matrix
 
 
 def _marginals(facet: str, names, n_docs: np.ndarray, z: np.ndarray, replicate_z, ci_level: float) -> pd.DataFrame:
-    """Topic or format marginals of the bin z: unweighted and document-weighted means, bootstrap CI."""
+    """Topic or format marginals of the bin z: unweighted and document-weighted means, bootstrap CIs
+    (`replicate_z`: {'combined': [nb, B, 576], 'documents': ...} or None)."""
     groups, slugs, size = (BIN_TOPIC, TOPIC_SLUGS, N_TOPICS) if facet == "topic" else (BIN_FORMAT, FORMAT_SLUGS, N_FORMATS)
     frames = []
     for j, name in enumerate(names):
         n = n_docs[j].astype(np.float64)
-        if replicate_z is not None:
-            low, high = percentile_ci(group_means(replicate_z[j], groups, size), ci_level, axis=0)
-        else:
-            low = high = np.full(size, np.nan)
+        intervals = {}
+        for kind, prefix in (("combined", ""), ("documents", "doc_")):
+            if replicate_z is not None:
+                low, high = percentile_ci(group_means(replicate_z[kind][j], groups, size), ci_level, axis=0)
+            else:
+                low = high = np.full(size, np.nan)
+            intervals[f"{prefix}ci_low"], intervals[f"{prefix}ci_high"] = low, high
         frames.append(
             pd.DataFrame(
                 {
@@ -509,8 +576,7 @@ def _marginals(facet: str, names, n_docs: np.ndarray, z: np.ndarray, replicate_z
                     "n_docs": np.bincount(groups, weights=n, minlength=size).astype(np.int64),
                     "mean_z": group_means(z[j], groups, size),
                     "weighted_mean_z": group_means(z[j], groups, size, weights=n),
-                    "ci_low": low,
-                    "ci_high": high,
+                    **intervals,
                 }
             )
         )
@@ -526,6 +592,7 @@ def write_influence(result: InfluenceResult, out_dir: str | os.PathLike) -> None
         benchmarks=result.benchmarks,
         document_replicates=result.document_replicates,
         query_replicates=result.query_replicates,
+        combined_replicates=result.combined_replicates,
         provenance=result.provenance,
     )
 

@@ -7,8 +7,9 @@ One influence job writes, into one directory, through `write_influence_files`:
                               documents the columns)
     topic_marginals.parquet   one row per (benchmark, topic), and per (benchmark,
     format_marginals.parquet  format): the marginals of the z-scores
-    bin_bootstrap.npz         per benchmark, the document and the query bootstrap
-                              replicates of every bin's mean ([B, 576] each)
+    bin_bootstrap.npz         per benchmark, the combined (documents x queries), the
+                              document and the query bootstrap replicates of every
+                              bin's mean ([B, 576] each)
 
 Every file carries the job's provenance as canonical JSON (parquet schema
 metadata key ``capatlas.influence``, npz array ``provenance``); the parquet
@@ -43,6 +44,8 @@ BOOTSTRAP_FILE = "bin_bootstrap.npz"
 METADATA_KEY = b"capatlas.influence"
 REQUIRED_COLUMNS = ("benchmark", "bin_id", "n_docs", "mean", "zscore")
 RERUN = "rerun `capatlas influence` (the influence rule)"
+# The bootstrap file's replicate kinds, the primary (both sources of uncertainty) first.
+REPLICATE_KINDS = ("combined", "documents", "queries")
 
 
 def _table(frame: pd.DataFrame, provenance: Mapping) -> pa.Table:
@@ -69,6 +72,7 @@ def write_influence_files(
     benchmarks: Sequence[str],
     document_replicates: Sequence[np.ndarray],
     query_replicates: Sequence[np.ndarray],
+    combined_replicates: Sequence[np.ndarray],
     provenance: Mapping,
 ) -> None:
     """The four files of one influence job, each written atomically."""
@@ -81,6 +85,7 @@ def write_influence_files(
     for j, name in enumerate(benchmarks):
         arrays[f"{name}/documents"] = document_replicates[j]
         arrays[f"{name}/queries"] = query_replicates[j]
+        arrays[f"{name}/combined"] = combined_replicates[j]
     with atomic_path(out / BOOTSTRAP_FILE) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
 
@@ -114,13 +119,14 @@ def read_bin_matrix(path: str | os.PathLike, columns: Sequence[str] | None = Non
 
 
 def read_bootstrap(path: str | os.PathLike, provenance: Mapping | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """{benchmark: {'documents': [B, 576], 'queries': [B, 576]}}; with `provenance`, the file must be that job's."""
+    """{benchmark: {kind: [B, 576]}} for kinds combined, documents, queries; with `provenance`, the file must be
+    that job's."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             recorded = str(data["provenance"]) if "provenance" in data else None
             replicates = {
-                name: {"documents": data[f"{name}/documents"], "queries": data[f"{name}/queries"]}
+                name: {kind: data[f"{name}/{kind}"] for kind in REPLICATE_KINDS}
                 for name in data["benchmarks"].tolist()
             }
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:

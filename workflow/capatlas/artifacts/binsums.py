@@ -10,7 +10,11 @@ One safetensors file. Per benchmark ``<name>``:
 * ``<name>/count``: int64 [576], scored documents per bin;
 * ``<name>/boot_sum``: float64 [B, 576], Poisson weight x document score
   summed per document-bootstrap replicate and bin;
-* ``<name>/boot_weight``: uint32 [B, 576], the weights' sums (integers, exact).
+* ``<name>/boot_weight``: uint32 [B, 576], the weights' sums (integers, exact);
+* ``<name>/joint_sum``: float64 [B, 576], the combined (documents x queries)
+  bootstrap's sums: Poisson document weight x the document's mean over the
+  queries under the replicate's query weights (its weight sums are
+  ``boot_weight``; `capatlas.artifacts.doc_bootstrap`).
 
 The header's metadata has one key, ``capatlas.binsums``, holding canonical
 JSON (one key because safetensors writes a metadata map in no fixed order,
@@ -36,16 +40,18 @@ import numpy as np
 from capatlas.artifacts.provenance import canonical_json
 from capatlas.errors import CapatlasError
 
-FORMAT = "capatlas.binsums/1"
+# /2 added joint_sum: a /1 file cannot give the combined bootstrap.
+FORMAT = "capatlas.binsums/2"
 METADATA_KEY = "capatlas.binsums"
 # Per-benchmark arrays, in the order they are written.
-ARRAYS = ("sum", "sumsq", "count", "boot_sum", "boot_weight")
+ARRAYS = ("sum", "sumsq", "count", "boot_sum", "boot_weight", "joint_sum")
 _DTYPES = {
     "sum": np.float64,
     "sumsq": np.float64,
     "count": np.int64,
     "boot_sum": np.float64,
     "boot_weight": np.uint32,
+    "joint_sum": np.float64,
 }
 
 
@@ -59,6 +65,7 @@ class BenchmarkSums:
     count: np.ndarray | None = None
     boot_sum: np.ndarray | None = None
     boot_weight: np.ndarray | None = None
+    joint_sum: np.ndarray | None = None
 
 
 @dataclass

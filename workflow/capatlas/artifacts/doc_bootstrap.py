@@ -9,6 +9,16 @@ weights) over the bin's documents; both sums add over shards, so each
 (``<b>/boot_sum``, ``<b>/boot_weight`` in its bin sums) and
 `capatlas influence` only adds [n_bootstrap, 576] arrays (issue 7: drawing
 5.7e9 weights in the influence job took ~470 CPU s).
+
+The combined bootstrap resamples documents and queries at once, the
+two-way Poisson product-weight bootstrap of a crossed design (Owen and
+Eckles 2012, "Bootstrapping data arrays of arbitrary order"): replicate r
+gives document d the weight w_dr above and query q its own Poisson(1)
+weight v_qr, keyed by (seed, benchmark, query item id), and a bin's
+replicate mean is sum_dq w_dr v_qr s_dq / (sum_d w_dr sum_q v_qr). Its sums
+add over shards like the document bootstrap's: each shard adds, per bin,
+w_dr times the document's v-weighted mean over the queries
+(``<b>/joint_sum``); the weight sums are the document bootstrap's.
 """
 
 from __future__ import annotations
@@ -25,7 +35,10 @@ from capatlas.taxonomy import N_BINS
 
 # Recorded in the score-shard provenance: a change to how weights are drawn
 # must make old shard outputs unusable, not silently mixed with new ones.
-WEIGHTS_SCHEME = "poisson1: splitmix64(blake2b-64(seed \\0 doc_id) ^ splitmix64(replicate * 0x2545F4914F6CDD1D))"
+WEIGHTS_SCHEME = (
+    "poisson1: splitmix64(blake2b-64(seed \\0 doc_id) ^ splitmix64(replicate * 0x2545F4914F6CDD1D)); "
+    "joint: documents' weights x queries' weights, keyed by doc_id 'query \\0 benchmark \\0 item_id'"
+)
 
 # Poisson(1) CDF; weights above 20 have probability < 1e-19.
 _POISSON_CDF = stats.poisson.cdf(np.arange(21), 1.0)
@@ -71,6 +84,36 @@ def poisson_weights(keys: np.ndarray, n_replicates: int, dtype=np.float64) -> np
     bits = _splitmix64(keys[:, None] ^ replicate_keys[None, :], inplace=True)
     bits >>= np.uint64(11)
     return np.searchsorted(_POISSON_THRESHOLDS, bits, side="right").astype(dtype)
+
+
+def query_mean_weights(item_ids: Sequence[str], benchmark: str, n_replicates: int, seed: int) -> np.ndarray:
+    """[n_queries, n_replicates]: each replicate's Poisson(1) query weights, normalised to sum to 1.
+
+    Keyed by (seed, benchmark, item id), so every shard and the influence job
+    draw the same ones. A replicate that drew no query at all (probability
+    e^-n_queries) weighs every query equally: the plain mean.
+    """
+    keys = document_keys([f"query\0{benchmark}\0{item}" for item in item_ids], seed)
+    weights = poisson_weights(keys, n_replicates)
+    totals = weights.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, weights / np.maximum(totals, 1), 1.0 / max(1, len(item_ids)))
+
+
+def joint_bin_sums(
+    doc_weights: np.ndarray, bins: np.ndarray, scores: np.ndarray, query_weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One block of documents' part of the combined bootstrap: (bins present, [n_present, B] sums).
+
+    doc_weights [n_docs, B] (the document bootstrap's), scores [n_docs,
+    n_queries], query_weights [n_queries, B] from `query_mean_weights`; the
+    sum per bin is of w_dr x (sum_q v_qr s_dq / sum_q v_qr).
+    """
+    contributions = doc_weights * (np.asarray(scores, dtype=np.float64) @ query_weights)
+    order = np.argsort(bins, kind="stable")
+    sorted_bins = np.asarray(bins)[order]
+    starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
+    return sorted_bins[starts], np.add.reduceat(contributions[order], starts, axis=0)
 
 
 def default_threads() -> int:

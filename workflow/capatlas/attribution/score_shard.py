@@ -78,7 +78,14 @@ from capatlas.attribution.context import (
 from capatlas.attribution.query_gradients import check_preconditioner
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
 from capatlas.artifacts.scores import scores_table, write_scores
-from capatlas.artifacts.doc_bootstrap import WEIGHTS_SCHEME, shard_bootstrap
+from capatlas.artifacts.doc_bootstrap import (
+    WEIGHTS_SCHEME,
+    document_keys,
+    joint_bin_sums,
+    poisson_weights,
+    query_mean_weights,
+    shard_bootstrap,
+)
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path, file_sha256
 from capatlas.taxonomy import N_BINS
@@ -285,17 +292,37 @@ def _bergson_scores(job, docs_ds: Path, combined: Path, preconditioner: Path, ru
     return load_scores(Path(index_cfg.run_path))
 
 
+@dataclass(frozen=True)
+class JointDraw:
+    """The combined bootstrap's draw: document keys' seed and each benchmark's normalised query weights."""
+
+    seed: int
+    query_weights: list[np.ndarray]  # per benchmark [n_queries, B], from doc_bootstrap.query_mean_weights
+
+    @property
+    def n_bootstrap(self) -> int:
+        return self.query_weights[0].shape[1] if self.query_weights else 0
+
+
 def accumulate(
-    scores, bins: np.ndarray, ranges: list[tuple[int, int]], doc_ids: list[str]
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Stream Bergson's [docs, queries] scores into per-benchmark doc means and per-bin sums (float64)."""
+    scores, bins: np.ndarray, ranges: list[tuple[int, int]], doc_ids: list[str], joint: JointDraw | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """Stream Bergson's [docs, queries] scores into per-benchmark doc means and per-bin sums (float64).
+
+    With `joint`, also each benchmark's combined-bootstrap sums ([B, 576];
+    `capatlas.artifacts.doc_bootstrap`), which need the per-query scores and
+    so are summed here, while they stream past.
+    """
     n = len(bins)
     n_queries = ranges[-1][1] if ranges else 0
     means = [np.empty(n, dtype=np.float64) for _ in ranges]
     sums = [np.zeros((N_BINS, hi - lo), dtype=np.float64) for lo, hi in ranges]
     sumsq = [np.zeros((N_BINS, hi - lo), dtype=np.float64) for lo, hi in ranges]
+    n_boot = joint.n_bootstrap if joint is not None else 0
+    joint_sums = [np.zeros((N_BINS, n_boot), dtype=np.float64) for _ in ranges]
     counts = np.bincount(bins, minlength=N_BINS).astype(np.int64)
-    step = max(1, _CHUNK_CELLS // max(1, n_queries))
+    keys = document_keys(doc_ids, joint.seed) if n_boot else None
+    step = max(1, _CHUNK_CELLS // max(1, n_queries, n_boot))
     for a in range(0, n, step):
         b = min(n, a + step)
         block = np.asarray(scores[a:b], dtype=np.float64)
@@ -319,7 +346,12 @@ def accumulate(
             grouped = part[order]
             sums[k][present] += np.add.reduceat(grouped, starts, axis=0)
             sumsq[k][present] += np.add.reduceat(grouped * grouped, starts, axis=0)
-    return means, sums, sumsq, counts
+        if n_boot:
+            doc_weights = poisson_weights(keys[a:b], n_boot, dtype=np.uint8)
+            for k, (lo, hi) in enumerate(ranges):
+                where, part_sums = joint_bin_sums(doc_weights, chunk_bins, block[:, lo:hi], joint.query_weights[k])
+                joint_sums[k][where] += part_sums
+    return means, sums, sumsq, counts, [np.ascontiguousarray(j.T) for j in joint_sums]
 
 
 def bootstrap_settings(config: Mapping) -> dict:
@@ -406,24 +438,31 @@ def _query_ranges(indices: list[QueryIndex]) -> list[tuple[int, int]]:
     return ranges
 
 
-def _score_documents(inputs: _Inputs, docs: _ShardDocs, work: Path):
-    """Per benchmark: document means, bin sums and sums of squares per query; bin counts; the query ranges."""
+def _score_documents(config: Mapping, inputs: _Inputs, docs: _ShardDocs, work: Path):
+    """Per benchmark: document means, bin sums and sums of squares per query, combined-bootstrap sums; bin counts;
+    the query ranges."""
     ranges = _query_ranges(inputs.indices)
+    bootstrap = bootstrap_settings(config)
+    joint = JointDraw(
+        bootstrap["seed"],
+        [query_mean_weights(q.item_ids, q.name, bootstrap["n_bootstrap"], bootstrap["seed"]) for q in inputs.indices],
+    )
     if not len(docs.scored):
         means = [np.empty(0) for _ in ranges]
         sums = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
         sumsq = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
-        return means, sums, sumsq, np.zeros(N_BINS, dtype=np.int64), ranges
+        joint_sums = [np.zeros((joint.n_bootstrap, N_BINS)) for _ in ranges]
+        return means, sums, sumsq, np.zeros(N_BINS, dtype=np.int64), joint_sums, ranges
     docs_ds = save_token_dataset(work / "docs", [docs.token_ids[i] for i in docs.scored])
     docs.token_ids = []  # the dataset on disk is all Bergson needs
     ranges = combine_query_indices(inputs.indices, work / "queries")
     scores = _bergson_scores(inputs.job, docs_ds, work / "queries", inputs.preconditioner, work / "scores")
     if len(scores) != len(docs.scored):
         raise CapatlasError(f"Bergson scored {len(scores)} rows, expected {len(docs.scored)}")
-    means, sums, sumsq, counts = accumulate(
-        scores, docs.bins[docs.scored], ranges, [docs.doc_ids[i] for i in docs.scored]
+    means, sums, sumsq, counts, joint_sums = accumulate(
+        scores, docs.bins[docs.scored], ranges, [docs.doc_ids[i] for i in docs.scored], joint
     )
-    return means, sums, sumsq, counts, ranges
+    return means, sums, sumsq, counts, joint_sums, ranges
 
 
 def _provenance(config, inputs: _Inputs, shard: Path, docs: _ShardDocs, ranges) -> dict:
@@ -461,7 +500,9 @@ def _provenance(config, inputs: _Inputs, shard: Path, docs: _ShardDocs, ranges) 
     )
 
 
-def _outputs(provenance: dict, indices, docs: _ShardDocs, means, sums, sumsq, counts) -> tuple[pa.Table, BinSums]:
+def _outputs(
+    provenance: dict, indices, docs: _ShardDocs, means, sums, sumsq, counts, joint_sums
+) -> tuple[pa.Table, BinSums]:
     """The scores table (float32 document means) and the bin sums, with the shard's document bootstrap."""
     n_docs = len(docs.doc_ids)
     doc_scores = np.full((n_docs, len(indices)), np.nan, dtype=np.float32)
@@ -476,7 +517,13 @@ def _outputs(provenance: dict, indices, docs: _ShardDocs, means, sums, sumsq, co
     bin_sums = BinSums(provenance=provenance)
     for j, (q, s, ss) in enumerate(zip(indices, sums, sumsq)):
         bin_sums.benchmarks[q.name] = BenchmarkSums(
-            item_ids=list(q.item_ids), sum=s, sumsq=ss, count=counts, boot_sum=boot_sum[j], boot_weight=boot_weight[j]
+            item_ids=list(q.item_ids),
+            sum=s,
+            sumsq=ss,
+            count=counts,
+            boot_sum=boot_sum[j],
+            boot_weight=boot_weight[j],
+            joint_sum=joint_sums[j],
         )
     table = scores_table(docs.doc_ids, docs.bins, {q.name: doc_scores[:, j] for j, q in enumerate(indices)}, provenance)
     return table, bin_sums
@@ -515,9 +562,9 @@ def score_shard(
     out_scores = Path(out_scores).resolve()
     out_binsums = Path(out_binsums).resolve()
     with bergson_workdir(out_scores) as work, deterministic_torch():
-        means, sums, sumsq, counts, ranges = _score_documents(inputs, docs, work)
+        means, sums, sumsq, counts, joint_sums, ranges = _score_documents(config, inputs, docs, work)
         provenance = _provenance(config, inputs, shard, docs, ranges)
-        table, bin_sums = _outputs(provenance, inputs.indices, docs, means, sums, sumsq, counts)
+        table, bin_sums = _outputs(provenance, inputs.indices, docs, means, sums, sumsq, counts, joint_sums)
         with atomic_path(out_scores) as tmp_scores, atomic_path(out_binsums) as tmp_binsums:
             write_scores(tmp_scores, table)
             write_bin_sums(tmp_binsums, bin_sums)
