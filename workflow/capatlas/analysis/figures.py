@@ -93,6 +93,13 @@ def heatmap(z: np.ndarray, benchmark: str, path: Path, n_docs: np.ndarray | None
     plt.close(fig)
 
 
+RESAMPLING_LABELS = {
+    "bins_bca": "bins resampled, BCa",
+    "crossed": "topics x formats resampled",
+    "combined": "documents and queries resampled together",
+}
+
+
 def _ci_columns(frame: pd.DataFrame) -> tuple[str, str] | None:
     # The combined bootstrap first: documents and queries together are the whole of our own matrix's noise.
     for kind in ("combined", "documents", "queries", "bins"):
@@ -264,7 +271,7 @@ def verdict_forest(verdict: list[dict], path: Path, ci_level: float) -> None:
     ax.set_xlabel("estimate relative to no effect (ratios as log ratio)", fontsize=9)
     handles = [
         plt.Line2D([], [], color="0.3", marker=markers[k], linewidth=1.6,
-                   label=f"{ci_level:.0%} CI, " + ("bins resampled, BCa" if k == "bins_bca" else f"{k} resampled"))  # fmt: skip
+                   label=f"{ci_level:.0%} CI, " + RESAMPLING_LABELS.get(k, f"{k} resampled"))  # fmt: skip
         for k in kinds
     ]
     handles.append(plt.Line2D([], [], color="0.3", alpha=0.25, linewidth=9, label="range leaving out one bin"))
