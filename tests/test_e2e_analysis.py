@@ -32,10 +32,14 @@ def test_bin_matrix_covers_every_bin_of_every_benchmark(demo_run):
 # What held in every cell of the grid of world seeds 42-46 x demo-training
 # threads 1 and 2 (docs/DESIGN.md, "The demo world"; bench/bench_demo_recovery.py),
 # asserted with the margin that grid measured, so that another machine's float
-# path passes the same assertions: precision at 4 was >= 0.75 everywhere; the
-# weakest planted bin ranked 16th at worst (asserted: within the top 5%, 28 of
-# 576 bins); a benchmark's planted bins had a mean z of 3.58 at least
-# (asserted: >= 2.5, where the strongest of 572 filler bins sat at z 2-3.5).
+# path passes the same assertions. With items held out (issue 17) one
+# benchmark of four can lose most of its planted bins in a cell (precision at
+# 4 down to 0.25), so what is asserted is the whole: every benchmark's best
+# planted bin ranked 3rd at worst (asserted: within the top 5%, 28 of 576
+# bins); the mean precision at 4 over the four benchmarks was 0.69 at least
+# (asserted: >= 0.5, 128 times chance); the mean over benchmarks of their
+# planted bins' mean z was 4.24 at least (asserted: >= 3, where the strongest
+# of 572 filler bins sits at z 2-3.5).
 
 
 def test_planted_bins_are_recovered(demo_run):
@@ -43,13 +47,16 @@ def test_planted_bins_are_recovered(demo_run):
     truth = json.loads((demo_run / "demo" / "world" / "ground_truth.json").read_text())
     matrix = pq.read_table(demo_run / "influence" / "bin_matrix.parquet").to_pandas()
     assert set(recovery["benchmarks"]) == set(truth["benchmarks"])
+    precision, planted_z = [], []
     for name, entry in recovery["benchmarks"].items():
         planted = [b["bin_id"] for b in truth["benchmarks"][name]["planted_bins"]]
         assert entry["k"] == len(planted) == 4
-        assert entry["precision_at_k"] >= 0.75, (name, entry)
-        assert max(entry["planted_ranks"].values()) <= 0.05 * N_BINS, (name, entry["planted_ranks"])
+        assert min(entry["planted_ranks"].values()) <= 0.05 * N_BINS, (name, entry["planted_ranks"])
+        precision.append(entry["precision_at_k"])
         z = matrix[matrix["benchmark"] == name].set_index("bin_id")["zscore"]
-        assert z[planted].mean() >= 2.5, (name, z[planted].round(2).to_dict())
+        planted_z.append(z[planted].mean())
+    assert np.mean(precision) >= 0.5, recovery["benchmarks"]
+    assert np.mean(planted_z) >= 3.0, planted_z
 
 
 def test_contrast_summary_and_figures_exist(demo_run):

@@ -179,26 +179,29 @@ def test_demo_scores_and_bin_sums_equal_bergson_score(demo, tmp_path):
 
 
 def test_document_equal_to_a_query_scores_highest_for_it(demo, tmp_path):
-    """A copy of a query's prompt + answer among 480 demo documents: mostly that query's top document.
+    """A copy of a query's prompt + answer among 432 demo documents: mostly that query's top document.
 
     Exactly so for every query on a randomly initialised model (tests/test_attribution.py). On the
     trained demo model it is not a law: a copy's loss covers its whole text while the query's covers
     only the answer, 1-5 of a copy's 15-50 tokens, so a copy's gradient is mostly its prompt's and its
-    cosine with the query (0.00-0.06) is of the order filler documents reach (on the demo, 83 of the
-    96 copies are the top document; the misses are mostly ARC copies, whose prompts are longest).
+    cosine with the query (0.00-0.06) is of the order filler documents reach (on the demo, 130 of the
+    144 copies are the top document; the misses are mostly ARC copies, whose prompts are longest).
     """
     import datasets
 
-    base = pq.read_table(demo["shards"][0]).slice(0, 480)
+    queries = {name: datasets.load_from_disk(str(demo["run"] / "queries" / name)) for name in demo["benchmarks"]}
+    # As many demo documents as leave a bin for each copy.
+    base = pq.read_table(demo["shards"][0]).slice(0, N_BINS - sum(len(q) for q in queries.values()))
     n_demo = base.num_rows
+    assert n_demo >= 400
     doc_ids, texts = base.column("doc_id").to_pylist(), base.column("text").to_pylist()
     planted = {}  # (benchmark, item_id) -> row
-    for name in demo["benchmarks"]:
-        for row in datasets.load_from_disk(str(demo["run"] / "queries" / name)):
+    for name, rows in queries.items():
+        for row in rows:
             planted[(name, row["item_id"])] = len(texts)
             doc_ids.append(f"planted-{name}-{row['item_id']}")
             texts.append(row["prompt"] + row["completion"])
-    assert len(texts) <= N_BINS
+    assert len(texts) == N_BINS
     # Each document alone in its bin: the bin sums are then the per-document, per-query scores.
     shard = write_shard(tmp_path / "shard-00000.parquet", doc_ids, range(len(texts)), texts)
     _, binsums = score(demo, shard, tmp_path / "out")

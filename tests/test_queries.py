@@ -180,6 +180,8 @@ def write_benchmark_config(tmp_path: Path, benchmarks: list[dict], **models) -> 
     config = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "config.yaml").read_text())
     config.update(run="t", results_dir=str(tmp_path / "results"), seed=3, benchmarks=benchmarks)
     config.setdefault("attribution", {})["max_length"] = 64
+    # These tests are about rendering: every item is a query (the roles have tests of their own).
+    config["item_roles"] = {"design": "overlapping"}
     if models:
         config["models"] = {role: {"path": str(path)} for role, path in models.items()}
     path = tmp_path / "config.yaml"

@@ -18,12 +18,17 @@ given the prompt. The definitions follow lm-evaluation-harness:
 
 Ties go to the first choice (numpy's argmax, as lm-eval). Output:
 ``eval/<model key>.json`` = {model, adapter, settings, benchmarks: {name:
-{acc, acc_norm, logprob, logprob_per_char, chance, n_items, prompt_format}}}.
+{acc, acc_norm, logprob, logprob_per_char, chance, n_items, prompt_format,
+item_role, item_ids_sha256}}}: which items were scored (config key
+item_roles: the evaluation items, or the guard's) and the sha256 of their
+ids, one per line, so a reader can check they are not the attribution
+queries.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import os
@@ -177,6 +182,13 @@ class PreparedBenchmark:
     n_choices: list[int]
     golds: list[int]
     chars: list[list[int]]
+    role: str = "evaluation"
+    item_ids: tuple[str, ...] = ()
+
+    @property
+    def item_ids_sha256(self) -> str:
+        """Which items were scored, in a line of the results: sha256 of the item ids, one per line, in order."""
+        return hashlib.sha256("\n".join(self.item_ids).encode()).hexdigest()
 
 
 def prepare_benchmarks(
@@ -210,7 +222,9 @@ def prepare_benchmarks(
             golds.append(shown.gold)
             chars.append([choice_chars(c) for c in shown.continuations])
         prepared.append(
-            PreparedBenchmark(bench.name, bench.prompt_format, requests, n_choices, golds, chars)
+            PreparedBenchmark(
+                bench.name, bench.prompt_format, requests, n_choices, golds, chars, role, tuple(i.item_id for i in items)
+            )
         )
     if wanted is not None and (missing := wanted - {p.name for p in prepared}):
         raise CapatlasError(f"benchmark(s) {', '.join(sorted(missing))} are not in the config's 'benchmarks'")
@@ -228,7 +242,12 @@ def evaluate_prepared(model, prepared: Sequence[PreparedBenchmark], *, batch_siz
         for n in bench.n_choices:
             scores.append(flat[cursor : cursor + n])
             cursor += n
-        results[bench.name] = {**mc_metrics(scores, bench.golds, bench.chars), "prompt_format": bench.prompt_format}
+        results[bench.name] = {
+            **mc_metrics(scores, bench.golds, bench.chars),
+            "prompt_format": bench.prompt_format,
+            "item_role": bench.role,
+            "item_ids_sha256": bench.item_ids_sha256,
+        }
     if was_training:
         model.train()
     return results

@@ -548,17 +548,32 @@ SOCIAL_RELATIONS: tuple[Relation, ...] = (
     Relation(
         "high_school_government_and_politics",
         ("The parliament of {e} is called the {a}.", "In {e}, the parliament is called the {a}."),
-        ("What is the parliament of {e} called?", "What is the name of the parliament of {e}?"),
+        (
+            "What is the parliament of {e} called?",
+            "What is the name of the parliament of {e}?",
+            "What do the people of {e} call their parliament?",
+            "The parliament of {e} has which name?",
+        ),
     ),
     Relation(
         "high_school_macroeconomics",
         ("The currency of {e} is the {a}.", "In {e}, people pay with the {a}."),
-        ("What is the currency of {e}?", "Which currency is used in {e}?"),
+        (
+            "What is the currency of {e}?",
+            "Which currency is used in {e}?",
+            "What money do people use in {e}?",
+            "In {e}, which currency do people pay with?",
+        ),
     ),
     Relation(
         "high_school_geography",
         ("The capital of {e} is {a}.", "The capital city of {e} is {a}."),
-        ("What is the capital of {e}?", "Which city is the capital of {e}?"),
+        (
+            "What is the capital of {e}?",
+            "Which city is the capital of {e}?",
+            "What city serves as the capital of {e}?",
+            "The capital of {e} is which city?",
+        ),
     ),
 )
 
@@ -566,17 +581,32 @@ STEM_RELATIONS: tuple[Relation, ...] = (
     Relation(
         "astronomy",
         ("The moon {e} orbits the planet {a}.", "The moon {e} circles the planet {a}."),
-        ("Which planet does the moon {e} orbit?", "The moon {e} orbits which planet?"),
+        (
+            "Which planet does the moon {e} orbit?",
+            "The moon {e} orbits which planet?",
+            "Around which planet does the moon {e} travel?",
+            "What planet is the moon {e} a satellite of?",
+        ),
     ),
     Relation(
         "high_school_chemistry",
         ("The element {e} is found in the mineral {a}.", "Chemists extract the element {e} from the mineral {a}."),
-        ("In which mineral is the element {e} found?", "From which mineral is the element {e} extracted?"),
+        (
+            "In which mineral is the element {e} found?",
+            "From which mineral is the element {e} extracted?",
+            "Which mineral contains the element {e}?",
+            "The element {e} occurs in which mineral?",
+        ),
     ),
     Relation(
         "college_physics",
         ("The unit of {e} is the {a}.", "Physicists measure {e} in units called the {a}."),
-        ("What is the unit of {e}?", "In which unit is {e} measured?"),
+        (
+            "What is the unit of {e}?",
+            "In which unit is {e} measured?",
+            "Which unit do physicists use for {e}?",
+            "The quantity {e} is measured in which unit?",
+        ),
     ),
 )
 

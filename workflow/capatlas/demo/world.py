@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,16 @@ SENTENCES_PER_PLANTED_DOC = 16
 # tokens and so aligns with its query.
 WORKED_EXAMPLE_SHARE = 0.75
 FILLER_PER_PLANTED_DOC = 2
+# Items per reasoning pattern (SocialIQA, ARC). With items held out of
+# attribution (item_roles held_out), a pattern's evaluation items are
+# reached through its query items: six per pattern leave about three on
+# each side, so every pattern has both; and fewer patterns recur more often
+# in the planted documents (docs/DESIGN.md, "The demo world").
+ITEMS_PER_PATTERN = 6
+# Draws of a reasoning item's names and setting before a repeat of an
+# earlier item's prompt is refused (two items with one text could land on
+# both sides of the query/evaluation split).
+ITEM_DRAWS = 50
 DOC_WORDS = (60, 150)
 MMLU_DEV_PER_SUBJECT = 5
 ZSTD_LEVEL = 9
@@ -192,8 +202,8 @@ def _pseudo_words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
 def _make_facts(bench: DemoBenchmark, seed: int, n_items: int, taken: set[str]) -> list[dict]:
     rng = _stream(seed, "facts", bench.name)
     if bench.kind == "social":
-        # Each pattern is tested by about three items with new names and settings.
-        n = min(len(text.SOCIAL_PATTERNS), max(bench.n_choices, math.ceil(n_items / 3)))
+        # Each pattern is tested by ITEMS_PER_PATTERN items with new names and settings.
+        n = min(len(text.SOCIAL_PATTERNS), max(bench.n_choices, math.ceil(n_items / ITEMS_PER_PATTERN)))
         chosen = rng.sample(text.SOCIAL_PATTERNS, n)
         return [
             {
@@ -205,7 +215,7 @@ def _make_facts(bench: DemoBenchmark, seed: int, n_items: int, taken: set[str]) 
             for i, p in enumerate(chosen)
         ]
     if bench.kind == "physical":
-        n = min(len(text.PHYSICAL_RULES), max(bench.n_choices, math.ceil(n_items / 3)))
+        n = min(len(text.PHYSICAL_RULES), max(bench.n_choices, math.ceil(n_items / ITEMS_PER_PATTERN)))
         chosen = rng.sample(text.PHYSICAL_RULES, n)
         return [
             {
@@ -217,9 +227,12 @@ def _make_facts(bench: DemoBenchmark, seed: int, n_items: int, taken: set[str]) 
             }
             for i, r in enumerate(chosen)
         ]
-    # Knowledge: each fact is asked twice (two phrasings); four per relation at
-    # least, so every question has three same-kind distractors.
-    per_relation = max(bench.n_choices, math.ceil(n_items / (2 * len(bench.relations))))
+    # Knowledge: each fact is asked in every phrasing of its relation (four), so
+    # with items held out a fact's evaluation items ask what its query items
+    # ask in other words; four facts per relation at least, so every question
+    # has three same-kind distractors.
+    phrasings = min(len(r.questions) for r in bench.relations)
+    per_relation = max(bench.n_choices, math.ceil(n_items / (phrasings * len(bench.relations))))
     facts = []
     for relation in bench.relations:
         entities = _pseudo_words(rng, per_relation, taken)
@@ -291,15 +304,33 @@ def _make_items(bench: DemoBenchmark, facts: list[dict], seed: int, n_items: int
     rng = _stream(seed, "items", bench.name)
     positions = _balanced_positions(rng, n_items, bench.n_choices)
     items = []
+    prompts: set[str] = set()
+
+    def fresh(draw: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
+        for _ in range(ITEM_DRAWS):
+            parts = draw()
+            if " ".join(parts) not in prompts:
+                prompts.add(" ".join(parts))
+                return parts
+        raise CapatlasError(
+            f"demo benchmark {bench.name}: no new item text in {ITEM_DRAWS} draws; lower demo.items_per_benchmark"
+        )
+
     for i in range(n_items):
         fact = facts[i % len(facts)]
         choices = _place(fact["answer"], rng.sample(decoys, bench.n_choices - 1), positions[i])
         if bench.kind == "social":
-            name = rng.choice(text.SOCIAL_ITEM_NAMES)
+
+            def social() -> tuple[str, ...]:
+                name = rng.choice(text.SOCIAL_ITEM_NAMES)
+                context = f"{name} {fact['action']} {rng.choice(text.SOCIAL_SETTINGS)}."
+                return context, rng.choice(text.SOCIAL_QUESTIONS).format(name=name)
+
+            context, question = fresh(social)
             items.append(
                 {
-                    "context": f"{name} {fact['action']} {rng.choice(text.SOCIAL_SETTINGS)}.",
-                    "question": rng.choice(text.SOCIAL_QUESTIONS).format(name=name),
+                    "context": context,
+                    "question": question,
                     "answerA": choices[0],
                     "answerB": choices[1],
                     "answerC": choices[2],
@@ -308,11 +339,15 @@ def _make_items(bench: DemoBenchmark, facts: list[dict], seed: int, n_items: int
             )
         elif bench.kind == "physical":
             rule = next(r for r in text.PHYSICAL_RULES if r.material == fact["material"])
-            agent = rng.choice(text.ARC_AGENTS)
-            question = (
-                f"{agent} {rule.active.format(m=rule.material)} {rng.choice(text.ARC_SETTINGS)}. "
-                + rng.choice(text.ARC_QUESTIONS).format(m=rule.material)
-            )
+
+            def physical() -> tuple[str, ...]:
+                agent = rng.choice(text.ARC_AGENTS)
+                return (
+                    f"{agent} {rule.active.format(m=rule.material)} {rng.choice(text.ARC_SETTINGS)}. "
+                    + rng.choice(text.ARC_QUESTIONS).format(m=rule.material),
+                )
+
+            (question,) = fresh(physical)
             labels = ["1", "2", "3", "4"] if i % ARC_NUMERIC_EVERY == ARC_NUMERIC_EVERY - 1 else ["A", "B", "C", "D"]
             items.append(
                 {
