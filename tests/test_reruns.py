@@ -26,6 +26,7 @@ import pytest
 from capatlas.artifacts.binsums import ARRAYS, read_bin_sums
 from helpers_runs import (
     BIN_MATRIX,
+    RUN,
     Run,
     clean_run,  # noqa: F401  (fixture)
     copy_run,
@@ -243,3 +244,28 @@ def test_a_setting_reruns_only_the_rules_that_read_it(clean_run, tmp_path, chang
     planned = run_snakemake(clean_run.workdir, changed, "-n")
     rules = set(job_stats(planned.stdout + planned.stderr))
     assert must <= rules and not rules & never, rules
+
+
+def test_a_score_jobs_runtime_follows_its_shards_tokens(clean_run, tmp_path):  # noqa: F811
+    """Issue 19: with resources.scoring.tokens_per_second set, each shard asks for time by its own tokens."""
+    import json
+
+    import yaml
+
+    from capatlas.resources import scoring_runtime
+
+    config = yaml.safe_load(clean_run.config_path.read_text())
+    config["resources"]["scoring"] = {"tokens_per_second": 2.0, "safety": 1.5, "startup_minutes": 15}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    planned = run_snakemake(clean_run.workdir, changed, "-n", "--forcerun", "score_shard")
+    asked = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"rule score_shard:.*?wildcards: shard=(\d+).*?runtime=(\d+)", planned.stdout, re.S)
+    }
+    summary = json.loads((clean_run.workdir / f"results/{RUN}/shards/shards.json").read_text())
+    expected = {
+        f"{s['shard']:05d}": scoring_runtime(s["tokens"], config["resources"]["scoring"], 0, 1) for s in summary["shards"]
+    }
+    assert asked == expected, (asked, expected)
+    assert all(minutes > config["resources"]["gpu"]["runtime"] for minutes in asked.values()), asked

@@ -344,11 +344,21 @@ class GpuResource(Section):
 
 
 @dataclass(frozen=True)
+class ResourcesScoring(Section):
+    """Each score_shard job's runtime from its shard's tokens (capatlas.resources)."""
+
+    tokens_per_second: float | None = None
+    safety: float = 1.5  # runtime = startup + safety x tokens / throughput
+    startup_minutes: int = 15  # model load, preconditioner, query indices
+
+
+@dataclass(frozen=True)
 class Resources(Section):
     """Site-neutral resources per rule family; runtime and memory grow with the attempt."""
 
     cpu: CpuResource = dataclasses.field(default_factory=lambda: CpuResource.of({}))
     gpu: GpuResource = dataclasses.field(default_factory=lambda: GpuResource.of({}))
+    scoring: ResourcesScoring = dataclasses.field(default_factory=lambda: ResourcesScoring.of({}))
 
 
 @dataclass(frozen=True)

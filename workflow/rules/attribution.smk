@@ -62,20 +62,23 @@ rule queries:
         " --tokenizer {input.tokenizer:q} {params.world:q} --out {output.queries:q} > {log:q} 2>&1"
 
 
+PRECONDITIONER_LOG = f"{RUN}/logs/attribution/preconditioner.log"
+
+
 rule preconditioner:
     input:
         unpack(attribution_inputs("model", "shards", "queries")),
     output:
         preconditioner=directory(f"{ATTRIBUTION}/preconditioner"),
     log:
-        f"{RUN}/logs/attribution/preconditioner.log",
+        PRECONDITIONER_LOG,
     benchmark:
         f"{RUN}/benchmarks/attribution/preconditioner.tsv"
     conda:
         "../../envs/attribution.yaml"
     threads: ATTRIBUTION_THREADS
     resources:
-        **attempt_resources("gpu"),
+        **attempt_resources("gpu", rule="preconditioner", log=PRECONDITIONER_LOG),
     params:
         section=ATTRIBUTION_SECTION,
         revision=revision_flag("document"),
@@ -88,6 +91,9 @@ rule preconditioner:
         " --threads {threads:q} --out {output.preconditioner:q} > {log:q} 2>&1"
 
 
+QUERY_GRADIENTS_LOG = f"{RUN}/logs/attribution/query_gradients.log"
+
+
 # One job for every benchmark: Bergson's import and the model's hash are paid once.
 rule query_gradients:
     input:
@@ -96,14 +102,14 @@ rule query_gradients:
     output:
         indices=[directory(path) for path in QUERY_INDICES],
     log:
-        f"{RUN}/logs/attribution/query_gradients.log",
+        QUERY_GRADIENTS_LOG,
     benchmark:
         f"{RUN}/benchmarks/attribution/query_gradients.tsv"
     conda:
         "../../envs/attribution.yaml"
     threads: ATTRIBUTION_THREADS
     resources:
-        **attempt_resources("gpu"),
+        **attempt_resources("gpu", rule="query_gradients", log=QUERY_GRADIENTS_LOG),
     params:
         section=ATTRIBUTION_SECTION,
         revision=revision_flag("query"),
@@ -116,6 +122,20 @@ rule query_gradients:
         " --threads {threads:q} --out {params.out:q} > {log:q} 2>&1"
 
 
+SCORE_LOG = f"{RUN}/logs/attribution/scores/shard-{{shard}}.log"
+
+
+def score_runtime(wildcards, attempt):
+    """Minutes from the shard's tokens (shards.json exists once the shards rule ran; before, the plan's guess)."""
+    tokens = shard_tokens(SHARDS_SUMMARY, wildcards.shard)
+    return scoring_runtime(
+        tokens,
+        config["resources"]["scoring"],
+        config["resources"]["gpu"]["runtime"],
+        attempt,
+    )
+
+
 rule score_shard:
     input:
         unpack(attribution_inputs("model", "query_model", "query_indices", "shards")),
@@ -124,7 +144,7 @@ rule score_shard:
         scores=f"{ATTRIBUTION}/scores/shard-{{shard}}.parquet",
         binsums=f"{ATTRIBUTION}/binsums/shard-{{shard}}.safetensors",
     log:
-        f"{RUN}/logs/attribution/scores/shard-{{shard}}.log",
+        SCORE_LOG,
     benchmark:
         f"{RUN}/benchmarks/attribution/scores/shard-{{shard}}.tsv"
     wildcard_constraints:
@@ -133,7 +153,9 @@ rule score_shard:
         "../../envs/attribution.yaml"
     threads: ATTRIBUTION_THREADS
     resources:
-        **attempt_resources("gpu"),
+        **attempt_resources(
+            "gpu", rule="score_shard", log=SCORE_LOG, runtime=score_runtime
+        ),
     params:
         section=ATTRIBUTION_SECTION,
         # The job draws its documents' part of the bootstrap (seed is in the section).

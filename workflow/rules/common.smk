@@ -19,6 +19,7 @@ from capatlas.benchmarks.items import missing_local_inputs
 from capatlas.corpus.readers import check_path_topics, expand_paths, file_key
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_text
+from capatlas.resources import job_logs, memory_mb, scoring_runtime, shard_tokens
 
 try:
     config.update(validate_config(config, source="Snakemake config", as_written=True))
@@ -133,12 +134,27 @@ def config_section(*keys, ignore=()):
     return lambda wildcards: text
 
 
-def attempt_resources(family):
-    """Site-neutral resources; memory and runtime grow with each retry."""
+# Where profiles/slurm keeps each job's SLURM log (its slurm-logdir).
+SLURM_LOGDIR = "logs/slurm"
+
+
+def attempt_resources(family, rule=None, log=None, runtime=None):
+    """Site-neutral resources; a retry asks for attempt x the runtime, and for attempt x the memory only when
+    the failed attempt's log (`log`, a pattern of the rule's wildcards, and its SLURM logs) shows it ran out
+    of memory (capatlas.resources). Without `log` memory grows with every retry. `runtime`: a function of
+    (wildcards, attempt) instead of the family's runtime x attempt."""
     spec = config["resources"][family]
+
+    def mem_mb(wildcards, attempt):
+        if log is None:
+            return spec["mem_mb"] * attempt
+        values = dict(wildcards.items())
+        logs = job_logs(log.format(**values), SLURM_LOGDIR, rule, values.values())
+        return memory_mb(spec["mem_mb"], attempt, logs)
+
     res = {
-        "mem_mb": lambda wildcards, attempt: spec["mem_mb"] * attempt,
-        "runtime": lambda wildcards, attempt: spec["runtime"] * attempt,
+        "mem_mb": mem_mb,
+        "runtime": runtime or (lambda wildcards, attempt: spec["runtime"] * attempt),
     }
     if spec["gpu"]:
         res["gpu"] = spec["gpu"]

@@ -10,6 +10,9 @@ FINAL_TARGETS.extend(
 )
 
 
+LABELS_LOG = f"{RUN}/logs/labels/{{file_key}}.log"
+
+
 rule labels:
     input:
         corpus=lambda wildcards: CORPUS_BY_KEY[wildcards.file_key],
@@ -21,7 +24,7 @@ rule labels:
     output:
         labels=f"{RUN}/labels/{{file_key}}.parquet",
     log:
-        f"{RUN}/logs/labels/{{file_key}}.log",
+        LABELS_LOG,
     benchmark:
         f"{RUN}/benchmarks/labels/{{file_key}}.tsv"
     wildcard_constraints:
@@ -30,7 +33,7 @@ rule labels:
         "../../envs/labels.yaml"
     threads: config["resources"]["gpu"]["threads"]
     resources:
-        **attempt_resources("gpu"),
+        **attempt_resources("gpu", rule="labels", log=LABELS_LOG),
     params:
         # Not corpus.paths: adding or removing files must not relabel the others.
         section=config_section(

@@ -38,6 +38,9 @@ if UNLEARN_CFG["enabled"]:
     )
 
 
+EVALUATE_BASE_LOG = f"{RUN}/logs/eval/base.log"
+
+
 rule evaluate_base:
     input:
         unpack(world_input),
@@ -45,14 +48,14 @@ rule evaluate_base:
     output:
         evaluation=f"{EVAL_DIR}/base.json",
     log:
-        f"{RUN}/logs/eval/base.log",
+        EVALUATE_BASE_LOG,
     benchmark:
         f"{RUN}/benchmarks/eval/base.tsv"
     conda:
         "../../envs/unlearning.yaml"
     threads: config["evaluation"]["threads"]
     resources:
-        **attempt_resources("gpu"),
+        **attempt_resources("gpu", rule="evaluate_base", log=EVALUATE_BASE_LOG),
     params:
         section=config_section("seed", "benchmarks", "item_roles", "evaluation"),
         world=WORLD_ARG,
@@ -142,7 +145,7 @@ for unlearn_rule, unlearn_unit, kind_conditions, unit_pattern in UNLEARN_RULES:
             "../../envs/unlearning.yaml"
         threads: UNLEARN_CFG["threads"]
         resources:
-            **attempt_resources("gpu"),
+            **attempt_resources("gpu", rule=unlearn_rule, log=runs["log"]),
         params:
             section=config_section(
                 "seed",

@@ -1,0 +1,55 @@
+"""Job resources sized from the work (capatlas.resources): score-shard runtimes, memory grown only after OOM."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from capatlas.errors import CapatlasError
+from capatlas.resources import failed_for_memory, job_logs, memory_mb, scoring_runtime, shard_tokens
+
+SCORING = {"tokens_per_second": 800.0, "safety": 1.5, "startup_minutes": 15}
+
+
+def test_runtime_scales_with_shard_tokens_and_attempt():
+    # 27M tokens (a paper shard at 1,500 tokens per document) at 800 tokens/s: 15 + 1.5 x 562.5 minutes.
+    assert scoring_runtime(27_000_000, SCORING, 480, 1) == 15 + 844
+    assert scoring_runtime(54_000_000, SCORING, 480, 1) == 15 + 1688  # twice the tokens, twice the work
+    assert scoring_runtime(27_000_000, SCORING, 480, 2) == 2 * (15 + 844)  # a retry gets more time
+    # No throughput configured, or shards.json not written yet: the GPU family's runtime.
+    assert scoring_runtime(27_000_000, {**SCORING, "tokens_per_second": None}, 480, 2) == 960
+    assert scoring_runtime(None, SCORING, 480, 1) == 480
+
+
+def test_shard_tokens_from_the_shards_summary(tmp_path):
+    summary = tmp_path / "shards.json"
+    assert shard_tokens(summary, "00001") is None  # before the shards rule ran
+    summary.write_text(json.dumps({"shards": [{"shard": 0, "tokens": 10}, {"shard": 1, "tokens": 25}]}))
+    assert shard_tokens(summary, "00001") == 25
+    with pytest.raises(CapatlasError, match=r"shards.json lists no shard 00007"):
+        shard_tokens(summary, "00007")
+    summary.write_text(json.dumps({"shards": [{"shard": 0}]}))
+    with pytest.raises(CapatlasError, match=r"shards.json is not the shards rule's summary"):
+        shard_tokens(summary, "00000")
+
+
+def test_memory_grows_only_after_running_out_of_memory(tmp_path):
+    rule_log = tmp_path / "logs" / "shard-00003.log"
+    rule_log.parent.mkdir()
+    logs = job_logs(str(rule_log), tmp_path / "slurm", "score_shard", ["00003"])
+    assert memory_mb(96000, 1, logs) == 96000
+    assert memory_mb(96000, 2, logs) == 96000  # no log at all: nothing says memory was short
+    rule_log.write_text("scoring...\nslurmstepd: error: *** JOB 12 CANCELLED DUE TO TIME LIMIT ***\n")
+    assert not failed_for_memory(logs) and memory_mb(96000, 2, logs) == 96000
+    rule_log.write_text("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    assert memory_mb(96000, 2, logs) == 192000 and memory_mb(96000, 3, logs) == 288000
+    # The SLURM job log of a later attempt (cgroup OOM kill) counts; the newest log decides.
+    slurm = tmp_path / "slurm" / "score_shard" / "00003"
+    slurm.mkdir(parents=True)
+    rule_log.write_text("scoring...\n")
+    (slurm / "4711.log").write_text("slurmstepd: error: Detected 1 oom_kill event in StepId=4711.batch\n")
+    os.utime(rule_log, ns=(1, 1))
+    logs = job_logs(str(rule_log), tmp_path / "slurm", "score_shard", ["00003"])
+    assert logs[1].name == "4711.log" and memory_mb(96000, 2, logs) == 192000
