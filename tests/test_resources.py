@@ -53,3 +53,30 @@ def test_memory_grows_only_after_running_out_of_memory(tmp_path):
     os.utime(rule_log, ns=(1, 1))
     logs = job_logs(str(rule_log), tmp_path / "slurm", "score_shard", ["00003"])
     assert logs[1].name == "4711.log" and memory_mb(96000, 2, logs) == 192000
+
+
+def test_the_slurm_profiles_gpu_partition_example_names_every_gpu_rule(repo_root):
+    """profiles/slurm/config.yaml's commented set-resources block covers exactly the GPU-family rules."""
+    import re
+
+    import yaml
+
+    lines = (repo_root / "profiles" / "slurm" / "config.yaml").read_text().splitlines()
+    start = lines.index("#   set-resources:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[len("#   ") :])
+    example = yaml.safe_load("\n".join(block))["set-resources"]
+    gpu_rules = set()
+    for smk in sorted((repo_root / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for use in re.finditer(r'attempt_resources\(\s*"gpu"', text):
+            header = list(re.finditer(r"^\s*rule\s*(\w*):", text[: use.start()], re.M))[-1]
+            if header.group(1):
+                gpu_rules.add(header.group(1))
+            else:  # rules made in a loop take their names from its table
+                gpu_rules.update(re.findall(r'^\s+\("(\w+)", ', text, re.M))
+    assert gpu_rules and set(example) == gpu_rules, (sorted(example), sorted(gpu_rules))
+    assert all(entry == {"slurm_partition": "gpu"} for entry in example.values())

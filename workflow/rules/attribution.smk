@@ -125,17 +125,6 @@ rule query_gradients:
 SCORE_LOG = f"{RUN}/logs/attribution/scores/shard-{{shard}}.log"
 
 
-def score_runtime(wildcards, attempt):
-    """Minutes from the shard's tokens (shards.json exists once the shards rule ran; before, the plan's guess)."""
-    tokens = shard_tokens(SHARDS_SUMMARY, wildcards.shard)
-    return scoring_runtime(
-        tokens,
-        config["resources"]["scoring"],
-        config["resources"]["gpu"]["runtime"],
-        attempt,
-    )
-
-
 rule score_shard:
     input:
         unpack(attribution_inputs("model", "query_model", "query_indices", "shards")),

@@ -161,6 +161,17 @@ def attempt_resources(family, rule=None, log=None, runtime=None):
     return res
 
 
+def score_runtime(wildcards, attempt):
+    """Minutes from the shard's tokens (shards.json exists once the shards rule ran; before, the plan's guess)."""
+    tokens = shard_tokens(SHARDS_SUMMARY, wildcards.shard)
+    return scoring_runtime(
+        tokens,
+        config["resources"]["scoring"],
+        config["resources"]["gpu"]["runtime"],
+        attempt,
+    )
+
+
 DEMO = config["demo"]["enabled"]
 DEMO_WORLD = f"{RUN}/demo/world"
 DEMO_MODEL = f"{RUN}/demo/model"
