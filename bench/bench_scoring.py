@@ -13,9 +13,14 @@ leaves out the fixed cost of loading the
 model and Bergson, which a paper-scale shard of thousands of documents
 amortises; the fixed cost is printed too.
 
-Achieved FLOP/s uses the standard accounting: forward + backward = 6 N
-FLOPs per token, N = parameters of the Linear layers (lm_head included,
-embeddings not), plus causal attention 6 x layers x hidden x L per
+Achieved FLOP/s counts what Bergson computes: 4 N FLOPs per token, N =
+parameters of the Linear layers (lm_head included, embeddings not): the
+forward's 2 N and the backward's input gradients, 2 N; Bergson freezes
+every weight (`model.requires_grad_(False)` in bergson/utils/worker_utils.py,
+only the input embeddings keep a gradient so the backward runs), so the
+weight-gradient products of the usual 6 N are never formed (its hooks
+project each module's per-token input and output gradient instead). Plus
+causal attention 6 x layers x hidden x L per
 token (QK^T and AV over L/2 keys on average, forward + backward), plus Bergson's two-sided
 projection of every Linear module's gradient, 2 p (in + out) per token and
 module. On a GPU (``--device cuda --dtype bf16``) pass the device's peak
@@ -191,7 +196,7 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
     marginal_cpu = max(total.cpu - fixed.cpu, 1e-9) / (args.docs - 1)
     # Attention: QK^T and AV, 2 FLOPs per multiply-add over L/2 keys on average (causal), x3 with the backward.
     attention = 6 * shape["layers"] * shape["hidden"] * length
-    flops_per_token = 6 * shape["n_linear"] + attention + shape["projection_flops_per_token"]
+    flops_per_token = LINEAR_FLOPS_PER_PARAM * shape["n_linear"] + attention + shape["projection_flops_per_token"]
     tflops = flops_per_token * length / marginal / 1e12
     row = {
         "model": size,
@@ -214,6 +219,10 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
     return row
 
 
+# Per Linear parameter and token: forward 2 + input-gradient backward 2. Bergson freezes the weights, so the
+# weight-gradient products (the usual 6 N's last 2) are not computed; an optimizer-state normalizer makes
+# Bergson form each module's full gradient, adding them back (+2).
+LINEAR_FLOPS_PER_PARAM = 4
 # OLMo-3 7B (allenai/Olmo-3-1025-7B config.json): hidden, layers, intermediate, vocab; sliding
 # window 4096 on 3 of every 4 layers.
 OLMO3_7B = {"hidden": 4096, "layers": 32, "intermediate": 11008, "vocab": 100278, "window": 4096, "swa_share": 0.75}
@@ -224,7 +233,8 @@ PEAKS = {"bf16": 989.0, "tf32": 494.7, "fp32": 66.9}
 
 
 def olmo3_flops_per_doc(tokens: int) -> float:
-    """Forward + backward FLOPs of one document of `tokens` tokens through OLMo-3 7B, with projections."""
+    """Bergson's FLOPs for one document of `tokens` tokens through OLMo-3 7B: forward, input-gradient backward,
+    attention, projections."""
     m = OLMO3_7B
     h, layers, inter = m["hidden"], m["layers"], m["intermediate"]
     n_linear = layers * (4 * h * h + 3 * h * inter) + h * m["vocab"]
@@ -236,7 +246,7 @@ def olmo3_flops_per_doc(tokens: int) -> float:
     keys = (1 - m["swa_share"]) * full_keys + m["swa_share"] * window_keys
     attention = 6 * layers * h * 2 * keys  # 2 matmuls x 2 FLOPs per multiply-add x 3 (fwd + bwd), per token
     projection = layers * (4 * 2 * PROJECTION_DIM * (h + h) + 2 * 2 * PROJECTION_DIM * (h + inter) + 2 * PROJECTION_DIM * (inter + h))
-    return tokens * (6 * n_linear + attention + projection)
+    return tokens * (LINEAR_FLOPS_PER_PARAM * n_linear + attention + projection)
 
 
 def paper_estimate(mean_tokens: list[int], mfu: dict[str, float]) -> list[dict]:
