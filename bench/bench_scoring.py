@@ -91,13 +91,13 @@ def words(rng: np.random.Generator, n: int) -> str:
     return " ".join(f"w{i}" for i in rng.integers(0, VOCAB - 4, size=n))
 
 
-def write_queries(directory: Path, model_dir: Path, rng: np.random.Generator) -> Path:
+def write_queries(directory: Path, model_dir: Path, rng: np.random.Generator, n_queries: int = N_QUERIES) -> Path:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     input_ids, labels, item_ids = [], [], []
-    for j in range(N_QUERIES):
+    for j in range(n_queries):
         ids = tokenizer(words(rng, QUERY_WORDS))["input_ids"]
         input_ids.append(ids)
         labels.append([-100] * (len(ids) - 8) + ids[-8:])  # the last 8 tokens stand for the answer
@@ -133,7 +133,7 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
     rng = np.random.default_rng(0)
     model_dir = root / "model"
     shape = build_model(model_dir, size, max(length, QUERY_WORDS), args.dtype)
-    queries = write_queries(root / "queries", model_dir, rng)
+    queries = write_queries(root / "queries", model_dir, rng, args.queries)
     shard = write_shard(root / "shard-00000.parquet", args.docs, length, rng)
     single = write_shard(root / "shard-00001.parquet", 1, length, rng)
     config = validate_config(
@@ -203,6 +203,7 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
         "n_linear": shape["n_linear"],
         "length": length,
         "docs": args.docs,
+        "queries": args.queries,
         "fixed_s": round(fixed.seconds, 2),
         "shard_s": round(total.seconds, 2),
         "docs_per_s": round(1 / marginal, 3),
@@ -268,6 +269,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--queries", type=int, default=N_QUERIES, help="query gradients scored against (the study: ~17,000)")
     parser.add_argument("--profile", action="store_true", help="cProfile the timed shard call (stderr)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for --dtype, for the MFU")
     parser.add_argument(

@@ -76,6 +76,7 @@ from capatlas.attribution.context import (
     tokenize_documents,
 )
 from capatlas.attribution.query_gradients import check_preconditioner
+from capatlas.attribution.score_block import ScoreBlock, block_writer
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
 from capatlas.artifacts.scores import scores_table, write_scores
 from capatlas.artifacts.doc_bootstrap import (
@@ -288,8 +289,10 @@ def _bergson_scores(job, docs_ds: Path, combined: Path, preconditioner: Path, ru
     prepare_run_path(index_cfg)
     score_cfg = ScoreConfig(query_path=str(combined), score="individual", precision=SCORE_PRECISION)
     preprocess_cfg = PreprocessConfig(unit_normalize=True, hessian_path=str(preconditioner / HESSIAN_DIR))
-    score_dataset(index_cfg, score_cfg, preprocess_cfg)
-    return load_scores(Path(index_cfg.run_path))
+    # Bergson's writer loops over query columns in Python; the block writer stores the same bytes at once.
+    with block_writer():
+        score_dataset(index_cfg, score_cfg, preprocess_cfg)
+    return ScoreBlock(load_scores(Path(index_cfg.run_path)).mmap)
 
 
 @dataclass(frozen=True)
