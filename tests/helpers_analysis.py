@@ -20,6 +20,7 @@ import numpy as np
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
 from capatlas.artifacts.doc_bootstrap import (
     WEIGHTS_SCHEME,
+    bin_groups,
     document_keys,
     joint_bin_sums,
     poisson_weights,
@@ -161,8 +162,8 @@ def write_shards(
                     document_keys([d for d, ok in zip(doc_ids, scored) if ok], seed), n_bootstrap
                 )
                 query_weights = query_mean_weights(item_ids, name, n_bootstrap, seed)
-                present, part = joint_bin_sums(doc_weights, bins[scored], values[scored], query_weights)
-                joint[:, present] = part.T
+                groups = bin_groups(bins[scored])
+                joint[:, groups.present] = joint_bin_sums(doc_weights, groups, values[scored], query_weights).T
             bin_sums.benchmarks[name] = BenchmarkSums(
                 item_ids=item_ids,
                 sum=s,

@@ -348,7 +348,7 @@ def _simulated_bin(k: int, rng: np.random.Generator, n_docs: int = 20, n_queries
     cells = rng.normal(size=(n_docs, 1)) + rng.normal(size=(1, n_queries)) + rng.normal(size=(n_docs, n_queries))
     w = doc_bootstrap.poisson_weights(doc_bootstrap.document_keys([f"sim{k}-doc{i}" for i in range(n_docs)], k), n_boot)
     v = doc_bootstrap.query_mean_weights([f"q{j}" for j in range(n_queries)], f"sim{k}", n_boot, k)
-    _, joint = doc_bootstrap.joint_bin_sums(w, np.zeros(n_docs, dtype=np.int64), cells, v)
+    joint = doc_bootstrap.joint_bin_sums(w, doc_bootstrap.bin_groups(np.zeros(n_docs, dtype=np.int64)), cells, v)
     total = w.sum(axis=0)
     combined = np.where(total > 0, joint[0] / np.maximum(total, 1), (cells @ v).mean(axis=0))
     doc_means = cells.mean(axis=1)

@@ -440,12 +440,15 @@ def compute_influence(
     fraction = None
     if bin_counts is not None:
         fraction = sampling_fraction(bin_counts[0], bin_counts[1], bin_stats["n_docs"], n_docs_total)
-    combined_reps, doc_reps, query_reps = _replicates(accumulator, query_sums, fraction, n_bootstrap, seed)
+    combined_reps, doc_reps, query_reps = _replicates(
+        accumulator, query_sums, bin_stats["mean"], fraction, n_bootstrap, seed
+    )
     z = zscore(bin_stats["mean"])
-    matrix = _bin_matrix(names, bin_stats, z, combined_reps, doc_reps, query_reps, ci_level)
+    combined_z = zscore(combined_reps)  # each replicate re-standardised: the z intervals and the marginals'
+    replicate_z = {"combined": combined_z, "documents": zscore(doc_reps)} if n_bootstrap else None
+    matrix = _bin_matrix(names, bin_stats, z, combined_reps, combined_z, doc_reps, query_reps, ci_level)
     matrix["sampling_fraction"] = np.tile(fraction, len(names)) if fraction is not None else np.nan
     matrix["small_bin"] = matrix["n_docs"].between(1, SMALL_BIN - 1)
-    replicate_z = {"combined": zscore(combined_reps), "documents": zscore(doc_reps)} if n_bootstrap else None
     topics = _marginals("topic", names, bin_stats["n_docs"], z, replicate_z, ci_level)
     formats = _marginals("format", names, bin_stats["n_docs"], z, replicate_z, ci_level)
 
@@ -469,7 +472,12 @@ def compute_influence(
 
 
 def _replicates(
-    accumulator: BinAccumulator, query_sums: _QuerySums, fraction: np.ndarray | None, n_bootstrap: int, seed: int
+    accumulator: BinAccumulator,
+    query_sums: _QuerySums,
+    means: np.ndarray,
+    fraction: np.ndarray | None,
+    n_bootstrap: int,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The combined, documents-alone and queries-alone replicates of every bin mean ([nb, B, 576] each), the
     document part finite-population corrected when the sampling fractions are known."""
@@ -477,7 +485,6 @@ def _replicates(
     if not n_bootstrap:
         empty = np.full((len(names), 0, N_BINS), np.nan)
         return empty, empty, empty
-    means = accumulator.bin_stats()["mean"]
     sums, counts, item_ids = query_sums.sums, query_sums.counts, query_sums.item_ids
     query_part = np.stack([query_part_replicates(sums[n], counts[n], item_ids[n], n, n_bootstrap, seed) for n in names])
     combined = accumulator.combined_replicates(query_part)
@@ -516,9 +523,11 @@ def finite_population_replicates(replicates: np.ndarray, centre: np.ndarray, fra
     return centre + (replicates - centre) * factor
 
 
-def _bin_matrix(names, bin_stats: dict, z: np.ndarray, combined_reps, doc_reps, query_reps, ci_level: float) -> pd.DataFrame:
+def _bin_matrix(
+    names, bin_stats: dict, z: np.ndarray, combined_reps, combined_z, doc_reps, query_reps, ci_level: float
+) -> pd.DataFrame:
     low, high = percentile_ci(combined_reps, ci_level, axis=1)
-    z_low, z_high = percentile_ci(zscore(combined_reps), ci_level, axis=1)
+    z_low, z_high = percentile_ci(combined_z, ci_level, axis=1)
     doc_low, doc_high = percentile_ci(doc_reps, ci_level, axis=1)
     query_low, query_high = percentile_ci(query_reps, ci_level, axis=1)
     rows = []

@@ -27,6 +27,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -100,20 +101,38 @@ def query_mean_weights(item_ids: Sequence[str], benchmark: str, n_replicates: in
         return np.where(totals > 0, weights / np.maximum(totals, 1), 1.0 / max(1, len(item_ids)))
 
 
-def joint_bin_sums(
-    doc_weights: np.ndarray, bins: np.ndarray, scores: np.ndarray, query_weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """One block of documents' part of the combined bootstrap: (bins present, [n_present, B] sums).
+@dataclass(frozen=True)
+class BinGroups:
+    """A block of documents grouped by bin: rows in bin order (stable, so each bin's rows keep their order),
+    where each present bin's rows start in that order, and the present bins."""
 
-    doc_weights [n_docs, B] (the document bootstrap's), scores [n_docs,
-    n_queries], query_weights [n_queries, B] from `query_mean_weights`; the
-    sum per bin is of w_dr x (sum_q v_qr s_dq / sum_q v_qr).
-    """
-    contributions = doc_weights * (np.asarray(scores, dtype=np.float64) @ query_weights)
+    order: np.ndarray
+    starts: np.ndarray
+    present: np.ndarray
+
+    def sums(self, rows: np.ndarray) -> np.ndarray:
+        """[n_present, ...] sums of `rows` (aligned with the block's documents) per present bin."""
+        return np.add.reduceat(rows[self.order], self.starts, axis=0)
+
+
+def bin_groups(bins: np.ndarray) -> BinGroups:
     order = np.argsort(bins, kind="stable")
     sorted_bins = np.asarray(bins)[order]
     starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
-    return sorted_bins[starts], np.add.reduceat(contributions[order], starts, axis=0)
+    return BinGroups(order, starts, sorted_bins[starts])
+
+
+def joint_bin_sums(
+    doc_weights: np.ndarray, groups: BinGroups, scores: np.ndarray, query_weights: np.ndarray
+) -> np.ndarray:
+    """One block of documents' part of the combined bootstrap: [n_present, B] sums, for `groups.present`.
+
+    doc_weights [n_docs, B] (the document bootstrap's), `groups` the block's
+    `bin_groups`, scores [n_docs, n_queries], query_weights [n_queries, B]
+    from `query_mean_weights`; the sum per bin is of w_dr x (sum_q v_qr s_dq
+    / sum_q v_qr).
+    """
+    return groups.sums(doc_weights * (np.asarray(scores, dtype=np.float64) @ query_weights))
 
 
 def default_threads() -> int:
@@ -188,18 +207,14 @@ class DocumentBootstrap:
                 out.append(None)
                 continue
             if previous is not None and np.array_equal(ok, previous[0]):
-                _, order, starts, present, w, weight_sums = previous
+                _, groups, w, weight_sums = previous
             else:
-                b = bins[ok]
-                order = np.argsort(b, kind="stable")
-                sorted_bins = b[order]
-                starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
-                present = sorted_bins[starts]
-                w = weights[ok][order]
-                weight_sums = np.add.reduceat(w, starts, axis=0, dtype=np.float64)
-                previous = (ok, order, starts, present, w, weight_sums)
-            sums = np.add.reduceat(w * x[ok][order][:, None], starts, axis=0)
-            out.append((present, sums, weight_sums))
+                groups = bin_groups(bins[ok])
+                w = weights[ok][groups.order]
+                weight_sums = np.add.reduceat(w, groups.starts, axis=0, dtype=np.float64)
+                previous = (ok, groups, w, weight_sums)
+            sums = np.add.reduceat(w * x[ok][groups.order][:, None], groups.starts, axis=0)
+            out.append((groups.present, sums, weight_sums))
         return out
 
     def _merge(self, parts: list) -> None:

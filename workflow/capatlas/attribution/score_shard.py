@@ -81,6 +81,7 @@ from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
 from capatlas.artifacts.scores import scores_table, write_scores
 from capatlas.artifacts.doc_bootstrap import (
     WEIGHTS_SCHEME,
+    bin_groups,
     document_keys,
     joint_bin_sums,
     poisson_weights,
@@ -338,22 +339,15 @@ def accumulate(
                 "(the model's loss or gradient overflowed; try attribution.precision fp32)"
             )
         # Rows grouped by bin (stable, so the summation order is the shard's row order).
-        chunk_bins = bins[a:b]
-        order = np.argsort(chunk_bins, kind="stable")
-        sorted_bins = chunk_bins[order]
-        starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
-        present = sorted_bins[starts]
+        groups = bin_groups(bins[a:b])
+        doc_weights = poisson_weights(keys[a:b], n_boot, dtype=np.uint8) if n_boot else None
         for k, (lo, hi) in enumerate(ranges):
             part = block[:, lo:hi]
             means[k][a:b] = part.mean(axis=1)
-            grouped = part[order]
-            sums[k][present] += np.add.reduceat(grouped, starts, axis=0)
-            sumsq[k][present] += np.add.reduceat(grouped * grouped, starts, axis=0)
-        if n_boot:
-            doc_weights = poisson_weights(keys[a:b], n_boot, dtype=np.uint8)
-            for k, (lo, hi) in enumerate(ranges):
-                where, part_sums = joint_bin_sums(doc_weights, chunk_bins, block[:, lo:hi], joint.query_weights[k])
-                joint_sums[k][where] += part_sums
+            sums[k][groups.present] += groups.sums(part)
+            sumsq[k][groups.present] += groups.sums(part * part)
+            if n_boot:
+                joint_sums[k][groups.present] += joint_bin_sums(doc_weights, groups, part, joint.query_weights[k])
     return means, sums, sumsq, counts, [np.ascontiguousarray(j.T) for j in joint_sums]
 
 
@@ -446,16 +440,16 @@ def _score_documents(config: Mapping, inputs: _Inputs, docs: _ShardDocs, work: P
     the query ranges."""
     ranges = _query_ranges(inputs.indices)
     bootstrap = bootstrap_settings(config)
-    joint = JointDraw(
-        bootstrap["seed"],
-        [query_mean_weights(q.item_ids, q.name, bootstrap["n_bootstrap"], bootstrap["seed"]) for q in inputs.indices],
-    )
     if not len(docs.scored):
         means = [np.empty(0) for _ in ranges]
         sums = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
         sumsq = [np.zeros((N_BINS, hi - lo)) for lo, hi in ranges]
-        joint_sums = [np.zeros((joint.n_bootstrap, N_BINS)) for _ in ranges]
+        joint_sums = [np.zeros((bootstrap["n_bootstrap"], N_BINS)) for _ in ranges]
         return means, sums, sumsq, np.zeros(N_BINS, dtype=np.int64), joint_sums, ranges
+    joint = JointDraw(
+        bootstrap["seed"],
+        [query_mean_weights(q.item_ids, q.name, bootstrap["n_bootstrap"], bootstrap["seed"]) for q in inputs.indices],
+    )
     docs_ds = save_token_dataset(work / "docs", [docs.token_ids[i] for i in docs.scored])
     docs.token_ids = []  # the dataset on disk is all Bergson needs
     ranges = combine_query_indices(inputs.indices, work / "queries")
