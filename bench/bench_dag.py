@@ -5,13 +5,14 @@ tiny files, all 24 topics), fake local model directories and a site config
 (as tests/test_dag.py does), then times ``snakemake -n`` with
 config/olmo3-7b.yaml + the site config + ``shards.count`` overridden, once
 per shard count, in a scratch working directory. The DAG holds one
-``labels`` job per corpus file and one ``score_shard`` job per shard.
+``manifest_scan`` job per group of ``manifest.files_per_scan`` corpus files
+and one ``score_shard`` job per shard.
 
 Prints one parseable last line:
 
     bench_dag files=F jobs_1000=J seconds_1000=S jobs_5000=J seconds_5000=S ...
 
-Usage: python bench/bench_dag.py --shards 1000 5000 --files 480
+Usage: python bench/bench_dag.py --shards 316 --files 150000  (the Dolma 3 mix: ~144,000 files)
 (--profile SHARDS writes a cProfile of that planning run and prints its top functions to stderr).
 """
 
@@ -102,7 +103,7 @@ def plan(root: Path, site: Path, profile: Path | None) -> tuple[float, float, in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--files", type=int, default=480, help="fake corpus files (one labels job each)")
+    parser.add_argument("--files", type=int, default=480, help="fake corpus files (grouped into manifest_scan jobs)")
     parser.add_argument("--profile", type=int, default=None, metavar="SHARDS", help="profile this shard count")
     args = parser.parse_args()
     figures: dict[str, object] = {"files": args.files}

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from capatlas.config import load_config
+from capatlas.corpus.readers import scan_groups
 from helpers_paper import empty_benchmark_root, readme_site, relocate, write_dolma, write_site
 
 DOLMA_DIRS = [
@@ -68,8 +69,10 @@ def test_paper_scale_dag_plans_on_a_dolma_layout(repo_root, venv_bin, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = job_counts(result.stdout + result.stderr)
-    # One classifier job per corpus file (format labels), then the manifest and shards.
-    assert counts["labels"] == len(files), counts
+    # Scan jobs over groups of corpus files (classifying formats lazily), one merge, then the shards.
+    resolved_groups = scan_groups([str(f) for f in files], load_config(repo_root / "config" / "olmo3-7b.yaml")["manifest"]["files_per_scan"])
+    assert counts["manifest_scan"] == len(resolved_groups), counts
+    assert "labels" not in counts
     assert counts["manifest"] == 1
     assert counts["shards"] == 1
     assert counts["queries"] == 1  # one job for the four benchmarks of the 2 x 2 design
@@ -81,7 +84,7 @@ def test_paper_scale_dag_plans_on_a_dolma_layout(repo_root, venv_bin, tmp_path):
     assert resolved["demo"]["enabled"] is False
 
 
-def test_topicless_sources_stop_planning_before_any_labels_job(repo_root, venv_bin, tmp_path):
+def test_topicless_sources_stop_planning_before_any_scan_job(repo_root, venv_bin, tmp_path):
     """Dolma 3's code and math sources carry no topic in their directory: named when the DAG is planned."""
     site, _ = site_config(tmp_path, [*DOLMA_DIRS, "stack_edu-0004", "finemath-0001"])
     # The whole data/ directory, not README's narrower glob.
@@ -96,13 +99,13 @@ def test_topicless_sources_stop_planning_before_any_labels_job(repo_root, venv_b
     assert result.returncode != 0 and "Traceback" not in output
     assert "2 of 5 corpus files have no topic in their path" in output, output[-3000:]
     assert "finemath-0001, stack_edu-0004" in output and "common_crawl-*/" in output
-    assert "rule labels" not in output
+    assert "rule manifest_scan" not in output
     # README's glob, the narrower one the message suggests, plans the web sources only.
     config["corpus"]["paths"] = [narrow]
     site.write_text(yaml.safe_dump(config))
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert job_counts(result.stdout + result.stderr)["labels"] == len(DOLMA_DIRS)
+    assert job_counts(result.stdout + result.stderr)["manifest_scan"] >= 1
 
 
 def test_planning_names_every_missing_input_path(repo_root, venv_bin, tmp_path):

@@ -22,6 +22,26 @@ def test_demo_writes_manifest_shards_and_model(demo_run):
     assert (demo_run / "demo" / "model" / "optimizer.pt").is_file()
 
 
+def test_map_reduce_manifest_equals_the_single_job(demo_run, tmp_path):
+    """The DAG's scan jobs + merge write the bytes one `capatlas manifest` process writes over the whole world."""
+    import os
+    import subprocess
+    import sys
+
+    scans = sorted((demo_run / "manifest_scan").iterdir())
+    assert len(scans) > 1, scans  # the demo config splits its files over several scan jobs
+    out = tmp_path / "single"
+    workdir = demo_run.parent.parent
+    run = demo_run.relative_to(workdir)  # the paths the contract records are the DAG's, relative to its directory
+    subprocess.run(
+        [sys.executable, "-m", "capatlas.cli", "manifest", "--config", str(demo_run / "config.yaml"), "--out", str(out),
+         "--files", str(run / "demo" / "world" / "corpus" / "*.jsonl.zst"), "--tokenizer", str(run / "demo" / "tokenizer")],
+        check=True, cwd=workdir, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )  # fmt: skip
+    for name in ("manifest.parquet", "locations.parquet", "bin_summary.csv", "contract.json"):
+        assert (out / name).read_bytes() == (demo_run / "manifest" / name).read_bytes(), name
+
+
 def test_demo_model_learned_the_planted_structure(demo_run):
     accuracy = json.loads((demo_run / "demo" / "model" / "demo_accuracy.json").read_text())
     benchmarks = accuracy.get("benchmarks", accuracy)

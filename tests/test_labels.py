@@ -129,35 +129,43 @@ def test_labels_errors_leave_no_output(tmp_path, classifier_dir, capsys):
         label_file(no_classifier, str(corpus), out)
 
 
-def test_adding_a_corpus_file_relabels_only_that_file(tmp_path, classifier_dir, repo_root, venv_bin):
-    """The labels jobs read their file and the label settings, not corpus.paths: thousands of GPU jobs on Dolma 3."""
+def test_adding_a_corpus_file_rescans_only_its_group(tmp_path, classifier_dir, repo_root, venv_bin):
+    """Scan groups end where a file name hashes to 0: a new file reruns its own group's (GPU) scan, not every group."""
     import subprocess
+
+    from capatlas.corpus.readers import scan_groups
 
     files = [
         write_records(tmp_path / "data" / f"common_crawl-religion-{k:04d}" / "part.jsonl.zst", make_records(3))
-        for k in range(3)
+        for k in range(10)
     ]
-    config = classifier_config(classifier_dir, classifier_dir, [str(f) for f in files[:2]])
+    added = write_records(tmp_path / "data" / "common_crawl-religion-0004" / "more.jsonl.zst", make_records(3))
+    config = classifier_config(classifier_dir, classifier_dir, [str(f) for f in files])
     config["corpus"]["labels"]["topic"] = {"source": "path", "field": "", "sidecar": "", "model": ""}
-    config["run"] = "labels_only"
+    config["manifest"] = {"files_per_scan": 3, "docs_per_bin": 1, "min_tokens": 1}
+    config["run"] = "scan_only"
     config.pop("benchmarks", None)  # a corpus-only run
 
     def snakemake(paths, *extra):
         config["corpus"]["paths"] = [str(f) for f in paths]
         path = write_config(tmp_path / "config.yaml", config)
-        targets = [f"results/labels_only/labels/{file_key(f)}.parquet" for f in paths]
         return subprocess.run(
             [str(venv_bin / "snakemake"), "--snakefile", str(repo_root / "Snakefile"), "--directory", str(tmp_path),
-             "--configfile", str(path), "--cores", "2", *extra, *targets],
+             "--configfile", str(path), "--cores", "2", *extra, "results/scan_only/manifest/manifest.parquet"],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
 
-    first = snakemake(files[:2])
+    first = snakemake(files)
     assert first.returncode == 0, first.stderr[-3000:]
-    planned = snakemake(files, "-n")
+    before = scan_groups([str(f) for f in files], 3)
+    after = scan_groups([str(f) for f in [*files, added]], 3)
+    changed = {g for g in after if after[g] != before.get(g)}
+    assert 1 <= len(changed) <= 2 < len(after), (before, after)
+    planned = snakemake([*files, added], "-n")
     assert planned.returncode == 0, planned.stderr[-3000:]
     output = planned.stdout + planned.stderr
-    assert output.count("rule labels:") == 1 and file_key(files[2]) in output, output[-3000:]
+    assert output.count("rule manifest_scan:") == len(changed), output[-3000:]
+    assert all(g in output for g in changed)
 
 
 def test_classifier_precision_follows_the_device(classifier_dir):

@@ -32,6 +32,9 @@ from capatlas.corpus.manifest import (
     ManifestSettings,
     build_manifest,
     build_manifest_from_docs,
+    decision_counts,
+    _head,
+    token_counter,
     normalise_text,
     sampling_key,
     select,
@@ -172,6 +175,16 @@ def test_merge_matches_brute_force_and_ignores_file_split(allocation, dedup):
             (c.doc_id, c.n_tokens, c.text_sha256) for c in result.docs
         ]
         np.testing.assert_array_equal(again.after_filter, result.after_filter)
+        # Map-reduce: files grouped into scan partials, the merge streaming over tiny key ranges.
+        names = list(regrouped)
+        for groups, chunk in (([names[:1], names[1:]], 7), ([[n] for n in names], 1), ([names], 1000)):
+            mapped = build_manifest_from_docs(regrouped, settings, groups=groups, chunk_records=chunk)
+            assert [(c.doc_id, c.n_tokens, c.text_sha256) for c in mapped.docs] == [
+                (c.doc_id, c.n_tokens, c.text_sha256) for c in result.docs
+            ]
+            for name in ("population", "after_dedup", "after_filter", "sampled"):
+                np.testing.assert_array_equal(getattr(mapped, name), getattr(result, name))
+            assert mapped.rescanned_files == again.rescanned_files
         rescans += result.rescanned_files
     # Copies disagreeing on bin or filter were present and resolved by the second pass.
     assert rescans > 0 or not dedup
@@ -276,6 +289,84 @@ def test_byte_identical_manifest_when_files_are_permuted_and_resplit(tmp_path, t
                 if rec.row in wanted:
                     assert rec.doc_id == wanted[rec.row]
                     assert text_sha256(rec.text) == rows[rec.doc_id]["text_sha256"]
+
+
+def _scan_groups(tmp_path, config_path, groups, tag):
+    scans = []
+    for g, group in enumerate(groups):
+        out = tmp_path / f"scan-{tag}" / f"{g:05d}"
+        argv = ["manifest-scan", "--config", str(config_path), "--group", f"{g:05d}", "--out", str(out)]
+        assert cli.main([*argv, "--files", *map(str, group)]) == 0
+        scans.append(str(out))
+    return scans
+
+
+def test_map_reduce_manifest_is_byte_identical_for_any_grouping(tmp_path, tokenizer_dir, capsys):
+    """Scan jobs over any grouping of the files, merged, give the single job's manifest, summary and contract."""
+    records = corpus_records(n=300, seed=3)
+    names = ["a.jsonl.zst", "b.parquet", "c.jsonl.gz", "d.jsonl", "e.jsonl.zst"]
+    files = [
+        write_records(tmp_path / "corpus" / name, part)
+        for name, part in zip(names, split_records(records, [80, 40, 90, 30, 60]), strict=True)
+    ]
+    config = make_config(tokenizer_dir, manifest={"docs_per_bin": 12, "min_tokens": 8, "threads": 1})
+    config_path = write_config(tmp_path / "config.yaml", config)
+    assert run_manifest(tmp_path, config, files, tmp_path / "single") == 0, capsys.readouterr().err
+    outputs = ("manifest.parquet", "locations.parquet", "bin_summary.csv", "contract.json")
+    reference = {name: (tmp_path / "single" / name).read_bytes() for name in outputs}
+    for tag, groups in (("two", [files[:2], files[2:]]), ("each", [[f] for f in reversed(files)]), ("odd", [files[::2], files[1::2]])):
+        scans = _scan_groups(tmp_path, config_path, groups, tag)
+        out = tmp_path / f"merged-{tag}"
+        argv = ["manifest", "--config", str(config_path), "--out", str(out), "--files", *map(str, files)]
+        assert cli.main([*argv, "--scans", *scans]) == 0, capsys.readouterr().err
+        for name in outputs:
+            assert (out / name).read_bytes() == reference[name], (tag, name)
+    contract = json.loads(reference["contract.json"])
+    assert {i["path"] for i in contract["inputs"]} == set(map(str, files))
+    assert all(i["sha256_of"] == "whole file" and i["mtime_ns"] > 0 for i in contract["inputs"])
+    assert "files_per_scan" not in contract["manifest"] and "threads" not in contract["manifest"]
+
+
+def test_merge_refuses_corrupt_foreign_or_incomplete_scans(tmp_path, tokenizer_dir, capsys):
+    records = corpus_records(n=80, seed=4)
+    files = [write_records(tmp_path / "corpus" / f"{n}.jsonl", part) for n, part in zip("ab", split_records(records, [40, 40]), strict=True)]
+    config = make_config(tokenizer_dir, manifest={"docs_per_bin": 5, "min_tokens": 4})
+    config_path = write_config(tmp_path / "config.yaml", config)
+    scans = _scan_groups(tmp_path, config_path, [[files[0]], [files[1]]], "ok")
+    out = tmp_path / "merged"
+    merge = ["manifest", "--config", str(config_path), "--out", str(out), "--files", *map(str, files), "--scans"]
+
+    assert cli.main([*merge, scans[0]]) == 2
+    assert "1 not scanned" in capsys.readouterr().err and not out.exists()
+
+    keys = Path(scans[1]) / "pair_keys.npy"
+    data = bytearray(keys.read_bytes())
+    data[-1] ^= 1
+    keys.write_bytes(bytes(data))
+    assert cli.main([*merge, *scans]) == 2
+    err = capsys.readouterr().err
+    assert str(keys) in err and "sha256" in err and not out.exists()
+
+    other = write_config(tmp_path / "other.yaml", make_config(tokenizer_dir, manifest={"docs_per_bin": 6, "min_tokens": 4}))
+    foreign = _scan_groups(tmp_path, other, [[files[1]]], "foreign")
+    assert cli.main([*merge, scans[0], *foreign]) == 2
+    assert "other sampling settings" in capsys.readouterr().err and not out.exists()
+
+
+def test_head_counts_never_exceed_the_whole_text(tokenizer_dir):
+    """decision_counts relies on a head cut before a space having no more tokens than the whole text."""
+    counter = token_counter(str(tokenizer_dir))
+    rng = random.Random(0)
+    texts = [r["text"] for r in make_records(200, seed=9, min_words=5, max_words=400)]
+    texts += ["  spaced   out\n\n text  " * 40, "x" * 5000, "word " * 3000]
+    whole = counter.count(texts)
+    for text, n in zip(texts, whole, strict=True):
+        for _ in range(5):
+            size = rng.randint(1, max(1, len(text)))
+            assert counter.count([_head(text, size)])[0] <= n
+    for min_tokens in (1, 8, 64, 2000):
+        decided = decision_counts(counter, texts, min_tokens)
+        assert [d >= min_tokens for d in decided] == [n >= min_tokens for n in whole]
 
 
 def test_quota_dedup_filter_and_summary_counts(tmp_path, tokenizer_dir, capsys):
@@ -392,8 +483,9 @@ def test_classifier_labels_through_labels_dir(tmp_path, tokenizer_dir, capsys):
     assert run_manifest(tmp_path, config, [corpus], out, "--labels-dir", str(labels_dir)) == 0, capsys.readouterr().err
     games = TOPIC.resolve("games")
     assert sorted(r["bin_id"] for r in read_manifest(out)) == [games * 24 + 3, games * 24 + 4, games * 24 + 5]
+    # Without precomputed labels the scan classifies (lazily): the missing model is named.
     assert run_manifest(tmp_path, config, [corpus], tmp_path / "out2") == 2
-    assert "--labels-dir" in capsys.readouterr().err
+    assert "classifier model directory '/models/format' does not exist" in capsys.readouterr().err
 
 
 def _assert_no_output(out: Path):

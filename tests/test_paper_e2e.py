@@ -85,8 +85,13 @@ def paper(repo_root, venv_bin, tmp_path_factory):
 
 def test_plan_lists_the_paper_jobs_and_leaves_the_topicless_source_out(paper):
     planned = job_stats(paper["plan"])
-    # One classifier job per topical corpus file; stack_edu-0004 (no topic) is not globbed.
-    assert planned["labels"] == len(TOPICAL_DIRS), planned
+    # Scan jobs over groups of the topical corpus files (classifying lazily); stack_edu-0004 (no topic) is not globbed.
+    from capatlas.corpus.readers import expand_paths, scan_groups
+
+    files = expand_paths(paper["site"]["corpus"]["paths"])
+    assert len(files) == len(TOPICAL_DIRS)
+    assert planned["manifest_scan"] == len(scan_groups(files, paper["config"]["manifest"]["files_per_scan"])), planned
+    assert "labels" not in planned
     assert TOPICLESS_DIR not in paper["plan"]
     assert planned["score_shard"] == paper["config"]["shards"]["count"] == 2
     assert planned["unlearn"] == len(BENCHMARKS)  # top topic; its seeds and conditions in one job
@@ -105,8 +110,9 @@ def test_topic_comes_from_the_path_and_format_from_the_classifier(paper):
         docs = manifest[manifest["doc_id"].str.startswith(directory)]
         assert set(docs["topic_id"]) == {TOPIC_SLUGS.index(directory.split("-")[1])}
     # Formats are the classifier's argmax on each document's text, as the config asks (max_length,
-    # template), recomputed here the way a labels job computes them: a file's records in order, the
-    # configured batch size, one thread, so the batches and their padding are the job's own.
+    # template), recomputed here over every record of each file at the configured batch size on one
+    # thread (the lazy scan classifies fewer records in other batches; classify_texts sorts by length and
+    # is batch-independent, tests/test_labels.py).
     import torch
 
     settings = paper["config"]["corpus"]["classifier"]

@@ -80,3 +80,34 @@ def test_the_slurm_profiles_gpu_partition_example_names_every_gpu_rule(repo_root
                 gpu_rules.update(re.findall(r'^\s+\("(\w+)", ', text, re.M))
     assert gpu_rules and set(example) == gpu_rules, (sorted(example), sorted(gpu_rules))
     assert all(entry == {"slurm_partition": "gpu"} for entry in example.values())
+
+
+def test_shard_count_from_target_hours(repo_root):
+    """shards.target_hours derives the count from the quota, the context (or mean_tokens) and the throughput."""
+    import math
+
+    from capatlas.config import load_config
+    from capatlas.plan import shard_count, shard_ids
+    from capatlas.resources import scoring_runtime
+
+    config = load_config(repo_root / "config" / "olmo3-7b.yaml")
+    assert shard_count(config) == config["shards"]["count"] == 316
+    config["shards"]["target_hours"] = 12
+    # 576 bins x 10,000 documents x 4,096 tokens (the context: an upper bound) x 1.5 / 1,160 tokens/s
+    expected = math.ceil(576 * 10_000 * 4096 * 1.5 / 1160 / (12 * 3600))
+    assert shard_count(config) == expected == 707
+    config["shards"]["mean_tokens"] = 1500
+    assert shard_count(config) == math.ceil(576 * 10_000 * 1500 * 1.5 / 1160 / (12 * 3600)) == 259
+    assert len(shard_ids(config)) == 259
+    # Each shard of that size then asks at most the target (plus start-up) on its first attempt.
+    per_shard = 576 * 10_000 * 1500 / 259
+    assert scoring_runtime(per_shard, config["resources"]["scoring"], 480, 1) <= 12 * 60 + 15
+    config["shards"]["mean_tokens"] = 100_000  # more than the context: capped
+    assert shard_count(config) == 707
+    config["resources"]["scoring"]["tokens_per_second"] = None
+    with pytest.raises(CapatlasError, match="tokens_per_second"):
+        shard_count(config)
+    config["resources"]["scoring"]["tokens_per_second"] = 1160
+    config["manifest"]["allocation"] = "proportional"
+    with pytest.raises(CapatlasError, match="allocation 'quota'"):
+        shard_count(config)

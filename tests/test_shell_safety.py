@@ -94,7 +94,7 @@ def test_paper_plan_passes_hostile_values_as_single_arguments(repo_root, venv_bi
     commands = printed_commands(result.stdout + result.stderr)
     assert commands
     hostile = {
-        "labels": str(hostile_file),
+        "manifest_scan": str(hostile_file),
         "preconditioner": f"main{NASTY}",
         "query_gradients": f"v1{NASTY}",
         "score_shard": str(optimizer),
@@ -102,11 +102,15 @@ def test_paper_plan_passes_hostile_values_as_single_arguments(repo_root, venv_bi
     seen = {key: False for key in hostile}
     for command in commands:
         words = shlex.split(command)  # what the shell hands the program
-        # The hostile text only ever travels whole, inside one argument.
-        assert "PWNED" not in " ".join(w for w in words if NASTY not in w), command
+        # The hostile text only ever travels whole, inside one argument (a scan group's name carries
+        # the file name with everything but [A-Za-z0-9._-] replaced: inert, and checked to be so).
+        inert = re.compile(r"[A-Za-z0-9._-]+")
+        assert "PWNED" not in " ".join(w for w in words if NASTY not in w and not inert.fullmatch(w)), command
         stage = words[1]
-        if stage == "labels" and str(hostile_file) in words:
-            seen["labels"] = True
+        if stage == "manifest-scan" and str(hostile_file) in words:
+            group = words[words.index("--group") + 1]
+            assert inert.fullmatch(group) and "$" not in group, group
+            seen["manifest_scan"] = True
         if stage == "preconditioner":
             assert words[words.index("--revision") + 1] == hostile["preconditioner"]
             assert words[words.index("--optimizer-state") + 1] == str(optimizer)

@@ -57,7 +57,7 @@ def test_every_job_goes_through_sbatch_with_its_rules_resources(slurm_run):  # n
         assert f"Partition={slurm.partition}" in job, job
     # One SLURM job per planned job, each submitted once (none failed and was retried).
     planned = job_stats(slurm_run.output)
-    assert set(planned) == {"demo_world", "demo_tokenizer", "manifest", "shards", "queries"}
+    assert set(planned) == {"demo_world", "demo_tokenizer", "manifest_scan", "manifest", "shards", "queries"}
     assert sorted(rule for rule, _, _ in submitted) == sorted(r for r, n in planned.items() for _ in range(n))
 
     # CPU-family rules ask SLURM for what config `resources.cpu` declares (attempt 1).
@@ -93,8 +93,8 @@ def test_slurm_results_equal_the_local_run(clean_run, slurm_run):  # noqa: F811
         assert local_bytes == slurm_bytes, f"{relative} differs between the local and the SLURM run"
 
 
-def test_slurm_profile_sends_labels_jobs_in_batches_of_four(repo_root, venv_bin, tmp_path):
-    """A dry run plans the per-file classifier jobs as group jobs (no SLURM needed)."""
+def test_slurm_profile_plans_one_gpu_scan_job_per_file_group(repo_root, venv_bin, tmp_path):
+    """A dry run plans the classifying manifest scans as one GPU job per group of files (no SLURM needed)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for k in range(8):
@@ -111,6 +111,7 @@ def test_slurm_profile_sends_labels_jobs_in_batches_of_four(repo_root, venv_bin,
             },
         },
         "models": {"document": {"path": str(tmp_path / "model")}},
+        "manifest": {"files_per_scan": 4},
         # No benchmarks key: a corpus-only run.
     }
     config_path = tmp_path / "config.yaml"
@@ -127,9 +128,10 @@ def test_slurm_profile_sends_labels_jobs_in_batches_of_four(repo_root, venv_bin,
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    groups = result.stdout.split("Group job labels_batch")[1:]
-    assert len(groups) == 2, result.stdout[-4000:]
-    for group in groups:
-        # A group lists its jobs indented; the next top-level job ends it.
-        listing = re.split(r"^(?:rule|localrule) ", group, maxsplit=1, flags=re.M)[0]
-        assert len(re.findall(r"^    rule labels:", listing, flags=re.M)) == 4, listing
+    from capatlas.corpus.readers import scan_groups
+
+    groups = scan_groups(sorted(str(p) for p in corpus.glob("*.jsonl")), 4)
+    jobs = re.split(r"^rule manifest_scan:", result.stdout, flags=re.M)[1:]
+    assert len(jobs) == len(groups) < 8, result.stdout[-4000:]
+    for job in jobs:
+        assert re.search(r"resources: .*gpu=1", job), job[:1500]

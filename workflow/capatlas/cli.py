@@ -28,6 +28,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("demo-tokenizer", "capatlas.demo.tokenizer", "train the demo model's BPE tokenizer on the demo corpus"),
     ("demo-model", "capatlas.demo.model", "train the tiny OLMo-3 demo model on the demo corpus with the demo tokenizer"),
     ("labels", "capatlas.corpus.labels", "label one corpus file with WebOrganizer topic/format classifiers"),
+    ("manifest-scan", "capatlas.corpus.manifest_scan", "map step of the manifest: scan one group of corpus files"),
     ("manifest", "capatlas.corpus.manifest", "stratified, deduplicated sample of the corpus per topic x format bin"),
     ("shard", "capatlas.corpus.shard", "split the manifest into token-balanced shards with text"),
     ("queries", "capatlas.benchmarks.queries", "tokenize a benchmark's items as attribution queries (completion-only labels)"),

@@ -7,6 +7,7 @@ import it to name what they write, so each name is spelled here once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from capatlas.errors import CapatlasError
@@ -20,8 +21,40 @@ def shard_id(k: int) -> str:
     return f"{k:05d}"
 
 
+def shard_count(config: dict) -> int:
+    """`shards.count`, or with `shards.target_hours` the count that keeps every score job within that many hours.
+
+    Planned from config alone (the DAG's shape must not change once the
+    manifest exists): the quota's documents x the expected scored tokens per
+    document (`shards.mean_tokens`, else the attribution context, an upper
+    bound) x `resources.scoring.safety` / `tokens_per_second`, in jobs of
+    `target_hours`.
+    """
+    shards = config["shards"]
+    hours = shards.get("target_hours")
+    if not hours:
+        return int(shards["count"])
+    scoring = (config.get("resources") or {}).get("scoring") or {}
+    rate = scoring.get("tokens_per_second")
+    if not rate:
+        raise CapatlasError(
+            "config key 'shards.target_hours' needs 'resources.scoring.tokens_per_second' (a score job's throughput)"
+        )
+    manifest = config["manifest"]
+    if manifest["allocation"] != "quota":
+        raise CapatlasError(
+            "config key 'shards.target_hours' needs manifest.allocation 'quota' (the sample's size must be known "
+            "when the DAG is planned); set shards.count instead"
+        )
+    attribution = config["attribution"]
+    context = min(int(attribution["max_length"]), int(attribution["token_batch_size"]))
+    per_doc = min(int(shards.get("mean_tokens") or context), context)
+    seconds = N_BINS * int(manifest["docs_per_bin"]) * per_doc * float(scoring.get("safety", 1.0)) / float(rate)
+    return max(1, math.ceil(seconds / (float(hours) * 3600)))
+
+
 def shard_ids(config: dict) -> list[str]:
-    return [shard_id(k) for k in range(config["shards"]["count"])]
+    return [shard_id(k) for k in range(shard_count(config))]
 
 
 def shard_file(k: int) -> str:

@@ -126,6 +126,8 @@ class Manifest(Section):
     min_tokens: int = 512
     dedup: bool = True
     threads: int = 1
+    files_per_scan: int = 64  # Corpus files per manifest scan job (the map step); the sample does not depend on it.
+    input_hash: str = 'sampled'
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class Shards(Section):
     """The Shards keys."""
 
     count: int = 8
+    target_hours: float | None = None
+    mean_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from capatlas.config import validate_config, run_dir
 from capatlas.plan import RUN_PATH, shard_ids
 from capatlas.benchmarks.items import missing_local_inputs
-from capatlas.corpus.readers import check_path_topics, expand_paths, file_key
+from capatlas.corpus.readers import check_path_topics, expand_paths, scan_groups
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_text
 from capatlas.resources import job_logs, memory_mb, scoring_runtime, shard_tokens
@@ -222,11 +222,32 @@ def corpus_files():
 
 
 CORPUS_FILES = corpus_files()
-CORPUS_BY_KEY = {file_key(path): path for path in CORPUS_FILES}
-CLASSIFIED = any(
-    config["corpus"]["labels"][facet]["source"] == "classifier"
+CLASSIFIER_MODELS = [
+    config["corpus"]["labels"][facet]["model"]
     for facet in ("topic", "format")
-)
+    if config["corpus"]["labels"][facet]["source"] == "classifier"
+]
+CLASSIFIED = bool(CLASSIFIER_MODELS)
+# The demo world's files are known by name before the world exists.
+DEMO_CORPUS_GLOB = f"{DEMO_WORLD}/corpus/*.jsonl.zst"
+DEMO_CORPUS_FILES = [
+    f"{DEMO_WORLD}/corpus/part-{i:04d}.jsonl.zst"
+    for i in range(config["demo"]["n_files"])
+]
+
+
+def manifest_scan_groups():
+    try:
+        return scan_groups(
+            DEMO_CORPUS_FILES if DEMO else CORPUS_FILES,
+            config["manifest"]["files_per_scan"],
+        )
+    except CapatlasError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+SCAN_GROUPS = manifest_scan_groups()
+SCAN_PATTERN = f"{RUN}/manifest_scan/{{group}}"
 SHARD_IDS = shard_ids(config)
 # The `shards` rule declares only its summary as output; consumers depend on
 # that one file and get the shard paths as params. Declaring N shard files
@@ -245,14 +266,12 @@ FINAL_TARGETS = []
 # rules and functions apart).
 
 
-def manifest_inputs(wildcards):
-    inputs = {"tokenizer": tokenizer_path()}
+def scan_inputs(wildcards):
+    inputs = {"tokenizer": tokenizer_path(), "classifiers": CLASSIFIER_MODELS}
     if DEMO:
         inputs["world"] = DEMO_WORLD
     else:
-        inputs["corpus"] = CORPUS_FILES
-        if CLASSIFIED:
-            inputs["labels"] = [f"{RUN}/labels/{key}.parquet" for key in CORPUS_BY_KEY]
+        inputs["corpus"] = SCAN_GROUPS[wildcards.group]
     return inputs
 
 

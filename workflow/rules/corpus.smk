@@ -1,5 +1,7 @@
-# Working set: optional classifier labels, the stratified manifest, and
-# token-balanced shards whose count is fixed by config (no checkpoint needed).
+# Working set as map-reduce: one manifest_scan job per group of corpus files
+# (classifying lazily where a facet comes from a classifier), one merge into
+# the stratified manifest, and token-balanced shards whose count is fixed by
+# config (no checkpoint needed).
 
 FINAL_TARGETS.extend(
     [
@@ -10,46 +12,53 @@ FINAL_TARGETS.extend(
 )
 
 
-LABELS_LOG = f"{RUN}/logs/labels/{{file_key}}.log"
+SCAN_LOG = f"{RUN}/logs/manifest_scan/{{group}}.log"
 
 
-rule labels:
+rule manifest_scan:
     input:
-        corpus=lambda wildcards: CORPUS_BY_KEY[wildcards.file_key],
-        models=[
-            config["corpus"]["labels"][facet]["model"]
-            for facet in ("topic", "format")
-            if config["corpus"]["labels"][facet]["source"] == "classifier"
-        ],
+        unpack(scan_inputs),
     output:
-        labels=f"{RUN}/labels/{{file_key}}.parquet",
+        # A directory: the partial's arrays, candidates and scan.json (capatlas.artifacts.scan_partial).
+        scan=directory(SCAN_PATTERN),
     log:
-        LABELS_LOG,
+        SCAN_LOG,
     benchmark:
-        f"{RUN}/benchmarks/labels/{{file_key}}.tsv"
+        f"{RUN}/benchmarks/manifest_scan/{{group}}.tsv"
     wildcard_constraints:
-        file_key="[^/]+",
+        group="[^/]+",
     conda:
-        "../../envs/labels.yaml"
-    threads: config["resources"]["gpu"]["threads"]
+        "../../envs/corpus.yaml"
+    threads: config["manifest"]["threads"]
     resources:
-        **attempt_resources("gpu", rule="labels", log=LABELS_LOG),
+        # With a classifier facet the scan classifies (lazily) on a GPU.
+        **attempt_resources(
+            "gpu" if CLASSIFIED else "cpu",
+            rule="manifest_scan",
+            log=SCAN_LOG if CLASSIFIED else None,
+        ),
     params:
-        # Not corpus.paths: adding or removing files must not relabel the others.
         section=config_section(
+            "seed",
             "corpus.id_field",
             "corpus.text_field",
             "corpus.labels",
             "corpus.classifier",
+            "manifest",
+            ignore=("manifest.threads",),
         ),
+        files=lambda wildcards: SCAN_GROUPS[wildcards.group],
     shell:
-        'capatlas labels --config "$CAPATLAS_CONFIG" --file {input.corpus:q}'
-        " --out {output.labels:q} > {log:q} 2>&1"
+        'capatlas manifest-scan --config "$CAPATLAS_CONFIG" --group {wildcards.group:q}'
+        " --out {output.scan:q} --files {params.files:q} --tokenizer {input.tokenizer:q}"
+        " --threads {threads:q} > {log:q} 2>&1"
 
 
 rule manifest:
     input:
-        unpack(manifest_inputs),
+        scans=expand(SCAN_PATTERN, group=SCAN_GROUPS),
+        tokenizer=tokenizer_path(),
+        classifiers=CLASSIFIER_MODELS,
     output:
         manifest=f"{RUN}/manifest/manifest.parquet",
         locations=f"{RUN}/manifest/locations.parquet",
@@ -65,17 +74,15 @@ rule manifest:
     resources:
         **attempt_resources("cpu"),
     params:
-        section=config_section("seed", "corpus", "manifest"),
-        # Real corpora are expanded from corpus.paths inside the stage (a
-        # command line could not hold thousands of file names).
-        # A glob: `capatlas manifest` expands it (the shell never sees it unquoted).
-        files=flag("--files", f"{DEMO_WORLD}/corpus/*.jsonl.zst" if DEMO else None),
-        labels_dir=flag("--labels-dir", f"{RUN}/labels" if CLASSIFIED else None),
+        section=config_section(
+            "seed", "corpus", "manifest", ignore=("manifest.threads",)
+        ),
+        # The merge checks that the scans cover exactly these files (the config's corpus.paths otherwise).
+        files=flag("--files", DEMO_CORPUS_GLOB if DEMO else None),
         out=directory_of("output", "manifest"),
     shell:
-        'capatlas manifest --config "$CAPATLAS_CONFIG" --out {params.out:q}'
-        " {params.files:q} {params.labels_dir:q} --tokenizer {input.tokenizer:q}"
-        " --threads {threads:q} > {log:q} 2>&1"
+        'capatlas manifest --config "$CAPATLAS_CONFIG" --out {params.out:q} --scans {input.scans:q}'
+        " {params.files:q} --tokenizer {input.tokenizer:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule shards:
@@ -97,6 +104,8 @@ rule shards:
         **attempt_resources("cpu"),
     params:
         section=config_section("shards"),
+        # Derived from shards.target_hours and the throughput when set: a new count re-cuts the shards.
+        n_shards=len(SHARD_IDS),
         manifest_dir=directory_of("input", "manifest"),
         out=directory_of("output", "summary"),
     shell:

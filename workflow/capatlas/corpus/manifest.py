@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
@@ -65,11 +66,13 @@ import pyarrow as pa
 
 from capatlas import __version__
 from capatlas.command import Command
+from capatlas.corpus.lazy_scan import N_STREAMS, UNKNOWN_BASE, is_unknown, stream_bins
 from capatlas.corpus.pool import pool_map
 from capatlas.corpus.readers import CorpusRecord, LabelResolver, expand_paths, iter_records, record_location
 from capatlas.artifacts.bin_summary import summary_rows
+from capatlas.artifacts.scan_partial import ARRAYS, CANDIDATE_SCHEMA, ScanPartial, read_partial, settings_sha256
 from capatlas.errors import CapatlasError
-from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet, write_text
+from capatlas.fileio import atomic_path, file_sha256, tokenizer_sha256, write_json, write_parquet, write_text
 from capatlas.taxonomy import N_BINS, N_FORMATS, bin_slug
 
 log = logging.getLogger(__name__)
@@ -298,7 +301,7 @@ def select(
 
 @dataclass
 class FileScan:
-    """What one file contributes to the merge."""
+    """What one file contributes to its group's partial."""
 
     source_file: str
     n_records: int
@@ -307,8 +310,8 @@ class FileScan:
     pair_cats: np.ndarray  # uint16, category = 2 * bin_id + passed
     id_hashes: np.ndarray  # uint64, one per record, sorted
     candidates: list[Candidate]
-    size: int = 0
-    sha256: str = ""
+    identity: dict = field(default_factory=dict)  # size, mtime_ns, sha256, sha256_of
+    classified: dict = field(default_factory=dict)
 
 
 def _unique_pairs(keys: np.ndarray, cats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,9 +338,19 @@ class Scanner:
         self._bins: dict[int, BinCandidates] = {}
         self._threshold = settings.threshold
 
-    def add(self, doc: Doc) -> None:
+    def could_enter(self, bin_id: int, key: int) -> bool:
+        """Whether a passing document with this key could still become one of this file's candidates.
+
+        The holders' bounds only fall, so a document refused now would be
+        refused later too; it needs no exact token count (see `_read_docs`)."""
+        if self.settings.allocation == "proportional":
+            return key < self._threshold
+        holder = self._bins.get(bin_id)
+        return holder is None or holder.bound is None or key <= holder.bound[0]
+
+    def add(self, doc: Doc, key: int | None = None) -> None:
         settings = self.settings
-        key = doc_key(settings, doc)
+        key = doc_key(settings, doc) if key is None else key
         bin_ = doc.bin_id
         passed = doc.n_tokens >= settings.min_tokens
         self.n_records += 1
@@ -354,7 +367,7 @@ class Scanner:
             holder = self._bins[bin_] = BinCandidates(settings.quota, settings.dedup)
         holder.offer(candidate(settings, doc, key))
 
-    def finish(self, size: int = 0, sha256: str = "") -> FileScan:
+    def finish(self, identity: dict | None = None) -> FileScan:
         keys, cats = _unique_pairs(
             np.frombuffer(self._keys, dtype=np.uint64).copy(), np.frombuffer(self._cats, dtype=np.uint16).copy()
         )
@@ -367,9 +380,72 @@ class Scanner:
             pair_cats=cats,
             id_hashes=ids,
             candidates=[c for holder in self._bins.values() for c in holder.values()],
-            size=size,
-            sha256=sha256,
+            identity=dict(identity or {}),
         )
+
+
+def candidates_table(candidates: Sequence[Candidate]) -> pa.Table:
+    ordered = sorted(candidates, key=lambda c: (c.bin_id, *_order(c)))
+    return pa.table(
+        [
+            pa.array([c.key for c in ordered], pa.uint64()),
+            pa.array([c.text_sha256 for c in ordered], pa.string()),
+            pa.array([c.doc_id for c in ordered], pa.string()),
+            pa.array([c.bin_id for c in ordered], pa.int32()),
+            pa.array([c.n_tokens for c in ordered], pa.int64()),
+            pa.array([c.source_file for c in ordered], pa.string()),
+            pa.array([c.row for c in ordered], pa.int64()),
+        ],
+        schema=CANDIDATE_SCHEMA,
+    )
+
+
+def iter_candidates(table: pa.Table, batch_rows: int = 1 << 16) -> Iterable[Candidate]:
+    for batch in table.to_batches(max_chunksize=batch_rows):
+        columns = [batch.column(name).to_pylist() for name in CANDIDATE_SCHEMA.names]
+        yield from (Candidate(*row) for row in zip(*columns, strict=True))
+
+
+def group_partial(
+    scans: Sequence[FileScan], settings: ManifestSettings, *, group: str = "0", settings_digest: str = ""
+) -> ScanPartial:
+    """Combine one group's file scans (any order) into its partial; files are indexed in path order."""
+    scans = sorted(scans, key=lambda s: s.source_file)
+    population = np.zeros(N_BINS, dtype=np.int64)
+    holders: dict[int, BinCandidates] = {}
+    for scan in scans:
+        population += scan.population
+        for c in scan.candidates:
+            holder = holders.get(c.bin_id)
+            if holder is None:
+                holder = holders[c.bin_id] = BinCandidates(settings.quota, settings.dedup)
+            holder.offer(c)
+    files = np.concatenate([np.full(len(s.pair_keys), i, np.uint32) for i, s in enumerate(scans)] or [np.zeros(0, np.uint32)])
+    keys = np.concatenate([s.pair_keys for s in scans] or [np.zeros(0, np.uint64)])
+    cats = np.concatenate([s.pair_cats for s in scans] or [np.zeros(0, np.uint16)])
+    order = np.lexsort((files, cats, keys))
+    id_files = np.concatenate([np.full(len(s.id_hashes), i, np.uint32) for i, s in enumerate(scans)] or [np.zeros(0, np.uint32)])
+    id_hashes = np.concatenate([s.id_hashes for s in scans] or [np.zeros(0, np.uint64)])
+    id_order = np.lexsort((id_files, id_hashes))
+    classified: dict[str, int] = {}
+    for scan in scans:
+        for topic, n in scan.classified.items():
+            classified[topic] = classified.get(topic, 0) + int(n)
+    return ScanPartial(
+        group=group,
+        files=[{"path": s.source_file, **s.identity, "records": s.n_records} for s in scans],
+        population=population,
+        arrays={
+            "pair_keys": keys[order],
+            "pair_cats": cats[order],
+            "pair_files": files[order],
+            "id_hashes": id_hashes[id_order],
+            "id_files": id_files[id_order],
+        },
+        candidates=candidates_table([c for holder in holders.values() for c in holder.values()]),
+        settings_sha256=settings_digest,
+        classified=dict(sorted(classified.items())),
+    )
 
 
 @dataclass
@@ -381,6 +457,8 @@ class ManifestResult:
     sampled: np.ndarray
     inputs: list[dict] = field(default_factory=list)
     rescanned_files: int = 0
+    classified: dict = field(default_factory=dict)
+    estimates: dict | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -403,64 +481,222 @@ class ManifestResult:
 # every copy (as a Doc) in those files whose key or doc-id hash is wanted.
 Rescan = Callable[[dict[str, tuple[np.ndarray, np.ndarray]]], list[Doc]]
 
+# Records per key range the merge holds at once (~14 bytes each, a few copies while sorting).
+MERGE_CHUNK_RECORDS = 1 << 22
 
-class Merger:
-    """Combines `FileScan`s (in any order) into the final sample and counts."""
 
-    def __init__(self, settings: ManifestSettings) -> None:
+def _key_ranges(total: int, chunk_records: int) -> list[tuple[int, int]]:
+    """Equal slices of the 64-bit key space, about `chunk_records` records each (keys are uniform hashes)."""
+    n = max(1, -(-total // max(1, chunk_records)))
+    bounds = [(i * TWO_64) // n for i in range(n)] + [TWO_64]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _range_slices(
+    partials: Sequence[ScanPartial], offsets: Sequence[int], key_name: str, columns: Sequence[str], lo: int, hi: int
+) -> list[np.ndarray]:
+    """The rows of every partial whose `key_name` lies in [lo, hi), concatenated (file columns made global)."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for partial, offset in zip(partials, offsets, strict=True):
+        a = partial.search(key_name, np.uint64(lo))
+        b = len(partial.arrays[key_name]) if hi >= TWO_64 else partial.search(key_name, np.uint64(hi))
+        if a == b:
+            continue
+        for c in columns:
+            values = partial.read_slice(c, a, b)
+            parts[c].append(values + np.uint32(offset) if c.endswith("_files") else values)
+    dtypes = {c: ARRAYS[c] for c in columns}
+    return [np.concatenate(parts[c]) if parts[c] else np.zeros(0, dtypes[c]) for c in columns]
+
+
+def _wanted_files(keys: np.ndarray, files: np.ndarray, wanted: np.ndarray) -> dict[int, set[int]]:
+    hit = np.isin(keys, wanted)
+    by_file: dict[int, set[int]] = defaultdict(set)
+    for k, f in zip(keys[hit].tolist(), files[hit].tolist(), strict=True):
+        by_file[f].add(k)
+    return by_file
+
+
+def _largest_remainder(values: np.ndarray) -> np.ndarray:
+    """Non-negative reals rounded to integers that keep their (rounded) total."""
+    floor = np.floor(values).astype(np.int64)
+    short = int(round(float(values.sum()))) - int(floor.sum())
+    if short > 0:
+        floor[np.argsort(-(values - floor), kind="stable")[:short]] += 1
+    return floor
+
+
+def estimate_unclassified(population, after_dedup, after_filter, unknown_per_cat, classified):
+    """Bin counts with lazily unclassified records spread over their stream's bins by the classified shares.
+
+    The classified records of a stream are its smallest keys, a uniform
+    random sample of it, so a bin's share among them estimates its share of
+    the rest; the estimate's standard error is u * sqrt(p (1 - p) / n) for
+    u unclassified and n classified records. Stream totals stay exact."""
+    population, after_dedup, after_filter = (np.array(a, dtype=np.float64) for a in (population, after_dedup, after_filter))
+    estimated = np.zeros(N_BINS, dtype=bool)
+    sd = np.zeros(N_BINS)
+    for key, entry in classified.items():
+        stream = int(key)
+        bins = np.array(stream_bins(stream))
+        unclassified = int(entry["records"]) - int(entry["classified"])
+        n = int(entry["classified"])
+        if unclassified <= 0 or n <= 0:
+            continue
+        additions = (
+            (population, unclassified),
+            (after_dedup, int(unknown_per_cat[2 * stream] + unknown_per_cat[2 * stream + 1])),
+            (after_filter, int(unknown_per_cat[2 * stream + 1])),
+        )
+        for counts, extra in additions:
+            base = counts[bins].copy()
+            shares = base / base.sum() if base.sum() else np.full(len(bins), 1.0 / len(bins))
+            counts[bins] = base + _largest_remainder(extra * shares)
+        p = population[bins] / population[bins].sum()
+        sd[bins] = unclassified * np.sqrt(p * (1 - p) / n)
+        estimated[bins] = True
+    report = {
+        "method": "bins of streams not classified in full: classified counts + unclassified x the bin's share "
+        "among the stream's classified records (its smallest keys, a uniform sample); standard error "
+        "u * sqrt(p (1 - p) / n)",
+        "bins_estimated": int(estimated.sum()),
+        "population_sd": {str(b): round(float(sd[b]), 2) for b in np.flatnonzero(estimated).tolist()},
+    }
+    return population.astype(np.int64), after_dedup.astype(np.int64), after_filter.astype(np.int64), report
+
+
+class Merge:
+    """The manifest from group partials, in any order: exact counts, cross-group dedup, bounded memory.
+
+    The arrays are read a key range at a time (memory-mapped when the
+    partials come from disk); only candidates (bounded by the quota) and the
+    rare texts whose copies disagree are held whole.
+    """
+
+    def __init__(self, settings: ManifestSettings, partials: Sequence[ScanPartial], *, chunk_records: int = MERGE_CHUNK_RECORDS):
         self.settings = settings
-        self.population = np.zeros(N_BINS, dtype=np.int64)
-        self._bins: dict[int, BinCandidates] = {}
-        self._files: list[tuple[str, np.ndarray, np.ndarray]] = []  # (file, pair_keys, id_hashes)
-        self._pair_keys: list[np.ndarray] = []
-        self._pair_cats: list[np.ndarray] = []
-        self.inputs: list[dict] = []
+        self.partials = list(partials)
+        self.chunk_records = chunk_records
+        self.paths = [f["path"] for p in self.partials for f in p.files]
+        self.offsets = list(np.cumsum([0] + [len(p.files) for p in self.partials[:-1]]).tolist()) if self.partials else []
+        if len(set(self.paths)) != len(self.paths):
+            seen: set[str] = set()
+            twice = next(p for p in self.paths if p in seen or seen.add(p))
+            raise CapatlasError(f"corpus file {twice} was scanned by two manifest scan groups")
 
-    def add(self, scan: FileScan) -> None:
-        self.population += scan.population
-        for c in scan.candidates:
-            holder = self._bins.get(c.bin_id)
-            if holder is None:
-                holder = self._bins[c.bin_id] = BinCandidates(self.settings.quota, self.settings.dedup)
-            holder.offer(c)
-        self._files.append((scan.source_file, scan.pair_keys, scan.id_hashes))
-        self._pair_keys.append(scan.pair_keys)
-        self._pair_cats.append(scan.pair_cats)
-        self.inputs.append(
-            {"path": scan.source_file, "size": scan.size, "sha256": scan.sha256, "records": scan.n_records}
-        )
+    def _add_to(self, by_file: dict[int, set[int]], more: dict[int, set[int]]) -> None:
+        for f, keys in more.items():
+            by_file[f] |= keys
 
-    def _wanted_keys(self, keys: np.ndarray, cats: np.ndarray, ambiguous: np.ndarray) -> tuple[np.ndarray, set[int]]:
-        """Keys to re-read: the ambiguous texts and, under quota, each affected bin's first candidates."""
-        settings = self.settings
-        if settings.allocation != "quota" or not len(ambiguous):
-            return ambiguous, set()
-        amb_pass = np.isin(keys, ambiguous) & (cats % 2 == 1)
-        amb_bins = {int(b) for b in np.unique(cats[amb_pass] // 2)}
-        prefixes = [ambiguous]
-        for b in sorted(amb_bins):
-            in_bin = keys[cats == 2 * b + 1]  # already sorted, unique within the category
-            a_b = int(np.isin(in_bin, ambiguous).sum())
-            prefixes.append(in_bin[: settings.docs_per_bin + a_b])
-        return np.unique(np.concatenate(prefixes)), amb_bins
+    def _pair_pass(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, set[int]], np.ndarray, np.ndarray]:
+        """Counts of texts whose copies agree, the keys to resolve (with files), per bin how many of them pass,
+        and the texts no copy of which was classified (lazy labels), per unknown category."""
+        per_cat = np.zeros(2 * N_BINS, dtype=np.int64)
+        unknown_per_cat = np.zeros(2 * N_STREAMS, dtype=np.int64)
+        ambiguous_parts: list[np.ndarray] = []
+        amb_by_file: dict[int, set[int]] = defaultdict(set)
+        amb_per_bin = np.zeros(N_BINS, dtype=np.int64)
+        total = sum(len(p.arrays["pair_keys"]) for p in self.partials)
+        for lo, hi in _key_ranges(total, self.chunk_records):
+            keys, cats, files = _range_slices(
+                self.partials, self.offsets, "pair_keys", ("pair_keys", "pair_cats", "pair_files"), lo, hi
+            )
+            ukeys, ucats = _unique_pairs(keys, cats)
+            if not len(ukeys):
+                continue
+            unknown = is_unknown(ucats)
+            first = np.ones(len(ukeys), dtype=bool)
+            first[1:] = ukeys[1:] != ukeys[:-1]
+            text = np.cumsum(first) - 1  # which distinct key each pair belongs to
+            n_known = np.bincount(text, weights=~unknown).astype(np.int64)
+            n_pairs = np.bincount(text).astype(np.int64)
+            # To resolve: copies disagreeing on bin or filter, or a classified copy beside unclassified ones.
+            resolve = (n_known >= 2) | ((n_known >= 1) & (n_pairs > n_known))
+            single = ((n_known == 1) & (n_pairs == 1))[text]
+            per_cat += np.bincount(ucats[single].astype(np.int64), minlength=2 * N_BINS)
+            never = first & (n_known == 0)[text]
+            unknown_per_cat += np.bincount((ucats[never] - UNKNOWN_BASE).astype(np.int64), minlength=2 * N_STREAMS)
+            ambiguous = ukeys[first][resolve]
+            if len(ambiguous):
+                ambiguous_parts.append(ambiguous)
+                self._add_to(amb_by_file, _wanted_files(keys, files, ambiguous))
+                amb_pass = resolve[text] & ~unknown & (ucats % 2 == 1)
+                amb_per_bin += np.bincount((ucats[amb_pass] // 2).astype(np.int64), minlength=N_BINS)
+        ambiguous = np.concatenate(ambiguous_parts) if ambiguous_parts else np.zeros(0, np.uint64)
+        return per_cat[0::2] + per_cat[1::2], per_cat[1::2].copy(), ambiguous, amb_by_file, amb_per_bin, unknown_per_cat
 
-    def _resolve_copies(self, wanted, dup_ids, ambiguous, rescan: Rescan) -> tuple[list[Candidate], int]:
-        """Re-read the files holding `wanted` keys or repeated ids; the wanted candidates and the file count."""
-        if not (len(wanted) or len(dup_ids)):
-            return [], 0
+    def _unclassified_below(self, bounds: np.ndarray) -> tuple[np.ndarray, dict[int, set[int]], dict[int, int]]:
+        """Keys of unclassified records whose key is below their stream's bound (they could enter a sample),
+        their files, and each key's stream (that of its smallest unknown category, as the tallies count it)."""
+        found: list[np.ndarray] = []
+        streams: dict[int, int] = {}
+        by_file: dict[int, set[int]] = defaultdict(set)
+        total = sum(len(p.arrays["pair_keys"]) for p in self.partials)
+        for lo, hi in _key_ranges(total, self.chunk_records):
+            keys, cats, files = _range_slices(
+                self.partials, self.offsets, "pair_keys", ("pair_keys", "pair_cats", "pair_files"), lo, hi
+            )
+            unknown = is_unknown(cats)
+            if not unknown.any():
+                continue
+            stream = (cats[unknown].astype(np.int64) - UNKNOWN_BASE) // 2
+            below = keys[unknown] < bounds[stream]
+            if below.any():
+                for k, st in sorted(zip(keys[unknown][below].tolist(), stream[below].tolist(), strict=True), reverse=True):
+                    streams[k] = st
+                hit = np.unique(keys[unknown][below])
+                found.append(hit)
+                self._add_to(by_file, _wanted_files(keys, files, hit))
+        return (np.concatenate(found) if found else np.zeros(0, np.uint64)), by_file, streams
+
+    def _bin_prefixes(self, amb_per_bin: np.ndarray) -> tuple[np.ndarray, dict[int, set[int]]]:
+        """Under quota, the first docs_per_bin + a_b passing keys of each bin with an ambiguous text, with files."""
+        need = {b: self.settings.docs_per_bin + int(amb_per_bin[b]) for b in np.flatnonzero(amb_per_bin).tolist()}
+        found: list[np.ndarray] = []
+        by_file: dict[int, set[int]] = defaultdict(set)
+        total = sum(len(p.arrays["pair_keys"]) for p in self.partials)
+        for lo, hi in _key_ranges(total, self.chunk_records):
+            if not need:
+                break
+            keys, cats, files = _range_slices(
+                self.partials, self.offsets, "pair_keys", ("pair_keys", "pair_cats", "pair_files"), lo, hi
+            )
+            ukeys, ucats = _unique_pairs(keys, cats)
+            chosen = []
+            for b in list(need):
+                in_bin = ukeys[ucats == 2 * b + 1][: need[b]]
+                need[b] -= len(in_bin)
+                if need[b] <= 0:
+                    del need[b]
+                chosen.append(in_bin)
+            chosen_keys = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.uint64)
+            if len(chosen_keys):
+                found.append(chosen_keys)
+                self._add_to(by_file, _wanted_files(keys, files, chosen_keys))
+        return (np.concatenate(found) if found else np.zeros(0, np.uint64)), by_file
+
+    def _duplicate_ids(self) -> tuple[np.ndarray, dict[int, set[int]]]:
+        dup_parts: list[np.ndarray] = []
+        by_file: dict[int, set[int]] = defaultdict(set)
+        total = sum(len(p.arrays["id_hashes"]) for p in self.partials)
+        for lo, hi in _key_ranges(total, self.chunk_records):
+            hashes, files = _range_slices(self.partials, self.offsets, "id_hashes", ("id_hashes", "id_files"), lo, hi)
+            hashes_sorted = np.sort(hashes)
+            dup = np.unique(hashes_sorted[1:][hashes_sorted[1:] == hashes_sorted[:-1]])
+            if len(dup):
+                dup_parts.append(dup)
+                self._add_to(by_file, _wanted_files(hashes, files, dup))
+        return (np.concatenate(dup_parts) if dup_parts else np.zeros(0, np.uint64)), by_file
+
+    def _rescan(self, rescan: Rescan, keys_by_file, ids_by_file, wanted: np.ndarray, dup_ids: np.ndarray, why: str):
         requests = {}
-        for path, file_keys, file_ids in self._files:
-            w = wanted[np.isin(wanted, file_keys)] if len(wanted) else wanted
-            d = dup_ids[np.isin(dup_ids, file_ids)] if len(dup_ids) else dup_ids
-            if len(w) or len(d):
-                requests[path] = (w, d)
-        log.info(
-            "%d texts have copies that disagree on bin or filter and %d doc ids repeat: "
-            "re-reading %d files to resolve them",
-            len(ambiguous),
-            len(dup_ids),
-            len(requests),
-        )
+        for f in sorted(set(keys_by_file) | set(ids_by_file)):
+            keys = np.array(sorted(keys_by_file.get(f, ())), dtype=np.uint64)
+            ids = np.array(sorted(ids_by_file.get(f, ())), dtype=np.uint64)
+            requests[self.paths[f]] = (keys, ids)
+        if not requests:
+            return [], 0
+        log.info("%s: re-reading %d files", why, len(requests))
         docs = rescan(requests)
         _check_duplicate_ids(docs, dup_ids, self.settings.dedup)
         wanted_set = set(int(k) for k in wanted)
@@ -468,29 +704,30 @@ class Merger:
 
     def finish(self, rescan: Rescan) -> ManifestResult:
         settings = self.settings
-        if int(self.population.sum()) == 0:
-            raise CapatlasError("the corpus is empty: no records in " + _describe_files([f for f, _, _ in self._files]))
-        keys, cats = _unique_pairs(
-            np.concatenate(self._pair_keys) if self._pair_keys else np.zeros(0, np.uint64),
-            np.concatenate(self._pair_cats) if self._pair_cats else np.zeros(0, np.uint16),
+        population = np.zeros(N_BINS, dtype=np.int64)
+        for p in self.partials:
+            population += p.population
+        n_records = sum(int(f.get("records", 0)) for p in self.partials for f in p.files)
+        if n_records == 0 and int(population.sum()) == 0:
+            raise CapatlasError("the corpus is empty: no records in " + _describe_files(self.paths))
+        after_dedup, after_filter, ambiguous, amb_by_file, amb_per_bin, unknown_per_cat = self._pair_pass()
+        amb_bins = set(np.flatnonzero(amb_per_bin).tolist()) if settings.allocation == "quota" else set()
+        wanted_by_file = defaultdict(set, {f: set(k) for f, k in amb_by_file.items()})
+        wanted = ambiguous
+        if amb_bins:
+            prefix_keys, prefix_by_file = self._bin_prefixes(amb_per_bin)
+            wanted = np.unique(np.concatenate([ambiguous, prefix_keys]))
+            self._add_to(wanted_by_file, prefix_by_file)
+        dup_ids, dup_by_file = self._duplicate_ids()
+        copies, rescanned = self._rescan(
+            rescan,
+            wanted_by_file,
+            dup_by_file,
+            wanted,
+            dup_ids,
+            f"{len(ambiguous)} texts have copies that disagree on bin or filter (or were classified in one scan only) "
+            f"and {len(dup_ids)} doc ids repeat",
         )
-        self._pair_keys = self._pair_cats = []
-        repeated = np.zeros(len(keys), dtype=bool)
-        repeated[1:] = keys[1:] == keys[:-1]
-        ambiguous = np.unique(keys[repeated])  # copies disagreeing on bin or filter
-        single = ~np.isin(keys, ambiguous)
-        per_cat = np.bincount(cats[single].astype(np.int64), minlength=2 * N_BINS)
-        after_dedup = per_cat[0::2] + per_cat[1::2]
-        after_filter = per_cat[1::2].copy()
-
-        ids = np.sort(np.concatenate([h for _, _, h in self._files])) if self._files else np.zeros(0, np.uint64)
-        dup_ids = np.unique(ids[1:][ids[1:] == ids[:-1]])
-        del ids
-
-        wanted, amb_bins = self._wanted_keys(keys, cats, ambiguous)
-        del keys, cats
-        copies, rescanned = self._resolve_copies(wanted, dup_ids, ambiguous, rescan)
-
         ambiguous_set = set(int(k) for k in ambiguous)
         owners = dedup_owners((c for c in copies if c.key in ambiguous_set or c.bin_id in amb_bins), settings.dedup)
         for c in owners.values():
@@ -499,27 +736,101 @@ class Merger:
                 if c.n_tokens >= settings.min_tokens:
                     after_filter[c.bin_id] += 1
 
-        pool: list[Candidate] = []
-        for b, holder in self._bins.items():
-            if b in amb_bins:
-                continue
-            pool.extend(c for c in holder.values() if c.key not in ambiguous_set)
+        holders: dict[int, BinCandidates] = {}
+        for partial in self.partials:
+            for c in iter_candidates(partial.candidate_table()):
+                if c.bin_id in amb_bins or c.key in ambiguous_set:
+                    continue
+                holder = holders.get(c.bin_id)
+                if holder is None:
+                    holder = holders[c.bin_id] = BinCandidates(settings.quota, settings.dedup)
+                holder.offer(c)
+        pool: list[Candidate] = [c for holder in holders.values() for c in holder.values()]
         passing = [c for c in owners.values() if c.n_tokens >= settings.min_tokens]
         if settings.allocation == "quota":
             pool.extend(c for c in passing if c.bin_id in amb_bins)
         else:
             pool.extend(c for c in passing if c.key in ambiguous_set)
         chosen = select(pool, settings.allocation, docs_per_bin=settings.docs_per_bin, fraction=settings.fraction)
+        if unknown_per_cat.any():
+            chosen, late, extra_files = self._classify_late(rescan, chosen, pool, dup_ids)
+            rescanned += extra_files
+            unknown_per_cat, after_dedup, after_filter = self._count_late(late, unknown_per_cat, after_dedup, after_filter)
         sampled = np.bincount(np.array([c.bin_id for c in chosen], dtype=np.int64), minlength=N_BINS).astype(np.int64)
+        classified: dict[str, dict] = {}
+        for p in self.partials:
+            for stream, entry in p.classified.items():
+                merged = classified.setdefault(stream, {"records": 0, "classified": 0})
+                merged["records"] += int(entry["records"])
+                merged["classified"] += int(entry["classified"])
+        estimates = None
+        if classified:
+            population, after_dedup, after_filter, estimates = estimate_unclassified(
+                population, after_dedup, after_filter, unknown_per_cat, classified
+            )
         return ManifestResult(
             docs=chosen,
-            population=self.population.copy(),
+            population=population,
             after_dedup=after_dedup.astype(np.int64),
             after_filter=after_filter.astype(np.int64),
             sampled=sampled,
-            inputs=sorted(self.inputs, key=lambda i: i["path"]),
+            inputs=sorted(({k: v for k, v in f.items()} for p in self.partials for f in p.files), key=lambda i: i["path"]),
             rescanned_files=rescanned,
+            classified=dict(sorted(classified.items(), key=lambda kv: int(kv[0]))),
+            estimates=estimates,
         )
+
+    def _classify_late(self, rescan: Rescan, chosen, pool, dup_ids):
+        """Lazy labels' check: classify every unclassified record that could enter a bin's final sample, reselect.
+
+        A stream's bound is the largest key its bins' samples would have to
+        beat (the quota's last key of a full bin; anything for a bin not
+        full). Each scan classified its streams until every bin held the
+        quota, so this is normally empty; it keeps the sample exact when not."""
+        settings = self.settings
+        late: list[tuple[Candidate, int]] = []
+        files_read = 0
+        for _ in range(8):
+            bounds = np.zeros(N_STREAMS, dtype=np.uint64)
+            full_last: dict[int, int] = {}
+            counts = defaultdict(int)
+            for c in chosen:
+                counts[c.bin_id] += 1
+                full_last[c.bin_id] = max(full_last.get(c.bin_id, 0), c.key)
+            for stream in range(N_STREAMS):
+                bins = stream_bins(stream)
+                if settings.allocation == "proportional":
+                    bounds[stream] = np.uint64(min(settings.threshold, TWO_64 - 1))
+                elif all(counts[b] >= settings.docs_per_bin for b in bins):
+                    bounds[stream] = np.uint64(max(full_last[b] for b in bins) + 1)
+                else:
+                    bounds[stream] = np.uint64(TWO_64 - 1)
+            keys, by_file, key_streams = self._unclassified_below(bounds)
+            known = set(c.key for c, _ in late)
+            keys = np.array([k for k in keys.tolist() if k not in known], dtype=np.uint64)
+            if not len(keys):
+                return chosen, late, files_read
+            by_file = {f: {k for k in ks if k not in known} for f, ks in by_file.items()}
+            by_file = {f: ks for f, ks in by_file.items() if ks}
+            copies, n_files = self._rescan(
+                rescan, by_file, {}, keys, np.zeros(0, np.uint64), f"{len(keys)} unclassified texts could enter a sample"
+            )
+            files_read += n_files
+            new = list(dedup_owners(copies, settings.dedup).values())
+            late.extend((c, key_streams[c.key]) for c in new)
+            pool = pool + [c for c in new if c.n_tokens >= settings.min_tokens]
+            chosen = select(pool, settings.allocation, docs_per_bin=settings.docs_per_bin, fraction=settings.fraction)
+        raise CapatlasError("lazy labels: the sample did not settle after 8 rounds of late classification (a bug)")
+
+    def _count_late(self, late, unknown_per_cat, after_dedup, after_filter):
+        """Texts classified late move from the unknown tallies to their bins' exact counts."""
+        unknown_per_cat = unknown_per_cat.copy()
+        for c, stream in late:
+            passed = c.n_tokens >= self.settings.min_tokens
+            unknown_per_cat[2 * stream + int(passed)] -= 1
+            after_dedup[c.bin_id] += 1
+            after_filter[c.bin_id] += int(passed)
+        return unknown_per_cat, after_dedup, after_filter
 
 
 def _check_duplicate_ids(docs: Sequence[Doc], dup_ids: np.ndarray, dedup: bool) -> None:
@@ -552,14 +863,23 @@ def _describe_files(files: Sequence[str]) -> str:
     return shown + (f" and {len(files) - 3} more" if len(files) > 3 else "")
 
 
-def build_manifest_from_docs(docs_by_file: Mapping[str, Sequence[Doc]], settings: ManifestSettings) -> ManifestResult:
-    """The whole sampling rule on in-memory documents (one Scanner per 'file')."""
-    merger = Merger(settings)
-    for name, docs in docs_by_file.items():
-        scanner = Scanner(settings, name)
-        for doc in docs:
-            scanner.add(doc._replace(source_file=doc.source_file or name))
-        merger.add(scanner.finish())
+def build_manifest_from_docs(
+    docs_by_file: Mapping[str, Sequence[Doc]],
+    settings: ManifestSettings,
+    *,
+    groups: Sequence[Sequence[str]] | None = None,
+    chunk_records: int = MERGE_CHUNK_RECORDS,
+) -> ManifestResult:
+    """The whole sampling rule on in-memory documents: one Scanner per 'file', one partial per group, the merge."""
+    partials = []
+    for g, group in enumerate(groups if groups is not None else [list(docs_by_file)]):
+        scans = []
+        for name in group:
+            scanner = Scanner(settings, name)
+            for doc in docs_by_file[name]:
+                scanner.add(doc._replace(source_file=doc.source_file or name))
+            scans.append(scanner.finish())
+        partials.append(group_partial(scans, settings, group=str(g)))
 
     def rescan(requests: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Doc]:
         out = []
@@ -571,7 +891,7 @@ def build_manifest_from_docs(docs_by_file: Mapping[str, Sequence[Doc]], settings
                     out.append(doc)
         return out
 
-    return merger.finish(rescan)
+    return Merge(settings, partials, chunk_records=chunk_records).finish(rescan)
 
 
 # --------------------------------------------------------------------------- files
@@ -654,6 +974,17 @@ class ScanContext:
     tokenizer: str
     labels_files: dict | None = None
     labels_dir: str | None = None
+    input_hash: str = "sampled"
+    classifier: dict = field(default_factory=dict)
+
+    @property
+    def lazy(self) -> bool:
+        """Classifier facets without precomputed labels: classified in the scan, only where the sample needs it."""
+        return bool(self.resolver().classifier_facets) and self.labels_dir is None and not self.labels_files
+
+    @property
+    def corpus(self) -> dict:
+        return {"labels": self.labels, "classifier": self.classifier}
 
     def resolver(self) -> LabelResolver:
         return LabelResolver(self.labels, labels_files=self.labels_files, labels_dir=self.labels_dir)
@@ -661,20 +992,112 @@ class ScanContext:
     def columns(self) -> list[str]:
         return [self.id_field, self.text_field, *self.resolver().record_fields]
 
+    def digest(self) -> str:
+        """What decides a scan's content: sampling settings, label sources and fields, the tokenizer's files."""
+        return settings_sha256(
+            {
+                "settings": dataclasses.asdict(self.settings),
+                "labels": self.labels,
+                "id_field": self.id_field,
+                "text_field": self.text_field,
+                "tokenizer_sha256": tokenizer_sha256(self.tokenizer),
+                # How a classifier labels changes the labels (device and batch size do not).
+                "classifier": {
+                    k: v for k, v in self.classifier.items() if k in ("max_length", "precision", "input_template")
+                }
+                if self.resolver().classifier_facets
+                else None,
+            }
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], *, tokenizer: str, labels_dir: str | None = None, labels_files=None
+    ) -> ScanContext:
+        return cls(
+            settings=ManifestSettings.from_config(config),
+            labels={k: dict(v) for k, v in config["corpus"]["labels"].items()},
+            id_field=config["corpus"]["id_field"],
+            text_field=config["corpus"]["text_field"],
+            tokenizer=tokenizer,
+            labels_files=dict(labels_files) if labels_files else None,
+            labels_dir=labels_dir,
+            input_hash=config["manifest"]["input_hash"],
+            classifier=dict(config["corpus"]["classifier"]),
+        )
+
+
+# Characters of a document's head tokenised to decide the min-token filter
+# for a document that cannot be sampled (see decision_counts).
+HEAD_CHARS_PER_TOKEN = 16
+HEAD_MIN_CHARS = 1024
+
+
+def _head(text: str, size: int) -> str:
+    return next(_pieces(text, size)) if len(text) > size else text
+
+
+def decision_counts(counter: TokenCounter, texts: Sequence[str], min_tokens: int) -> list[int]:
+    """Counts that decide ``n_tokens >= min_tokens`` exactly without tokenising every text in full.
+
+    A text's head, cut just before a space, never has more tokens than the
+    whole text (pre-tokenisers split at spaces, so the head's tokens are
+    the whole text's first ones; tests/test_manifest.py checks it), so a
+    head that reaches `min_tokens` decides the filter; only texts whose head
+    falls short and that are longer are counted in full."""
+    if min_tokens <= 0:
+        return [0] * len(texts)
+    size = max(HEAD_MIN_CHARS, HEAD_CHARS_PER_TOKEN * min_tokens)
+    heads = [_head(t, size) for t in texts]
+    counts = counter.count(heads)
+    again = [i for i, (text, head, n) in enumerate(zip(texts, heads, counts, strict=True)) if n < min_tokens and len(head) < len(text)]
+    for i, n in zip(again, counter.count([texts[i] for i in again]), strict=True):
+        counts[i] = n
+    return counts
+
 
 def _read_docs(
-    path: str, ctx: ScanContext, *, keep: Callable[[CorpusRecord, str], bool] | None = None, hasher: Any = None
-) -> Iterable[Doc]:
-    """Label, hash and tokenise the records of one file (those `keep` accepts), in batches."""
-    labeler = ctx.resolver().for_file(path)
+    path: str,
+    ctx: ScanContext,
+    *,
+    keep: Callable[[CorpusRecord, str], bool] | None = None,
+    hasher: Any = None,
+    scanner: Scanner | None = None,
+) -> Iterable[tuple[Doc, int]]:
+    """Label, hash and tokenise the records of one file (those `keep` accepts), in batches: (doc, key) pairs.
+
+    With a `scanner`, only documents that could still become its candidates
+    are counted in full; the others get a count that decides the filter
+    (`decision_counts`), which is all the counts need."""
+    skip = ctx.resolver().classifier_facets if ctx.lazy else []
+    labeler = ctx.resolver().for_file(path, skip=skip)
     counter = token_counter(ctx.tokenizer)
-    pending: list[tuple[CorpusRecord, int, int, str]] = []
+    settings = ctx.settings
+    pending: list[tuple[CorpusRecord, int, int, str, int]] = []
     n_records = 0
 
-    def flush() -> list[Doc]:
-        counts = counter.count([rec.text for rec, _, _, _ in pending])
+    def flush() -> list[tuple[Doc, int]]:
+        if skip:
+            from capatlas.corpus.lazy_scan import classify_records
+
+            labels = classify_records(ctx, [p[0] for p in pending])
+            pending[:] = [(rec, t, f, sha, key) for (rec, _, _, sha, key), (t, f) in zip(pending, labels, strict=True)]
+        full = [
+            i
+            for i, (_, t, f, _, key) in enumerate(pending)
+            if scanner is None or scanner.could_enter(t * N_FORMATS + f, key)
+        ]
+        counts: list[int] = [0] * len(pending)
+        for i, n in zip(full, counter.count([pending[i][0].text for i in full]), strict=True):
+            counts[i] = n
+        if len(full) < len(pending):
+            rest = sorted(set(range(len(pending))) - set(full))
+            decided = decision_counts(counter, [pending[i][0].text for i in rest], settings.min_tokens)
+            for i, n in zip(rest, decided, strict=True):
+                counts[i] = n
         docs = [
-            Doc(rec.doc_id, t, f, n, sha, path, rec.row) for (rec, t, f, sha), n in zip(pending, counts, strict=True)
+            (Doc(rec.doc_id, t, f, n, sha, path, rec.row), key)
+            for (rec, t, f, sha, key), n in zip(pending, counts, strict=True)
         ]
         pending.clear()
         return docs
@@ -686,24 +1109,55 @@ def _read_docs(
         sha = text_sha256(rec.text)
         if keep is not None and not keep(rec, sha):
             continue
-        topic, format_ = labeler(rec)
-        pending.append((rec, topic, format_, sha))
+        topic, format_ = (-1, -1) if skip else labeler(rec)
+        key = sampling_key(settings.seed, sha if settings.dedup else rec.doc_id)
+        pending.append((rec, topic, format_, sha, key))
         if len(pending) >= TOKENIZE_BATCH:
             yield from flush()
     if pending:
         yield from flush()
-    if keep is None:
+    if keep is None and not skip:
         labeler.finish(n_records)
+
+
+# Sampled input identity: this many blocks, evenly spaced from the first to the last byte.
+SAMPLED_BLOCKS = 16
+SAMPLED_BLOCK_BYTES = 1 << 16
+
+
+def sampled_sha256(path: str) -> tuple[str, str]:
+    """(sha256, what it covers): the whole file up to SAMPLED_BLOCKS x SAMPLED_BLOCK_BYTES, else the size
+    and SAMPLED_BLOCKS blocks spread evenly from the first to the last byte (a few MB read per file, not terabytes)."""
+    size = os.path.getsize(path)
+    if size <= SAMPLED_BLOCKS * SAMPLED_BLOCK_BYTES:
+        return file_sha256(path), "whole file"
+    hasher = hashlib.sha256(f"{size}:".encode())
+    step = (size - SAMPLED_BLOCK_BYTES) // (SAMPLED_BLOCKS - 1)
+    with open(path, "rb") as handle:
+        for i in range(SAMPLED_BLOCKS):
+            handle.seek(i * step)
+            hasher.update(handle.read(SAMPLED_BLOCK_BYTES))
+    return hasher.hexdigest(), SAMPLED_SCHEME
+
+
+SAMPLED_SCHEME = f"size and {SAMPLED_BLOCKS} evenly spaced blocks of {SAMPLED_BLOCK_BYTES} bytes"
+
+
+def file_identity(path: str, hasher: Any = None) -> dict:
+    """Size, mtime and sha256 (of the bytes `hasher` was fed while reading, else of sampled blocks)."""
+    stat = os.stat(path)
+    sha, covered = (hasher.hexdigest(), "whole file") if hasher is not None else sampled_sha256(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha, "sha256_of": covered}
 
 
 def scan_file(task: tuple[str, ScanContext]) -> FileScan:
     """Map step: one pass over one file."""
     path, ctx = task
-    hasher = hashlib.sha256()
+    hasher = hashlib.sha256() if ctx.input_hash == "full" else None
     scanner = Scanner(ctx.settings, path)
-    for doc in _read_docs(path, ctx, hasher=hasher):
-        scanner.add(doc)
-    return scanner.finish(size=os.path.getsize(path), sha256=hasher.hexdigest())
+    for doc, key in _read_docs(path, ctx, hasher=hasher, scanner=scanner):
+        scanner.add(doc, key)
+    return scanner.finish(file_identity(path, hasher))
 
 
 def collect_file(task: tuple[str, ScanContext, np.ndarray, np.ndarray]) -> list[Doc]:
@@ -716,7 +1170,32 @@ def collect_file(task: tuple[str, ScanContext, np.ndarray, np.ndarray]) -> list[
         ident = sha if settings.dedup else rec.doc_id
         return sampling_key(settings.seed, ident) in key_set or doc_id_hash(rec.doc_id) in id_set
 
-    return list(_read_docs(path, ctx, keep=keep))
+    return [doc for doc, _ in _read_docs(path, ctx, keep=keep)]
+
+
+def scan_group(files: Sequence[str], ctx: ScanContext, *, threads: int, group: str = "0") -> ScanPartial:
+    """Map step of the manifest: scan one group of corpus files into its partial."""
+    token_counter(ctx.tokenizer)  # fail early, before any worker starts
+    if ctx.lazy:
+        from capatlas.corpus.lazy_scan import LazyGroupScan
+
+        return LazyGroupScan(files, ctx, threads=threads, group=group).run()
+    scans = list(pool_map(scan_file, [(path, ctx) for path in files], threads, f"manifest scan {group}"))
+    return group_partial(scans, ctx.settings, group=group, settings_digest=ctx.digest())
+
+
+def merge_partials(
+    partials: Sequence[ScanPartial], ctx: ScanContext, *, threads: int, chunk_records: int = MERGE_CHUNK_RECORDS
+) -> ManifestResult:
+    """Reduce step: the manifest from every group's partial, re-reading only files with disagreeing copies."""
+
+    def rescan(requests: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Doc]:
+        tasks = [(path, ctx, keys, ids) for path, (keys, ids) in sorted(requests.items())]
+        # Lazy labels classify in the rescan: one process, so the classifier loads once.
+        workers = 1 if ctx.lazy else threads
+        return [doc for docs in pool_map(collect_file, tasks, workers, "manifest rescan") for doc in docs]
+
+    return Merge(ctx.settings, partials, chunk_records=chunk_records).finish(rescan)
 
 
 def build_manifest(
@@ -727,35 +1206,14 @@ def build_manifest(
     labels_dir: str | None = None,
     labels_files: Mapping[str, str] | None = None,
     threads: int | None = None,
+    groups: Sequence[Sequence[str]] | None = None,
 ) -> ManifestResult:
-    """Scan `files` (map, in parallel), merge, and resolve rare ambiguities with a targeted second pass."""
-    settings = ManifestSettings.from_config(config)
-    ctx = ScanContext(
-        settings=settings,
-        labels={k: dict(v) for k, v in config["corpus"]["labels"].items()},
-        id_field=config["corpus"]["id_field"],
-        text_field=config["corpus"]["text_field"],
-        tokenizer=tokenizer,
-        labels_files=dict(labels_files) if labels_files else None,
-        labels_dir=labels_dir,
-    )
-    resolver = ctx.resolver()
-    if resolver.classifier_facets and labels_dir is None and not labels_files:
-        raise CapatlasError(
-            f"corpus.labels.{resolver.classifier_facets[0]}.source is 'classifier': pass --labels-dir "
-            "with the parquet files written by `capatlas labels`"
-        )
-    token_counter(tokenizer)  # fail early, before any worker starts
+    """Scan and merge in one process: the map-reduce of the workflow's manifest_scan and manifest jobs."""
+    ctx = ScanContext.from_config(config, tokenizer=tokenizer, labels_dir=labels_dir, labels_files=labels_files)
     threads = int(config["manifest"]["threads"] if threads is None else threads)
-    merger = Merger(settings)
-    for scan in pool_map(scan_file, [(path, ctx) for path in files], threads, "manifest scan"):
-        merger.add(scan)
-
-    def rescan(requests: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Doc]:
-        tasks = [(path, ctx, keys, ids) for path, (keys, ids) in sorted(requests.items())]
-        return [doc for docs in pool_map(collect_file, tasks, threads, "manifest rescan") for doc in docs]
-
-    return merger.finish(rescan)
+    groups = groups if groups is not None else [list(files)]
+    partials = [scan_group(group, ctx, threads=threads, group=str(g)) for g, group in enumerate(groups)]
+    return merge_partials(partials, ctx, threads=threads)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -795,6 +1253,10 @@ def summary_csv(result: ManifestResult) -> str:
     return buffer.getvalue()
 
 
+# Manifest keys that change how the work is split, never the outputs: left out of the contract.
+EXECUTION_KEYS = ("threads", "files_per_scan")
+
+
 def write_manifest(
     result: ManifestResult,
     out_dir: str | os.PathLike,
@@ -813,7 +1275,7 @@ def write_manifest(
             "capatlas_version": __version__,
             "seed": int(config["seed"]),
             "allocation": config["manifest"]["allocation"],
-            "manifest": dict(config["manifest"]),
+            "manifest": {k: v for k, v in config["manifest"].items() if k not in EXECUTION_KEYS},
             "corpus": {
                 "id_field": config["corpus"]["id_field"],
                 "text_field": config["corpus"]["text_field"],
@@ -825,6 +1287,11 @@ def write_manifest(
             "empty_bins": [{"bin_id": b, "bin": bin_slug(b)} for b in empty],
             "outputs": {"manifest.parquet": file_sha256(tmp / "manifest.parquet")},
             "second_pass_files": result.rescanned_files,
+            **(
+                {"lazy_labels": {"streams": result.classified, "estimates": result.estimates}}
+                if result.classified
+                else {}
+            ),
             "sampling_key": (
                 "first 8 bytes of sha256(f'{seed}:{text_sha256}') as big-endian uint64"
                 if config["manifest"]["dedup"]
@@ -849,6 +1316,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--files", nargs="+", default=None, help="corpus files or globs (default: config corpus.paths)")
     parser.add_argument(
+        "--scans",
+        nargs="+",
+        default=None,
+        help="merge these `capatlas manifest-scan` directories (which must cover the corpus files exactly) "
+        "instead of scanning in this process",
+    )
+    parser.add_argument(
         "--labels-dir", default=None, help="directory of labels/<file-key>.parquet from `capatlas labels`"
     )
     parser.add_argument(
@@ -857,14 +1331,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="processes (default: manifest.threads)")
 
 
+def check_coverage(partials: Sequence[ScanPartial], files: Sequence[str]) -> None:
+    """The scans must cover exactly the corpus files (each once): a missing or extra file would change the sample."""
+    scanned = [f["path"] for p in partials for f in p.files]
+    expected = set(files)
+    missing = sorted(expected - set(scanned))
+    extra = sorted(set(scanned) - expected)
+    if missing or extra:
+        raise CapatlasError(
+            f"the manifest scans do not match the corpus files: {len(missing)} not scanned"
+            + (f" (e.g. {missing[0]})" if missing else "")
+            + f", {len(extra)} scanned but not in the corpus"
+            + (f" (e.g. {extra[0]})" if extra else "")
+            + ": rerun the manifest_scan jobs"
+        )
+
+
 def run(args: argparse.Namespace, config: dict | None) -> None:
     globs = args.files or config["corpus"]["paths"]
     if not globs:
         raise CapatlasError("no corpus files: pass --files or set config key 'corpus.paths'")
     files = expand_paths(globs)
     tokenizer = resolve_tokenizer(config, args.tokenizer)
-    log.info("manifest over %d files with tokenizer %s", len(files), tokenizer)
-    result = build_manifest(files, config, tokenizer=tokenizer, labels_dir=args.labels_dir, threads=args.threads)
+    ctx = ScanContext.from_config(config, tokenizer=tokenizer, labels_dir=args.labels_dir)
+    threads = int(config["manifest"]["threads"] if args.threads is None else args.threads)
+    if args.scans:
+        digest = ctx.digest()
+        partials = [read_partial(d, settings_sha256=digest) for d in args.scans]
+        check_coverage(partials, files)
+        log.info("manifest merge of %d scans over %d files", len(partials), len(files))
+    else:
+        log.info("manifest over %d files with tokenizer %s", len(files), tokenizer)
+        partials = [scan_group(files, ctx, threads=threads)]
+    result = merge_partials(partials, ctx, threads=threads)
     if not result.docs:
         raise CapatlasError(
             f"no document passed the filters (min_tokens={config['manifest']['min_tokens']}, "

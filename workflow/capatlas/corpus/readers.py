@@ -113,6 +113,50 @@ def file_key(path: str | os.PathLike) -> str:
     return f"{readable[:120]}-{digest}"
 
 
+def _short_name(path: str | os.PathLike) -> str:
+    """'<parent>/<name>': what a file is called wherever the corpus is mounted."""
+    absolute = os.path.abspath(os.fspath(path))
+    return f"{os.path.basename(os.path.dirname(absolute))}/{os.path.basename(absolute)}"
+
+
+def scan_group_key(first_file: str | os.PathLike) -> str:
+    """A manifest scan group's name, from its first file: readable, and the same wherever the corpus lives."""
+    short = _short_name(first_file)
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", short.replace("/", "__")).strip("._") or "file"
+    return f"{readable[:120]}-{hashlib.sha256(short.encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
+
+
+def scan_groups(files: Sequence[str], files_per_scan: int) -> dict[str, list[str]]:
+    """Split the corpus files into manifest scan groups of about `files_per_scan`, in path order.
+
+    A group ends before a file whose name hashes to 0 modulo `files_per_scan`
+    (content-defined boundaries, at most 4 x `files_per_scan` files), so
+    adding or removing a file changes its own group only, and reruns one
+    scan job rather than every group after it.
+    """
+    groups: dict[str, list[str]] = {}
+    current: list[str] = []
+
+    def close() -> None:
+        key = scan_group_key(current[0])
+        if key in groups:
+            raise CapatlasError(
+                f"corpus files {groups[key][0]} and {current[0]} have the same parent directory name and file "
+                "name; manifest scan groups are named after them: rename one"
+            )
+        groups[key] = list(current)
+
+    for path in sorted(files):
+        digest = int(hashlib.sha256(_short_name(path).encode("utf-8", "surrogateescape")).hexdigest()[:8], 16)
+        if current and (digest % files_per_scan == 0 or len(current) >= 4 * files_per_scan):
+            close()
+            current = []
+        current.append(path)
+    if current:
+        close()
+    return groups
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -590,11 +634,9 @@ class FileLabels:
 
     def __init__(self, facets: dict[str, _FacetLabels]):
         self._facets = facets
-        self._topic = facets["topic"]
-        self._format = facets["format"]
 
     def __call__(self, rec: CorpusRecord) -> tuple[int, int]:
-        return self._topic.label(rec), self._format.label(rec)
+        return self._facets["topic"].label(rec), self._facets["format"].label(rec)
 
     def facet(self, name: str, rec: CorpusRecord) -> int:
         return self._facets[name].label(rec)
@@ -660,12 +702,14 @@ class LabelResolver:
             found = os.path.join(self.labels_dir, f"{file_key(corpus_path)}.parquet")
         return found
 
-    def for_file(self, corpus_path: str | os.PathLike) -> FileLabels:
+    def for_file(self, corpus_path: str | os.PathLike, *, skip: Sequence[str] = ()) -> FileLabels:
+        """The file's label sources; facets in `skip` (classified on the fly by the manifest scan) have none."""
         corpus_path = os.fspath(corpus_path)
-        labels_file = self.labels_file_for(corpus_path) if self.classifier_facets else None
+        labels_file = self.labels_file_for(corpus_path) if set(self.classifier_facets) - set(skip) else None
         return FileLabels(
             {
                 name: _FacetLabels(FACETS[name], spec, corpus_path, labels_file, f"corpus.labels.{name}")
                 for name, spec in self.specs.items()
+                if name not in skip
             }
         )

@@ -38,7 +38,7 @@ from capatlas.corpus.pool import pool_map
 from capatlas.corpus.readers import iter_records
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path, file_sha256, write_json, write_parquet
-from capatlas.plan import shard_file
+from capatlas.plan import shard_count, shard_file
 from capatlas.corpus.manifest import text_sha256
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace, config: dict | None) -> None:
     write_shards(
         args.manifest,
         args.out,
-        count=config["shards"]["count"],
+        count=shard_count(config),
         id_field=config["corpus"]["id_field"],
         text_field=config["corpus"]["text_field"],
         threads=int(threads),
