@@ -32,6 +32,8 @@ import zstandard
 
 from _common import REPO, Stopwatch, machine
 
+from helpers_paper import empty_benchmark_root  # noqa: E402
+
 from capatlas.taxonomy import TOPIC_SLUGS  # noqa: E402
 
 SOURCES = ["common_crawl", "olmocr_science_pdfs"]
@@ -57,6 +59,8 @@ def write_site(root: Path, dolma: Path, n_shards: int) -> Path:
         (models / name / "config.json").write_text("{}")
     site = {
         "results_dir": str(root / "results"),
+        # Empty local benchmark copies at the paper config's paths: planning checks every input exists.
+        "benchmark_root": str(empty_benchmark_root(root / "benchmarks")),
         "corpus": {
             "paths": [str(dolma / "data" / "*" / "*.jsonl.zst")],
             "labels": {"format": {"model": str(models / "FormatClassifier-NoURL")}},

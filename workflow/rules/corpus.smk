@@ -48,6 +48,7 @@ rule manifest_scan:
             ignore=("manifest.threads",),
         ),
         files=lambda wildcards: SCAN_GROUPS[wildcards.group],
+        files_identity=scan_files_identity,
     shell:
         'capatlas manifest-scan --config "$CAPATLAS_CONFIG" --group {wildcards.group:q}'
         " --out {output.scan:q} --files {params.files:q} --tokenizer {input.tokenizer:q}"
