@@ -31,7 +31,23 @@ Prints a table to stderr and one parseable JSON last line:
     bench_scoring {"device": ..., "rows": [{"model": ..., "n_linear": ..., "length": ..., "docs_per_s": ...,
     "tokens_per_s": ..., "tflops": ..., "mfu": ...}, ...], "machine": ...}
 
+With ``--sections`` each row also splits the marginal seconds per document
+into Bergson's forward + backward (with its projection hooks), the query
+products (the scorer's calls less its writes: R^-1/2, norms and the
+products against the queries, `capatlas.attribution.score_block`), the
+score writer, and capatlas's accumulation (doc means, bin sums, combined
+bootstrap) and outputs. ``--max-batch-size N`` scores N documents per
+forward + backward (attribution.max_batch_size). With ``--baseline`` it times a plain forward +
+backward (loss.backward(), weight gradients on) of the same documents'
+tokens, one document per pass and ``--baseline-batch`` documents per pass,
+and reports the score cost as a ratio to each (``vs_fwd_bwd_unbatched``,
+``vs_fwd_bwd_batched``). ``--workdir DIR`` keeps the model, preconditioner
+and query gradients of each configuration in DIR and reuses them on the
+next call (fitting 17,000 queries' gradients takes minutes); the timed
+scoring runs afresh every time.
+
 Usage: python bench/bench_scoring.py --sizes tiny small medium --lengths 128 512 --docs 8 --threads 2
+       python bench/bench_scoring.py --sizes tiny --lengths 128 --docs 64 --queries 17000 --sections --baseline
 """
 
 from __future__ import annotations
@@ -45,6 +61,8 @@ import logging
 import os
 import sys
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +150,18 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
 
     rng = np.random.default_rng(0)
     model_dir = root / "model"
-    shape = build_model(model_dir, size, max(length, QUERY_WORDS), args.dtype)
-    queries = write_queries(root / "queries", model_dir, rng, args.queries)
-    shard = write_shard(root / "shard-00000.parquet", args.docs, length, rng)
-    single = write_shard(root / "shard-00001.parquet", 1, length, rng)
+    shape_file = root / "shape.json"
+    reuse = shape_file.is_file() and (root / "index").is_dir()
+    if reuse:  # --workdir: this configuration's model, shards and fitted inputs are already there
+        shape = json.loads(shape_file.read_text())
+        shard, single = root / "shard-00000.parquet", root / "shard-00001.parquet"
+    else:
+        # A batch of documents must fit the model's positions (token_batch_size <= its maximum length); RoPE has no
+        # position weights, so the weights are the same for any maximum.
+        shape = build_model(model_dir, size, max(length, QUERY_WORDS) * (args.max_batch_size or 1), args.dtype)
+        queries = write_queries(root / "queries", model_dir, rng, args.queries)
+        shard = write_shard(root / "shard-00000.parquet", args.docs, length, rng)
+        single = write_shard(root / "shard-00001.parquet", 1, length, rng)
     config = validate_config(
         {
             "demo": {"enabled": True},
@@ -143,7 +169,8 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
             "attribution": {
                 "projection_dim": PROJECTION_DIM,
                 "precision": args.dtype,
-                "token_batch_size": max(length, QUERY_WORDS),
+                "token_batch_size": max(length, QUERY_WORDS) * (args.max_batch_size or 1),
+                **({"max_batch_size": args.max_batch_size} if args.max_batch_size else {}),
                 "max_length": max(length, QUERY_WORDS),
                 "preconditioner_docs": min(args.docs, 8),
                 "target_downweight_components": 4,
@@ -152,21 +179,24 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
         }
     )
     with Stopwatch() as fit:
-        fit_preconditioner(
-            config, model=model_dir, shards=[shard], queries={"bench": queries}, out=root / "preconditioner"
-        )
-        build_query_gradients(
-            config,
-            model=model_dir,
-            queries=queries,
-            preconditioner=root / "preconditioner",
-            benchmark="bench",
-            out=root / "index",
-        )
+        if not reuse:
+            fit_preconditioner(
+                config, model=model_dir, shards=[shard], queries={"bench": queries}, out=root / "preconditioner"
+            )
+            build_query_gradients(
+                config,
+                model=model_dir,
+                queries=queries,
+                preconditioner=root / "preconditioner",
+                benchmark="bench",
+                out=root / "index",
+            )
+            shape_file.write_text(json.dumps(shape))
+    sections = Sections() if args.sections else None
 
     def score(path: Path, tag: str, profile: bool = False) -> Stopwatch:
         profiler = cProfile.Profile() if profile else None
-        with Stopwatch() as watch:
+        with Stopwatch() as watch, (sections.timing(tag) if sections else _nothing()):
             if profiler:
                 profiler.enable()
             score_shard(
@@ -190,7 +220,9 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
 
     # The first call carries one-off costs (lazy imports, allocator); of the two 1-document
     # calls the faster is the fixed cost, so one slow outlier does not skew the marginal rate.
-    fixed = min(score(single, "warmup"), score(single, "single"), key=lambda watch: watch.seconds)
+    warmup, single_run = score(single, "warmup"), score(single, "single")
+    fixed = min(warmup, single_run, key=lambda watch: watch.seconds)
+    fixed_tag = "warmup" if fixed is warmup else "single"
     total = score(shard, "shard", profile=args.profile)
     marginal = max(total.seconds - fixed.seconds, 1e-9) / (args.docs - 1)
     marginal_cpu = max(total.cpu - fixed.cpu, 1e-9) / (args.docs - 1)
@@ -210,14 +242,147 @@ def measure(root: Path, size: str, length: int, args: argparse.Namespace) -> dic
         "tokens_per_s": round(length / marginal, 1),
         # Per CPU-second (all threads): what a loaded machine still measures fairly.
         "tokens_per_cpu_s": round(length / marginal_cpu, 1),
+        "ms_per_doc": round(1e3 * marginal, 3),
+        "cpu_ms_per_doc": round(1e3 * marginal_cpu, 3),
         "flops_per_token": int(flops_per_token),
         "tflops": round(tflops, 4),
         "gflops_per_cpu_s": round(flops_per_token * length / marginal_cpu / 1e9, 2),
         "fit_s": round(fit.seconds, 2),
     }
+    if args.max_batch_size:
+        row["max_batch_size"] = args.max_batch_size
     if args.peak_tflops:
         row["mfu"] = round(tflops / args.peak_tflops, 4)
+    if sections:
+        # Marginal milliseconds per document of each section (the shard's minus the 1-document run's).
+        row["sections_ms_per_doc"] = {
+            name: round(1e3 * (sections.seconds["shard"].get(name, 0.0) - sections.seconds[fixed_tag].get(name, 0.0))
+                        / (args.docs - 1), 3)
+            for name in Sections.NAMES
+        }  # fmt: skip
+        row["sections_ms_per_doc"]["total"] = round(1e3 * marginal, 3)
+    if args.baseline:
+        unbatched, batched = plain_forward_backward(model_dir, shard, args.device, args.dtype, args.baseline_batch)
+        row["fwd_bwd_ms_per_doc"] = {"unbatched": round(1e3 * unbatched, 3), "batched": round(1e3 * batched, 3),
+                                     "batch": args.baseline_batch}  # fmt: skip
+        row["vs_fwd_bwd_unbatched"] = round(marginal / unbatched, 3)
+        row["vs_fwd_bwd_batched"] = round(marginal / batched, 3)
     return row
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+class Sections:
+    """Wall seconds inside a few functions of a scoring call, by call tag (patched in for the call)."""
+
+    NAMES = ("bergson_loop", "fwd_bwd", "query_products", "writer", "accumulate", "outputs")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, dict[str, float]] = {}
+
+    def _targets(self):
+        from bergson.collector.collector import CollectorComputer
+        from bergson.collector.gradient_collectors import GradientCollector
+        from bergson.score.scorer import Scorer
+
+        from capatlas.attribution import score_block, score_shard
+
+        return [
+            ("bergson_loop", CollectorComputer, "run_with_collector_hooks"),
+            ("process_batch", GradientCollector, "process_batch"),
+            ("scorer", Scorer, "__call__"),
+            ("writer_factory", score_block, "_writer_class"),
+            ("scorer_factory", score_block, "_scorer_class"),
+            ("accumulate", score_shard, "accumulate"),
+            ("outputs", score_shard, "_outputs"),
+            ("write_scores", score_shard, "write_scores"),
+            ("write_bin_sums", score_shard, "write_bin_sums"),
+        ]
+
+    @contextmanager
+    def timing(self, tag: str):
+        totals = self.seconds.setdefault(tag, {})
+
+        def timed(name, fn):
+            def wrapper(*a, **k):
+                start = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+
+            return wrapper
+
+        patched = []
+        for name, owner, attr in self._targets():
+            original = getattr(owner, attr)
+            if name in ("writer_factory", "scorer_factory"):
+                def factory(original=original, name=name):
+                    cls = original()
+                    if name == "writer_factory":
+                        cls.__call__ = timed("writer", cls.__call__)
+                    else:  # the block scorer: scoring per call and the last block, written at the final flush
+                        cls.__call__ = timed("scorer", cls.__call__)
+                        cls.drain = timed("scorer", cls.drain)
+                    return cls
+
+                replacement = factory
+            else:
+                replacement = timed(name, original)
+            setattr(owner, attr, replacement)
+            patched.append((owner, attr, original))
+        try:
+            yield
+        finally:
+            for owner, attr, original in reversed(patched):
+                setattr(owner, attr, original)
+            # Bergson's loop = forward + backward (with its hooks) + process_batch (scoring and writing).
+            totals["fwd_bwd"] = totals.get("bergson_loop", 0.0) - totals.get("process_batch", 0.0)
+            # The scorer's calls write through the writer: the query products (with R^-1/2 and norms) are the rest.
+            totals["query_products"] = totals.get("scorer", 0.0) - totals.get("writer", 0.0)
+            totals["outputs"] = sum(totals.get(k, 0.0) for k in ("outputs", "write_scores", "write_bin_sums"))
+
+
+def plain_forward_backward(model_dir: Path, shard: Path, device: str, dtype: str, batch: int) -> tuple[float, float]:
+    """Seconds per document of a plain forward + backward (summed token loss, weight gradients on) of the shard's
+    documents, one per pass and `batch` per pass: the fastest of two passes over the shard each."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = pq.read_table(shard, columns=["text"]).column("text").to_pylist()
+    ids = [torch.tensor(tokenizer(t)["input_ids"], device=device) for t in texts]
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, torch_dtype=torch.bfloat16 if dtype == "bf16" else torch.float32
+    ).to(device)
+
+    def step(x: torch.Tensor) -> None:
+        logits = model(x).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1), reduction="sum"
+        )
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def per_doc(groups: list[list[torch.Tensor]]) -> float:
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            for group in groups:
+                step(torch.nn.utils.rnn.pad_sequence(group, batch_first=True))
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        return best / len(ids)
+
+    step(ids[0][None])  # warm-up
+    unbatched = per_doc([[x] for x in ids])
+    batched = per_doc([ids[i : i + batch] for i in range(0, len(ids), batch)])
+    return unbatched, batched
 
 
 # Per Linear parameter and token: forward 2 + input-gradient backward 2. Bergson freezes the weights, so the
@@ -271,6 +436,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--queries", type=int, default=N_QUERIES, help="query gradients scored against (the study: ~17,000)")
     parser.add_argument("--profile", action="store_true", help="cProfile the timed shard call (stderr)")
+    parser.add_argument("--sections", action="store_true", help="split the marginal ms per document by section")
+    parser.add_argument(
+        "--baseline", action="store_true", help="also time a plain forward + backward of the same tokens (ratio)"
+    )
+    parser.add_argument("--baseline-batch", type=int, default=8, help="documents per pass of the batched baseline")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=None, help="attribution.max_batch_size (default: the config's, 1)"
+    )
+    parser.add_argument("--workdir", default=None, help="keep and reuse each configuration's fitted inputs here")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for --dtype, for the MFU")
     parser.add_argument(
         "--estimate",
@@ -302,8 +476,14 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for length in args.lengths:
-            with tempfile.TemporaryDirectory() as tmp:
-                row = measure(Path(tmp), size, length, args)
+            if args.workdir:
+                batch = f"-B{args.max_batch_size}" if args.max_batch_size else ""
+                root = Path(args.workdir) / f"{size}-L{length}-D{args.docs}-Q{args.queries}-{args.dtype}{batch}"
+                root.mkdir(parents=True, exist_ok=True)
+                row = measure(root, size, length, args)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    row = measure(Path(tmp), size, length, args)
             rows.append(row)
             print(
                 f"{size:7s} N={row['n_linear']:>11,d} L={length:5d}: {row['docs_per_s']:8.3f} docs/s "
@@ -312,6 +492,15 @@ def main() -> None:
                 f"(fixed {row['fixed_s']:.1f} s, fit {row['fit_s']:.1f} s)",
                 file=sys.stderr,
             )
+            if "sections_ms_per_doc" in row:
+                print("  ms per document: " + " ".join(f"{k}={v}" for k, v in row["sections_ms_per_doc"].items()),
+                      file=sys.stderr)  # fmt: skip
+            if "fwd_bwd_ms_per_doc" in row:
+                print(
+                    f"  plain forward+backward: {row['fwd_bwd_ms_per_doc']} ms per document; score cost "
+                    f"{row['vs_fwd_bwd_unbatched']}x unbatched, {row['vs_fwd_bwd_batched']}x batched",
+                    file=sys.stderr,
+                )
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     print(
         "bench_scoring "

@@ -1,13 +1,15 @@
 """`capatlas score-shard`: one shard's documents scored against every benchmark's queries.
 
 Each document's gradient (summed token loss over its whole text) is scored
-by Bergson's own ``score_dataset`` against the query gradients of all
-benchmarks at once, with ``unit_normalize`` on and the mixed R^-1/2
-applied to both sides: the score of (query, document) is TrackStar's
-cosine. The benchmarks' query indices are concatenated into one index in
-a scratch directory, so each document's gradient is computed once however
-many benchmarks there are; Bergson scores each query column on its own,
-so this equals ``bergson score`` against each index separately.
+by Bergson's own ``score_dataset`` (its query products taken a block of
+documents at a time, `capatlas.attribution.score_block`) against the
+query gradients of all benchmarks at once, with ``unit_normalize`` on and
+the mixed R^-1/2 applied to both sides: the score of (query, document) is
+TrackStar's cosine. The benchmarks' query indices are concatenated into
+one index in a scratch directory, so each document's gradient is computed
+once however many benchmarks there are; each query column is scored on
+its own, so this equals ``bergson score`` against each index separately
+(to float32 rounding: the block products sum in another order).
 
 Before anything runs, the preconditioner and every query index must come
 from the same model, Bergson version and attribution fingerprint as this
@@ -76,7 +78,7 @@ from capatlas.attribution.context import (
     tokenize_documents,
 )
 from capatlas.attribution.query_gradients import check_preconditioner
-from capatlas.attribution.score_block import ScoreBlock, block_writer
+from capatlas.attribution.score_block import ScoreBlock, block_scoring
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
 from capatlas.artifacts.scores import scores_table, write_scores
 from capatlas.artifacts.doc_bootstrap import (
@@ -291,7 +293,9 @@ def _bergson_scores(job, docs_ds: Path, combined: Path, preconditioner: Path, ru
     score_cfg = ScoreConfig(query_path=str(combined), score="individual", precision=SCORE_PRECISION)
     preprocess_cfg = PreprocessConfig(unit_normalize=True, hessian_path=str(preconditioner / HESSIAN_DIR))
     # Bergson's writer loops over query columns in Python; the block writer stores the same bytes at once.
-    with block_writer():
+    # Bergson's scorer reads the whole query matrix per batch (one document); the block scorer once per
+    # SCORE_ROWS documents (capatlas.attribution.score_block).
+    with block_scoring():
         score_dataset(index_cfg, score_cfg, preprocess_cfg)
     return ScoreBlock(load_scores(Path(index_cfg.run_path)).mmap)
 
