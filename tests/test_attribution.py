@@ -473,6 +473,30 @@ def test_batched_scoring_agrees_with_one_document_per_pass(world, tmp_path, monk
             np.testing.assert_allclose(b.joint_sum, s.joint_sum, rtol=0, atol=1e-5)
 
 
+def test_two_ranks_score_what_one_process_scores(world, tmp_path, capfd):
+    """attribution.ranks: 2 runs Bergson's data-parallel ranks (on the CPU here, gloo), each with capatlas's block
+    writer and scorer installed, and gives one process's scores (to float rounding: the ranks run on fewer
+    threads) and the same bin sums."""
+    from capatlas.attribution.score_block import RANK_MESSAGE
+
+    config = make_config(ranks=2)
+    shard = world["shards"][4][0]
+    out_scores, out_binsums = tmp_path / "shard-00000.parquet", tmp_path / "shard-00000.safetensors"
+    score_shard(
+        config, model=world["model"], shard=shard, preconditioner=world["preconditioner"],
+        query_indices=world["query_indices"], out_scores=out_scores, out_binsums=out_binsums,
+    )  # fmt: skip
+    assert capfd.readouterr().err.count(RANK_MESSAGE) == 2
+    one = read_scores(world["outputs"][(4, 0)][0])
+    two = read_scores(out_scores)
+    assert two.column("doc_id").to_pylist() == one.column("doc_id").to_pylist()
+    for name in BENCHMARKS:
+        np.testing.assert_allclose(two.column(name).to_numpy(), one.column(name).to_numpy(), rtol=0, atol=1e-6)
+        a, b = read_bin_sums(out_binsums)[name], read_bin_sums(world["outputs"][(4, 0)][1])[name]
+        np.testing.assert_array_equal(a.count, b.count)
+        np.testing.assert_allclose(a.sum, b.sum, rtol=0, atol=1e-5)
+
+
 def test_rerun_is_bit_identical(world, tmp_path):
     shard = world["shards"][4][1]
     first_scores, first_sums = world["outputs"][(4, 1)]

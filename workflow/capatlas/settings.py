@@ -152,6 +152,7 @@ class Attribution(Section):
     target_downweight_components: int = 1000
     optimizer_state: str | None = None
     max_batch_size: int | None = 1
+    ranks: int | None = None
     device: str = 'auto'
     threads: int | None = None
 

@@ -8,7 +8,7 @@ they share:
 * the attribution settings read from the config and the *fingerprint*
   of the settings that change scores. ``device``, ``token_batch_size``
   (except where it shortens the effective context) and
-  ``max_batch_size`` only change batching or hardware, so a shard rerun
+  ``max_batch_size`` and ``ranks`` only change batching or hardware, so a shard rerun
   on another GPU is not refused for them;
 * the model identity: a local directory (hub ids are resolved in the
   local cache only) and a sha256 over its weight, config and tokenizer
@@ -91,6 +91,7 @@ class AttributionSettings:
     device: str
     seed: int
     max_batch_size: int | None
+    ranks: int | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, optimizer_state: str | None = None) -> AttributionSettings:
@@ -111,6 +112,7 @@ class AttributionSettings:
             device=section.device,
             seed=int(config["seed"]),
             max_batch_size=section.max_batch_size,
+            ranks=section.ranks,
         )
 
 
@@ -280,7 +282,8 @@ class Job:
             loss_fn="ce",
             loss_reduction=LOSS_REDUCTION,
             data=DataConfig(dataset=str(Path(dataset).resolve()), split="train"),
-            distributed=DistributedConfig(nproc_per_node=1 if self.device == "cpu" else _cuda_count()),
+            # Data-parallel ranks: attribution.ranks, else one per GPU this job sees.
+            distributed=DistributedConfig(nproc_per_node=s.ranks or (1 if self.device == "cpu" else _cuda_count())),
         )
 
 

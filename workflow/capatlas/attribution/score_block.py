@@ -175,16 +175,44 @@ def _scorer_class():
 
 @contextlib.contextmanager
 def block_scoring() -> Iterator[None]:
-    """Bergson's scoring writes through `BlockScoreWriter` and scores through `BlockScorer` inside this block."""
+    """Bergson's scoring writes through `BlockScoreWriter` and scores through `BlockScorer` inside this block.
+
+    With several ranks (`attribution.ranks`, or one per GPU) Bergson starts
+    each rank as a fresh interpreter, which would not see a replacement made
+    here; so Bergson's rank entry point is replaced too, by `ranked_score_worker`
+    (pickled by name), which installs both in the rank before it scores."""
     from bergson.score import score as bergson_score
 
     original = bergson_score.Scorer
+    original_worker = bergson_score.score_worker
     bergson_score.Scorer = _scorer_class()
+    bergson_score.score_worker = ranked_score_worker
+    bergson_score._capatlas_score_worker = original_worker
     try:
         with block_writer():
             yield
     finally:
         bergson_score.Scorer = original
+        bergson_score.score_worker = original_worker
+        del bergson_score._capatlas_score_worker
+
+
+# Printed by each rank that installs the block writer and scorer (its log line, and what a test looks for).
+RANK_MESSAGE = "capatlas: block scoring installed in Bergson rank"
+
+
+def ranked_score_worker(*args, **kwargs):
+    """Bergson's `score_worker` with the block writer and scorer installed in this process (a rank or the job)."""
+    import sys
+
+    from bergson.score import score as bergson_score
+
+    original = getattr(bergson_score, "_capatlas_score_worker", None)
+    if original is not None:  # the job's own process: already installed by block_scoring
+        return original(*args, **kwargs)
+    print(f"{RANK_MESSAGE} {args[0] if args else '?'}", file=sys.stderr, flush=True)
+    with block_scoring():
+        return bergson_score._capatlas_score_worker(*args, **kwargs)
 
 
 @contextlib.contextmanager
