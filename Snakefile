@@ -29,6 +29,7 @@ CORPUS_TARGETS = list(FINAL_TARGETS)
 include: "workflow/rules/attribution.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/unlearning.smk"
+include: "workflow/rules/release.smk"
 
 
 onstart:

@@ -210,3 +210,16 @@ def test_a_guard_without_guard_items_is_refused_at_planning(repo_root):
         load_config(paper, overrides={**site, "item_roles": {"queries": 0.7, "guard": 0.3}})
     # The study's design needs no held-out guard items.
     assert load_config(paper, overrides={**site, "item_roles": {"design": "overlapping", "guard": 0.0}})
+
+
+def test_snakemake_config_strings_are_read_as_the_schema_types():
+    """`snakemake --config export='{enabled: true}'` hands nested values over as strings (YAML BaseLoader)."""
+    from snakemake.cli import parse_config
+
+    given = parse_config(["export={enabled: true, adapters_max_mb: 12}", "shards={count: 3}"])
+    assert given["export"] == {"enabled": "true", "adapters_max_mb": "12"}
+    config = validate_config({**given, "demo": {"enabled": True}, "corpus": LABELS}, as_written=True)
+    assert config["export"]["enabled"] is True and config["export"]["adapters_max_mb"] == 12
+    assert config["shards"]["count"] == 3
+    with pytest.raises(CapatlasError, match="export.enabled"):
+        validate_config({"export": {"enabled": "yes please"}, "demo": {"enabled": True}, "corpus": LABELS}, as_written=True)

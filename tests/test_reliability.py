@@ -135,7 +135,7 @@ PLANNING = {
     "no benchmarks: corpus-only": (
         demo_without("benchmarks"),
         [],
-        {"demo_world", "demo_tokenizer", "demo_model", "manifest", "shards", "all"},
+        {"demo_world", "demo_tokenizer", "demo_model", "manifest_scan", "manifest", "shards", "all"},
     ),
 }
 

@@ -9,6 +9,7 @@ and an unknown or mistyped key is reported by its dotted path.
 from __future__ import annotations
 
 import copy
+import re
 import difflib
 import os
 from functools import cache
@@ -56,6 +57,38 @@ def _fill_defaults(value: Any, node: dict, schema: dict) -> Any:
     return value
 
 
+def _coerce_strings(value: Any, node: dict, schema: dict) -> Any:
+    """Strings where the schema wants a boolean or a number, converted when they spell one exactly.
+
+    `snakemake --config export='{enabled: true}'` reads nested values with
+    YAML's BaseLoader, so every scalar arrives as a string ('true', '4')."""
+    node = _resolve(node, schema)
+    types = node.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    if isinstance(value, dict):
+        for key, sub in node.get("properties", {}).items():
+            if key in value:
+                value[key] = _coerce_strings(value[key], sub, schema)
+        return value
+    if isinstance(value, list) and "items" in node:
+        return [_coerce_strings(item, node["items"], schema) for item in value]
+    if not isinstance(value, str) or "string" in types:
+        return value
+    text = value.strip()
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "null" in types and text.lower() in ("null", "none", "~"):
+        return None
+    if "integer" in types and re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    return value
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "<top level>"
@@ -94,7 +127,10 @@ def validate_config(config: dict, *, source: str = "config", as_written: bool = 
             f"invalid {source}:\n  config key 'benchmarks' is an empty list: name at least one benchmark, "
             "or leave the key out for a corpus-only run (working set and shards)"
         )
-    filled = _fill_defaults(copy.deepcopy(config or {}), schema, schema)
+    given = copy.deepcopy(config or {})
+    if as_written:
+        given = _coerce_strings(given, schema, schema)
+    filled = _fill_defaults(given, schema, schema)
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
     if errors:

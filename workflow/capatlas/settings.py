@@ -329,6 +329,15 @@ class Unlearning(Section):
 
 
 @dataclass(frozen=True)
+class Export(Section):
+    """The release bundle (capatlas export, results/<run>/release/)."""
+
+    enabled: bool = False  # Build the bundle as part of the run's default targets.
+    adapters_max_mb: float = 0
+    license: str = 'odc-by'  # The data card's license (Dolma is ODC-BY; the model's and benchmarks' terms also apply).
+
+
+@dataclass(frozen=True)
 class CpuResource(Section):
     """The CpuResource keys."""
 
@@ -386,4 +395,5 @@ class Settings(Section):
     item_roles: ItemRoles = dataclasses.field(default_factory=lambda: ItemRoles.of({}))
     evaluation: Evaluation = dataclasses.field(default_factory=lambda: Evaluation.of({}))
     unlearning: Unlearning = dataclasses.field(default_factory=lambda: Unlearning.of({}))
+    export: Export = dataclasses.field(default_factory=lambda: Export.of({}))
     resources: Resources = dataclasses.field(default_factory=lambda: Resources.of({}))

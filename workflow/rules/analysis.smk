@@ -9,6 +9,7 @@ FINAL_TARGETS.extend(
     [
         f"{INFLUENCE}/bin_matrix.parquet",
         f"{CONTRAST}/summary.json",
+        f"{FIGURES}/atlas.html",
         *([f"{CONTRAST}/demo_recovery.json"] if DEMO else []),
         *expand(f"{FIGURES}/heatmap_{{benchmark}}.png", benchmark=BENCHMARKS),
         f"{FIGURES}/contrast_bars.png",
@@ -124,6 +125,35 @@ rule contrast:
     shell:
         'capatlas contrast --config "$CAPATLAS_CONFIG" --bin-matrix {input.matrix:q}'
         " --out {params.out:q} {params.truth:q} > {log:q} 2>&1"
+
+
+# The atlas page: one self-contained HTML file (heatmaps, each bin's top documents, contrasts).
+rule atlas:
+    input:
+        matrix=rules.influence.output.matrix,
+        summary=rules.contrast.output.summary,
+        scores=rules.influence.input.scores,
+        shards=SHARDS_SUMMARY,
+    output:
+        page=report(
+            f"{FIGURES}/atlas.html",
+            caption="../report/atlas.rst",
+            category="Influence",
+            subcategory="atlas",
+        ),
+    log:
+        f"{RUN}/logs/figures/atlas.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        **attempt_resources("cpu"),
+    params:
+        shards=SHARD_FILES,
+    shell:
+        'capatlas atlas --config "$CAPATLAS_CONFIG" --influence {input.matrix:q}'
+        " --contrast {input.summary:q} --scores {input.scores:q} --shards {params.shards:q}"
+        " --out {output.page:q} > {log:q} 2>&1"
 
 
 # One job draws every benchmark's heatmap: the job is matplotlib's import.

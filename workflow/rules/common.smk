@@ -285,8 +285,14 @@ def scan_files_identity(wildcards):
         try:
             stat = os.stat(path)
         except OSError as exc:
-            raise WorkflowError(f"corpus file {path} is no longer readable: {exc}") from None
-        digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            raise WorkflowError(
+                f"corpus file {path} is no longer readable: {exc}"
+            ) from None
+        digest.update(
+            f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode(
+                "utf-8", "surrogateescape"
+            )
+        )
     return digest.hexdigest()
 
 
