@@ -149,3 +149,21 @@ def test_config_typo_stops_planning_with_the_key_named(repo_root, venv_bin, tmp_
     assert result.returncode != 0
     assert "unknown config key 'manifest.min_tokns' (did you mean 'min_tokens'?)" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_the_studys_manifest_replaces_the_sample(repo_root, venv_bin, tmp_path):
+    """manifest.study_manifest: one import job instead of the scans and merge; attribution plans as before."""
+    site, _ = site_config(tmp_path)
+    config = yaml.safe_load(site.read_text())
+    study = tmp_path / "study" / "working_sample_manifest.parquet"
+    study.parent.mkdir()
+    study.write_bytes(b"")  # planning checks that it exists; the import job reads it
+    config.setdefault("manifest", {})["study_manifest"] = str(study)
+    site.write_text(yaml.safe_dump(config))
+    command = [str(venv_bin / "snakemake"), "-n", "-p", "--configfile", str(repo_root / "config" / "olmo3-7b.yaml"), str(site)]
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    counts = job_counts(output)
+    assert "manifest_scan" not in counts and counts["manifest"] == 1 and counts["score_shard"] == 316
+    assert f"capatlas import-study-manifest --config \"$CAPATLAS_CONFIG\" --study {study}" in output

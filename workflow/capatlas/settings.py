@@ -128,6 +128,8 @@ class Manifest(Section):
     threads: int = 1
     files_per_scan: int = 64  # Corpus files per manifest scan job (the map step); the sample does not depend on it.
     input_hash: str = 'sampled'
+    study_manifest: str | None = None
+    study_population: str | None = None
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,12 @@ DEMO_CORPUS_FILES = [
 ]
 
 
+STUDY_MANIFEST = config["manifest"]["study_manifest"]
+
+
 def manifest_scan_groups():
+    if STUDY_MANIFEST:
+        return {}  # the study's manifest is imported, not sampled
     try:
         return scan_groups(
             DEMO_CORPUS_FILES if DEMO else CORPUS_FILES,

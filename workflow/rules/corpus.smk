@@ -55,35 +55,69 @@ rule manifest_scan:
         " --threads {threads:q} > {log:q} 2>&1"
 
 
-rule manifest:
-    input:
-        scans=expand(SCAN_PATTERN, group=SCAN_GROUPS),
-        tokenizer=tokenizer_path(),
-        classifiers=CLASSIFIER_MODELS,
-    output:
-        manifest=f"{RUN}/manifest/manifest.parquet",
-        locations=f"{RUN}/manifest/locations.parquet",
-        summary=f"{RUN}/manifest/bin_summary.csv",
-        contract=f"{RUN}/manifest/contract.json",
-    log:
-        f"{RUN}/logs/manifest.log",
-    benchmark:
-        f"{RUN}/benchmarks/manifest.tsv"
-    conda:
-        "../../envs/corpus.yaml"
-    threads: config["manifest"]["threads"]
-    resources:
-        **attempt_resources("cpu"),
-    params:
-        section=config_section(
-            "seed", "corpus", "manifest", ignore=("manifest.threads",)
-        ),
-        # The merge checks that the scans cover exactly these files (the config's corpus.paths otherwise).
-        files=flag("--files", DEMO_CORPUS_GLOB if DEMO else None),
-        out=directory_of("output", "manifest"),
-    shell:
-        'capatlas manifest --config "$CAPATLAS_CONFIG" --out {params.out:q} --scans {input.scans:q}'
-        " {params.files:q} --tokenizer {input.tokenizer:q} --threads {threads:q} > {log:q} 2>&1"
+if STUDY_MANIFEST:
+
+    # The study's own working set, imported: attribution runs on exactly its documents.
+    rule manifest:
+        input:
+            study=STUDY_MANIFEST,
+            tokenizer=tokenizer_path(),
+        output:
+            manifest=f"{RUN}/manifest/manifest.parquet",
+            locations=f"{RUN}/manifest/locations.parquet",
+            summary=f"{RUN}/manifest/bin_summary.csv",
+            contract=f"{RUN}/manifest/contract.json",
+        log:
+            f"{RUN}/logs/manifest.log",
+        benchmark:
+            f"{RUN}/benchmarks/manifest.tsv"
+        conda:
+            "../../envs/corpus.yaml"
+        threads: config["manifest"]["threads"]
+        resources:
+            **attempt_resources("cpu"),
+        params:
+            section=config_section(
+                "seed", "corpus", "manifest", ignore=("manifest.threads",)
+            ),
+            population=flag("--population", config["manifest"]["study_population"]),
+            out=directory_of("output", "manifest"),
+        shell:
+            'capatlas import-study-manifest --config "$CAPATLAS_CONFIG" --study {input.study:q}'
+            " --out {params.out:q} {params.population:q} --tokenizer {input.tokenizer:q}"
+            " --threads {threads:q} > {log:q} 2>&1"
+
+else:
+
+    rule manifest:
+        input:
+            scans=expand(SCAN_PATTERN, group=SCAN_GROUPS),
+            tokenizer=tokenizer_path(),
+            classifiers=CLASSIFIER_MODELS,
+        output:
+            manifest=f"{RUN}/manifest/manifest.parquet",
+            locations=f"{RUN}/manifest/locations.parquet",
+            summary=f"{RUN}/manifest/bin_summary.csv",
+            contract=f"{RUN}/manifest/contract.json",
+        log:
+            f"{RUN}/logs/manifest.log",
+        benchmark:
+            f"{RUN}/benchmarks/manifest.tsv"
+        conda:
+            "../../envs/corpus.yaml"
+        threads: config["manifest"]["threads"]
+        resources:
+            **attempt_resources("cpu"),
+        params:
+            section=config_section(
+                "seed", "corpus", "manifest", ignore=("manifest.threads",)
+            ),
+            # The merge checks that the scans cover exactly these files (the config's corpus.paths otherwise).
+            files=flag("--files", DEMO_CORPUS_GLOB if DEMO else None),
+            out=directory_of("output", "manifest"),
+        shell:
+            'capatlas manifest --config "$CAPATLAS_CONFIG" --out {params.out:q} --scans {input.scans:q}'
+            " {params.files:q} --tokenizer {input.tokenizer:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule shards:
