@@ -111,3 +111,22 @@ def test_a_table_that_does_not_recompute_is_named(bundle, tmp_path):
     write_checksums(copy)
     result = capatlas("verify-release", str(copy))
     assert result.returncode == 2 and "study_layout/zscored_arc_challenge.csv: differs" in result.stderr
+
+
+def test_adapters_come_along_when_they_fit(bundle, demo_run, tmp_path):
+    """export.adapters_max_mb: the unlearning runs' LoRA adapters join the bundle when they fit, and verify."""
+    import yaml
+
+    config = yaml.safe_load((bundle / "config.yaml").read_text())
+    adapters = sorted((demo_run / "unlearning").glob("*/*/*/seed*/adapter"))
+    assert adapters and not any("adapter/" in line for line in (bundle / "SHA256SUMS").read_text().splitlines())
+    size_mb = sum(f.stat().st_size for a in adapters for f in a.rglob("*") if f.is_file()) / 2**20
+    for limit, expected in ((size_mb * 2 + 1, len(adapters)), (size_mb / 2, 0)):
+        config["export"]["adapters_max_mb"] = limit
+        config_path = tmp_path / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        out = tmp_path / f"bundle-{expected}"
+        result = capatlas("export", "--config", str(config_path), "--run", str(demo_run), "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(list((out / "unlearning" / "adapters").glob("*/*/*/seed*"))) == expected
+        assert capatlas("verify-release", str(out)).returncode == 0

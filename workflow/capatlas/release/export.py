@@ -206,7 +206,7 @@ def _describe(rel: str) -> str:
         return "a table of the 2 x 2 analysis"
     if rel.startswith("figures/"):
         return "figure"
-    if "/adapter/" in rel:
+    if rel.startswith(release.UNLEARNING_DIR + "/adapters/"):
         return "LoRA adapter of an unlearning run"
     return "run output"
 
