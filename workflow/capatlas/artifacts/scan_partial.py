@@ -94,14 +94,19 @@ class DiskArray:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         stop = min(stop, self.length)
+        values = np.empty(max(0, stop - start), dtype=self.dtype)
+        self.read_into(start, stop, values)
+        return values
+
+    def read_into(self, start: int, stop: int, target: np.ndarray) -> None:
+        """Rows [start, stop) into `target` (a contiguous array of that length)."""
         if stop <= start:
-            return np.zeros(0, dtype=self.dtype)
+            return
         with open(self.path, "rb") as handle:
             handle.seek(self.offset + start * self.dtype.itemsize)
-            values = np.fromfile(handle, dtype=self.dtype, count=stop - start)
-        if len(values) != stop - start:
+            got = handle.readinto(memoryview(target).cast("B"))
+        if got != (stop - start) * self.dtype.itemsize:
             raise CapatlasError(f"manifest scan file {self.path} is shorter than its header says")
-        return values
 
     def searchsorted(self, value: np.generic) -> int:
         """np.searchsorted(array, value, 'left') for a sorted array: the index narrows it to one stride."""
@@ -188,6 +193,14 @@ class ScanPartial:
         if isinstance(array, DiskArray):
             return array.read(start, stop)
         return np.array(array[start:stop])
+
+    def read_slice_into(self, name: str, start: int, stop: int, target: np.ndarray) -> None:
+        """Rows [start, stop) of one array into `target`."""
+        array = self.arrays[name]
+        if isinstance(array, DiskArray):
+            array.read_into(start, stop, target)
+        else:
+            target[:] = array[start:stop]
 
     def search(self, name: str, value: np.generic) -> int:
         """Where `value` would go in the sorted array `name` (side 'left')."""

@@ -186,7 +186,10 @@ class LazyGroupScan:
         topics = np.concatenate([f.topics for f in self.index] or [np.zeros(0, np.int16)])
         formats = np.concatenate([f.formats for f in self.index] or [np.zeros(0, np.int16)])
         self.passed = np.concatenate([f.passed for f in self.index] or [np.zeros(0, bool)])
-        self.streams = np.array([stream_of(int(t), int(f)) for t, f in zip(topics, formats, strict=True)], dtype=np.int16)
+        # stream_of, vectorised: the topic if known, else 24 + the format if known, else 48.
+        self.streams = np.where(
+            topics >= 0, topics, np.where(formats >= 0, N_FORMATS + formats, 2 * N_FORMATS)
+        ).astype(np.int16)
         self.bins = np.full(len(self.keys), -1, dtype=np.int32)  # set once classified
         self.holders: dict[int, Any] = {}
         self.thresholds: dict[int, int | None] = {}  # stream -> largest classified key (None: all classified)

@@ -495,18 +495,27 @@ def _key_ranges(total: int, chunk_records: int) -> list[tuple[int, int]]:
 def _range_slices(
     partials: Sequence[ScanPartial], offsets: Sequence[int], key_name: str, columns: Sequence[str], lo: int, hi: int
 ) -> list[np.ndarray]:
-    """The rows of every partial whose `key_name` lies in [lo, hi), concatenated (file columns made global)."""
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    for partial, offset in zip(partials, offsets, strict=True):
+    """The rows of every partial whose `key_name` lies in [lo, hi), concatenated (file columns made global).
+
+    Each column is one allocation the slices are read into: many small
+    per-scan arrays left the allocator holding memory it no longer used."""
+    bounds = []
+    for partial in partials:
         a = partial.search(key_name, np.uint64(lo))
         b = len(partial.arrays[key_name]) if hi >= TWO_64 else partial.search(key_name, np.uint64(hi))
+        bounds.append((a, b))
+    total = sum(b - a for a, b in bounds)
+    out = [np.empty(total, dtype=ARRAYS[c]) for c in columns]
+    at = 0
+    for partial, offset, (a, b) in zip(partials, offsets, bounds, strict=True):
         if a == b:
             continue
-        for c in columns:
-            values = partial.read_slice(c, a, b)
-            parts[c].append(values + np.uint32(offset) if c.endswith("_files") else values)
-    dtypes = {c: ARRAYS[c] for c in columns}
-    return [np.concatenate(parts[c]) if parts[c] else np.zeros(0, dtypes[c]) for c in columns]
+        for column, target in zip(columns, out, strict=True):
+            partial.read_slice_into(column, a, b, target[at : at + b - a])
+            if column.endswith("_files"):
+                target[at : at + b - a] += np.uint32(offset)
+        at += b - a
+    return out
 
 
 def _wanted_files(keys: np.ndarray, files: np.ndarray, wanted: np.ndarray) -> dict[int, set[int]]:
