@@ -37,6 +37,7 @@ def test_bundle_verifies_and_lists_every_file(bundle):
         assert name in listed, name
     provenance = json.loads((bundle / "provenance.json").read_text())
     assert len(provenance["model_sha256"]) == 64 and provenance["bergson_version"]
+    assert len(provenance["tokenizer_sha256"]) == 64
     card = (bundle / "README.md").read_text()
     assert card.startswith("---\nlicense: odc-by\n") and "configs:" in card and "capatlas verify-release" in card
 

@@ -27,7 +27,7 @@ from capatlas.artifacts import release
 from capatlas.artifacts.bin_matrix import read_bin_matrix
 from capatlas.command import Command
 from capatlas.errors import CapatlasError
-from capatlas.fileio import atomic_path, write_json, write_text
+from capatlas.fileio import atomic_path, tokenizer_sha256, write_json, write_text
 from capatlas.taxonomy import FORMAT_SLUGS, N_BINS, N_FORMATS, TOPIC_SLUGS
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,8 @@ def provenance(run: Path, config: dict) -> dict:
             "mixing": pre_provenance.get("mixing"),
         },
         "tokenizer": contract.get("tokenizer"),
+        # The files the manifest counted tokens with (the run's tokenizer directory, relative to the workflow's).
+        "tokenizer_sha256": tokenizer_sha256(contract["tokenizer"]) if contract.get("tokenizer") else None,
         "corpus_inputs": len(contract.get("inputs", [])),
         "seed": config.get("seed"),
     }
