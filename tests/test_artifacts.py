@@ -196,3 +196,36 @@ def test_a_models_identity_ignores_the_demo_training_summary(tmp_path, monkeypat
     assert model_info(tmp_path).sha256 == first
     (tmp_path / "model.safetensors").write_bytes(b"weights, retrained")
     assert model_info(tmp_path).sha256 != first
+
+
+def test_one_shard_reader_checks_what_its_readers_rely_on(tmp_path):
+    """artifacts.shards.read_shard serves the preconditioner, score jobs, forget sets and atlas."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from capatlas.artifacts.shards import read_shard
+    from capatlas.errors import CapatlasError
+
+    good = tmp_path / "shard-00000.parquet"
+    pq.write_table(pa.table({"doc_id": ["a", "b", "c"], "bin_id": pa.array([1, 575, 2], pa.int32()),
+                             "n_tokens": [3, 4, 5], "text": ["x", "y", "z"]}), good)  # fmt: skip
+    assert read_shard(good).column_names == ["doc_id", "bin_id", "text"]
+    assert read_shard(good, doc_ids={"c", "a", "elsewhere"}).column("doc_id").to_pylist() == ["a", "c"]
+    assert read_shard(good, ["doc_id"], doc_ids=[]).num_rows == 0
+    cases = {
+        "missing.parquet": (None, "does not exist: run `capatlas shard` first"),
+        "notparquet.parquet": (b"not a parquet file", "is not a readable parquet file"),
+        "nocolumn.parquet": (pa.table({"doc_id": ["a"], "text": ["x"]}), r"lacks column\(s\) bin_id"),
+        "null.parquet": (pa.table({"doc_id": ["a"], "bin_id": pa.array([None], pa.int32()), "text": ["x"]}),
+                         "missing values in column 'bin_id'"),
+        "badbin.parquet": (pa.table({"doc_id": ["a", "q"], "bin_id": pa.array([0, 576], pa.int32()), "text": ["x", "y"]}),
+                           r"document 'q' has bin_id 576, outside 0..575"),
+    }  # fmt: skip
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            pq.write_table(content, path)
+        with pytest.raises(CapatlasError, match=message):
+            read_shard(path)

@@ -49,12 +49,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capatlas.artifacts.bin_matrix import MATRIX_FILE, check_scored_by_the_same_run, read_bin_matrix
 from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores
+from capatlas.artifacts.shards import read_shard
 from capatlas.command import Command
 from capatlas.errors import CapatlasError
 from capatlas.fileio import atomic_path
@@ -426,22 +425,11 @@ def collect_candidates(score_paths: Sequence[Path], benchmarks: Sequence[str], k
 
 def read_texts(shard_paths: Sequence[Path], doc_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, int]]:
     """Texts and bins of `doc_ids` from the shards (only those rows are kept)."""
-    wanted = pa.array(sorted(set(doc_ids)), pa.string())
+    wanted = set(doc_ids)
     texts: dict[str, str] = {}
     bins: dict[str, int] = {}
     for path in shard_paths:
-        try:
-            names = pq.read_schema(path).names
-        except Exception as exc:
-            raise CapatlasError(f"shard {path} is not a readable parquet file ({exc})") from None
-        missing = [c for c in ("doc_id", "bin_id", "text") if c not in names]
-        if missing:
-            raise CapatlasError(f"shard {path} lacks column(s) {', '.join(missing)}: is it `capatlas shard` output?")
-        try:
-            table = pq.read_table(path, columns=["doc_id", "bin_id", "text"])
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise CapatlasError(f"shard {path} is corrupted or unreadable ({exc}): rerun the shard rule") from None
-        table = table.filter(pc.is_in(table["doc_id"], value_set=wanted))
+        table = read_shard(path, doc_ids=wanted)
         for doc_id, bin_id, text in zip(*(table[c].to_pylist() for c in ("doc_id", "bin_id", "text"))):
             texts[doc_id] = text
             bins[doc_id] = int(bin_id)

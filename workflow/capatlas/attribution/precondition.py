@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from capatlas.command import Command
 from capatlas.artifacts.provenance import PROVENANCE_FILE
+from capatlas.artifacts.shards import read_shard
 from capatlas.attribution.context import (
     add_model_arguments,
     HESSIAN_DIR,
@@ -76,7 +76,7 @@ def sample_documents(shards: Sequence[Path], n: int, seed: int) -> pa.Table:
     def keys():
         nonlocal total
         for k, shard in enumerate(shards):
-            ids = _read_shard(shard, ["doc_id"]).column("doc_id").to_pylist()
+            ids = read_shard(shard, ["doc_id"]).column("doc_id").to_pylist()
             total += len(ids)
             for doc_id in ids:
                 yield sample_key(seed, doc_id), doc_id, k
@@ -100,7 +100,7 @@ def sample_documents(shards: Sequence[Path], n: int, seed: int) -> pa.Table:
         wanted_by_shard.setdefault(k, []).append(doc_id)
     rows: dict[str, tuple[int, str]] = {}
     for k, wanted in sorted(wanted_by_shard.items()):
-        table = _read_shard(shards[k], ["doc_id", "bin_id", "text"], filters=[("doc_id", "in", wanted)])
+        table = read_shard(shards[k], doc_ids=wanted)
         for doc_id, bin_id, text in zip(
             table.column("doc_id").to_pylist(), table.column("bin_id").to_pylist(), table.column("text").to_pylist()
         ):
@@ -113,26 +113,6 @@ def sample_documents(shards: Sequence[Path], n: int, seed: int) -> pa.Table:
             "text": pa.array([rows[d][1] for d in order], pa.string()),
         }
     )
-
-
-def _read_shard(path: Path, columns: list[str], filters=None) -> pa.Table:
-    if not path.is_file():
-        raise CapatlasError(f"shard {path} does not exist: run `capatlas shard` first")
-    try:
-        table = pq.read_table(path, columns=columns, filters=filters)
-    except (pa.ArrowInvalid, OSError) as exc:
-        missing = [c for c in columns if c not in _columns(path)]
-        if missing:
-            raise CapatlasError(f"shard {path} lacks column(s) {', '.join(missing)}") from None
-        raise CapatlasError(f"shard {path} is not a readable parquet file: {exc}") from None
-    return table
-
-
-def _columns(path: Path) -> list[str]:
-    try:
-        return pq.read_schema(path).names
-    except Exception:
-        return []
 
 
 def _fit_hessian(job: Job, run_path: Path, dataset: Path) -> Path:

@@ -81,6 +81,7 @@ from capatlas.attribution.query_gradients import check_preconditioner
 from capatlas.attribution.score_block import ScoreBlock, block_scoring
 from capatlas.artifacts.binsums import BenchmarkSums, BinSums, write_bin_sums
 from capatlas.artifacts.scores import scores_table, write_scores
+from capatlas.artifacts.shards import read_shard
 from capatlas.artifacts.doc_bootstrap import (
     WEIGHTS_SCHEME,
     bin_groups,
@@ -256,31 +257,6 @@ def combine_query_indices(indices: list[QueryIndex], dest: Path) -> list[tuple[i
     shutil.copyfile(first.index / "processor_config.yaml", dest / "processor_config.yaml")
     shutil.copyfile(first.index / "config.yaml", dest / "config.yaml")
     return ranges
-
-
-def read_shard(path: Path) -> pa.Table:
-    if not path.is_file():
-        raise CapatlasError(f"shard {path} does not exist: run `capatlas shard` first")
-    try:
-        names = pq.read_schema(path).names
-    except Exception as exc:
-        raise CapatlasError(f"shard {path} is not a readable parquet file: {exc}") from None
-    missing = [c for c in ("doc_id", "bin_id", "text") if c not in names]
-    if missing:
-        raise CapatlasError(f"shard {path} lacks column(s) {', '.join(missing)}")
-    table = pq.read_table(path, columns=["doc_id", "bin_id", "text"])
-    for column in ("doc_id", "bin_id", "text"):
-        if table.column(column).null_count:
-            raise CapatlasError(f"shard {path} has missing values in column {column!r}")
-    bins = table.column("bin_id").to_numpy()
-    bad = np.flatnonzero((bins < 0) | (bins >= N_BINS))
-    if len(bad):
-        i = int(bad[0])
-        raise CapatlasError(
-            f"shard {path}: document {table.column('doc_id')[i].as_py()!r} has bin_id {int(bins[i])}, "
-            f"outside 0..{N_BINS - 1}"
-        )
-    return table
 
 
 def _bergson_scores(job, docs_ds: Path, combined: Path, preconditioner: Path, run_path: Path):

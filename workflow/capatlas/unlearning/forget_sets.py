@@ -65,13 +65,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capatlas.command import Command
 from capatlas.benchmarks.items import stable_hash
 from capatlas.artifacts.bin_matrix import check_scored_by_the_same_run, read_bin_matrix
 from capatlas.artifacts.scores import check_score_identity, read_score_provenance, read_scores
+from capatlas.artifacts.shards import read_shard
 from capatlas.errors import CapatlasError
 from capatlas.fileio import write_json, write_parquet
 from capatlas.plan import GLOBAL_UNIT, PlannedRun, planned_runs, unit_slots, unit_slugs
@@ -410,13 +410,9 @@ def read_scored_docs(manifest_path: Path, score_paths: Sequence[Path], benchmark
 
 def read_texts(shard_paths: Sequence[Path], doc_ids: set[str]) -> dict[str, str]:
     """Texts of `doc_ids`, read from the shards (only the wanted rows are kept)."""
-    wanted = pa.array(sorted(doc_ids), pa.string())
     texts: dict[str, str] = {}
     for path in shard_paths:
-        if not Path(path).is_file():
-            raise CapatlasError(f"shard {path} does not exist")
-        table = pq.read_table(path, columns=["doc_id", "text"])
-        table = table.filter(pc.is_in(table["doc_id"], value_set=wanted))
+        table = read_shard(path, ("doc_id", "text"), doc_ids=doc_ids)
         texts.update(zip(table["doc_id"].to_pylist(), table["text"].to_pylist()))
     if missing := doc_ids - texts.keys():
         raise CapatlasError(f"{len(missing)} documents are in no shard (e.g. {sorted(missing)[0]!r})")
