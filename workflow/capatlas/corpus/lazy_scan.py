@@ -232,7 +232,6 @@ class LazyGroupScan:
     def _classify(self, chosen: np.ndarray) -> None:
         """Classify the chosen records (file by file), count tokens where they could be candidates, offer them."""
         m, ctx = self.m, self.ctx
-        classifier = classifier_for(ctx.corpus, self.facets)
         counter = m.token_counter(ctx.tokenizer)
         chosen = np.sort(chosen)
         file_of = np.searchsorted(self.offsets, chosen, side="right") - 1
@@ -245,19 +244,16 @@ class LazyGroupScan:
                 if rec.row in wanted:
                     batch.append(rec)
                     if len(batch) >= ctx.corpus["classifier"]["batch_size"] * 16:
-                        self._offer(batch, fi, labeler, classifier, counter)
+                        self._offer(batch, fi, labeler, counter)
                         batch = []
             if batch:
-                self._offer(batch, fi, labeler, classifier, counter)
+                self._offer(batch, fi, labeler, counter)
 
-    def _offer(self, records, fi, labeler, classifier, counter) -> None:
+    def _offer(self, records, fi, labeler, counter) -> None:
         m, settings = self.m, self.settings
-        labels = classifier.classify(records)
         docs = []
-        for i, rec in enumerate(records):
+        for rec, (topic, format_) in zip(records, classify_records(self.ctx, records, labeler), strict=True):
             g = int(self.offsets[fi]) + rec.row
-            topic = int(labels["topic"][i]) if "topic" in labels else labeler.facet("topic", rec)
-            format_ = int(labels["format"][i]) if "format" in labels else labeler.facet("format", rec)
             bin_ = topic * N_FORMATS + format_
             self.bins[g] = bin_
             if not self.passed[g]:
@@ -332,16 +328,16 @@ class LazyGroupScan:
         return partial
 
 
-def classify_records(ctx: Any, records: Sequence[Any]) -> list[tuple[int, int]]:
-    """(topic, format) of records whose classifier facets were not classified in their scan (merge rescans)."""
-    facets = ctx.resolver().classifier_facets
+def classify_records(ctx: Any, records: Sequence[Any], labeler: Any) -> list[tuple[int, int]]:
+    """(topic, format) of one file's records: the classifier facets classified, the others from `labeler`
+    (the file's label sources, built with the classifier facets skipped)."""
     if not records:
         return []
-    labels = classifier_for(ctx.corpus, facets).classify(records)
-    out = []
-    for i, rec in enumerate(records):
-        labeler = ctx.resolver().for_file(rec.path, skip=facets)
-        topic = int(labels["topic"][i]) if "topic" in labels else labeler.facet("topic", rec)
-        format_ = int(labels["format"][i]) if "format" in labels else labeler.facet("format", rec)
-        out.append((topic, format_))
-    return out
+    labels = classifier_for(ctx.corpus, ctx.resolver().classifier_facets).classify(records)
+    return [
+        (
+            int(labels["topic"][i]) if "topic" in labels else labeler.facet("topic", rec),
+            int(labels["format"][i]) if "format" in labels else labeler.facet("format", rec),
+        )
+        for i, rec in enumerate(records)
+    ]

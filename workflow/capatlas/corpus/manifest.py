@@ -1089,7 +1089,7 @@ def _read_docs(
         if skip:
             from capatlas.corpus.lazy_scan import classify_records
 
-            labels = classify_records(ctx, [p[0] for p in pending])
+            labels = classify_records(ctx, [p[0] for p in pending], labeler)
             pending[:] = [(rec, t, f, sha, key) for (rec, _, _, sha, key), (t, f) in zip(pending, labels, strict=True)]
         full = [
             i
